@@ -1,0 +1,60 @@
+// Command-line options of the vssfs daemon.
+//
+//   vssfs [options] BACKING_DIR MOUNTPOINT
+//
+// ParseOptions() understands vssfs's own options, the libfuse session, mount
+// and connection options (-o allow_other, -o max_write=N, ...), and the
+// options mount(8)/mount.fuse3 and systemd add to /etc/fstab entries
+// (defaults, nofail, _netdev, x-systemd.*), which it drops. Anything else is
+// rejected with a message naming the option.
+//
+// Thread-safety: plain data; ParseOptions() is reentrant.
+#ifndef VSSFS_FS_OPTIONS_H_
+#define VSSFS_FS_OPTIONS_H_
+
+#include <string>
+#include <vector>
+
+#include "vssfs/cow_store/status.h"
+
+namespace vssfs::fs {
+
+struct Options {
+  std::string backing_dir;  // First positional argument, as given.
+  std::string mountpoint;   // Second positional argument, as given.
+  std::string store_dir;    // --store; empty means BACKING_DIR/.vssfs.
+  std::string log_level = "info";
+
+  bool foreground = false;     // -f, --foreground
+  bool debug = false;          // -d, --debug: libfuse request trace
+  bool single_thread = false;  // -s
+  bool show_help = false;      // -h, --help
+  bool show_version = false;   // -V, --version
+  bool clone_fd = true;        // -o clone_fd / -o no_clone_fd
+
+  // Kernel cache lifetimes in seconds (-o timeout=, -o negative_timeout=).
+  // All changes to the live tree are expected to go through the mount.
+  double timeout = 60.0;
+  double negative_timeout = 60.0;
+  // Upper bound of libfuse worker threads (-o threads=N).
+  unsigned threads = 8;
+  // Readahead window of the mount's backing device in KiB, 0 keeps the
+  // kernel's default (-o read_ahead_kb=N).
+  unsigned read_ahead_kb = 1024;
+
+  // Options for libfuse (session, mount and connection options), in
+  // "-o a,b=c" form, in the order given.
+  std::vector<std::string> fuse_options;
+};
+
+// Parses argv. Errors are EINVAL with a one-line message such as
+// "unknown option '-o frob'" or "missing MOUNTPOINT". With --help or
+// --version the positional arguments are not required.
+cow_store::Result<Options> ParseOptions(int argc, const char* const* argv);
+
+// The --help text.
+std::string UsageText(const std::string& program);
+
+}  // namespace vssfs::fs
+
+#endif  // VSSFS_FS_OPTIONS_H_

@@ -1,0 +1,82 @@
+// InodeTable: the daemon's record of every inode the kernel knows about.
+//
+// Each live-tree inode the kernel has looked up is held open with an O_PATH
+// descriptor, so the backing inode (and with it its inode number) cannot be
+// freed and reused while the kernel may still name it. FUSE node ids are the
+// backing inode numbers, so they are stable across remounts and the same
+// file reached by two hard links is one node. Two ids are swapped: the root
+// of the volume is FUSE_ROOT_ID (1), and a backing inode numbered 1 (if the
+// backing filesystem has one below the root) takes the root's backing
+// number. Node ids with the top bit set are reserved for the .snapshot tree.
+//
+// Thread-safety: all methods are safe to call concurrently. Lock order: the
+// table's mutex_ is a leaf lock (nothing else is taken while holding it).
+#ifndef VSSFS_FS_SRC_INODE_TABLE_H_
+#define VSSFS_FS_SRC_INODE_TABLE_H_
+
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <shared_mutex>
+#include <unordered_map>
+
+#include "vssfs/cow_store/unique_fd.h"
+
+namespace vssfs::fs {
+
+// First node id of the range reserved for virtual and snapshot inodes.
+inline constexpr uint64_t kReservedNodeIdBase = uint64_t{1} << 63;
+// The MOUNT/.snapshot directory.
+inline constexpr uint64_t kSnapshotDirNodeId = kReservedNodeIdBase | 1;
+
+struct Inode {
+  uint64_t nodeid = 0;
+  ino_t backing_ino = 0;
+  mode_t type = 0;            // S_IFMT bits; never changes for an inode.
+  cow_store::UniqueFd fd;     // O_PATH descriptor of the backing inode.
+  // Kernel lookup count; guarded by InodeTable::mutex_.
+  uint64_t nlookup = 0;
+  // Whether the inode has a "security.capability" xattr: the kernel asks
+  // before every write, so a known absence is answered from memory.
+  enum class Caps : int { kUnknown, kAbsent, kPresent };
+  std::atomic<Caps> caps{Caps::kUnknown};
+};
+
+class InodeTable {
+ public:
+  // `root_fd`: O_PATH descriptor of the backing root; `root` its stat.
+  InodeTable(cow_store::UniqueFd root_fd, const struct stat& root);
+
+  // Node id for a backing inode number; 0 if the number falls in the
+  // reserved range (the caller reports EOVERFLOW).
+  uint64_t NodeIdFor(ino_t backing_ino) const;
+
+  // Records one kernel lookup of the inode `st` describes, reached through
+  // `fd` (consumed: kept for a new entry, closed if the inode is known).
+  // Returns the inode; nullptr only if st's number is reserved.
+  std::shared_ptr<Inode> Acquire(cow_store::UniqueFd fd, const struct stat& st);
+
+  // The inode for `nodeid`, or nullptr if the kernel holds no reference.
+  std::shared_ptr<Inode> Find(uint64_t nodeid) const;
+
+  // Drops `n` kernel references; forgets the inode at zero.
+  void Forget(uint64_t nodeid, uint64_t n);
+
+  const std::shared_ptr<Inode>& root() const { return root_; }
+  dev_t dev() const { return dev_; }
+  size_t size() const;
+
+ private:
+  mutable std::shared_mutex mutex_;
+  std::unordered_map<uint64_t, std::shared_ptr<Inode>> inodes_;
+  std::shared_ptr<Inode> root_;
+  ino_t root_backing_ino_;
+  dev_t dev_;
+};
+
+}  // namespace vssfs::fs
+
+#endif  // VSSFS_FS_SRC_INODE_TABLE_H_

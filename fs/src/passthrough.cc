@@ -1,0 +1,938 @@
+#include "passthrough.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <new>
+#include <sstream>
+#include <vector>
+
+#include "backing_xattr.h"
+#include "creds.h"
+#include "log.h"
+#include "vssfs/cow_store/store_dir.h"
+
+namespace vssfs::fs {
+
+using cow_store::Result;
+using cow_store::Status;
+using cow_store::UniqueFd;
+
+namespace {
+
+constexpr char kSnapshotDirName[] = ".snapshot";
+constexpr char kCapabilityXattr[] = "security.capability";
+// Directory offset of the end of the virtual ".snapshot" entry that follows
+// the backing entries of the root directory. Backing cookies never take this
+// value in practice (ext4's largest hash cookie and end marker are
+// 0x7fffffffffffffff, tmpfs/xfs/btrfs use small numbers).
+constexpr off_t kAfterSnapshotEntryOffset = INT64_MAX - 1;
+
+Filesystem& Fs(fuse_req_t req) {
+  return *static_cast<Filesystem*>(fuse_req_userdata(req));
+}
+
+// Runs a handler body, turning exceptions into errno values: nothing may
+// unwind into libfuse.
+template <typename F>
+int Run(F&& body) noexcept {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return -ENOMEM;
+  } catch (...) {
+    return -EIO;
+  }
+}
+
+// "/proc/self/fd/N": reopens an O_PATH descriptor with real access modes.
+struct ProcPath {
+  explicit ProcPath(int fd) { std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd); }
+  char path[32];
+};
+
+bool IsDotOrDotDot(const char* name) {
+  return name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'));
+}
+
+// Which reserved root name `name` is, if any, when looked up in `parent`.
+enum class Reserved { kNone, kStore, kSnapshot };
+Reserved ReservedName(fuse_ino_t parent, const char* name) {
+  if (parent != FUSE_ROOT_ID) return Reserved::kNone;
+  if (std::strcmp(name, cow_store::kDefaultStoreName) == 0) return Reserved::kStore;
+  if (std::strcmp(name, kSnapshotDirName) == 0) return Reserved::kSnapshot;
+  return Reserved::kNone;
+}
+
+// The errno for creating an entry called `name` in `parent`, or 0.
+int CheckNewName(fuse_ino_t parent, const char* name) {
+  if (parent == kSnapshotDirNodeId) return -EROFS;
+  switch (ReservedName(parent, name)) {
+    case Reserved::kStore: return -EPERM;
+    case Reserved::kSnapshot: return -EEXIST;
+    case Reserved::kNone: return 0;
+  }
+  return 0;
+}
+
+// Adjusts open(2) flags for the backing descriptor. With the writeback cache
+// the kernel may read pages of a file opened write-only and computes append
+// positions itself. O_DIRECT is dropped: the kernel already bypasses its
+// cache for such opens, and libfuse's buffers do not meet O_DIRECT alignment.
+int BackingOpenFlags(int flags, bool writeback) {
+  flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW | O_DIRECT);
+  if (writeback) {
+    if ((flags & O_ACCMODE) == O_WRONLY) flags = (flags & ~O_ACCMODE) | O_RDWR;
+    flags &= ~O_APPEND;
+  }
+  return flags | O_CLOEXEC;
+}
+
+// ---- replies: each handler below has exactly one reply statement --------
+
+void ReplyErrOrEntry(fuse_req_t req, int r, const fuse_entry_param& e) {
+  if (r == 0) {
+    fuse_reply_entry(req, &e);
+  } else {
+    fuse_reply_err(req, -r);
+  }
+}
+
+void ReplyErrOrAttr(fuse_req_t req, int r, const struct stat& st, double timeout) {
+  if (r == 0) {
+    fuse_reply_attr(req, &st, timeout);
+  } else {
+    fuse_reply_err(req, -r);
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+struct Filesystem::DirHandle {
+  std::mutex mutex;  // Serialises readdir calls on one handle.
+  std::unique_ptr<DIR, int (*)(DIR*)> dir{nullptr, closedir};
+  bool virtual_only = false;  // The .snapshot directory: no backing DIR.
+  bool is_root = false;
+  off_t offset = 0;           // Offset the DIR stream is positioned at.
+  struct dirent* entry = nullptr;  // Read but not yet returned.
+};
+
+Result<std::unique_ptr<Filesystem>> Filesystem::Create(const FilesystemConfig& config) {
+  std::unique_ptr<Filesystem> fs(new Filesystem(config));
+  UniqueFd root(open(config.backing_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!root) return Status::FromErrno(errno, "open backing directory " + config.backing_dir);
+  struct stat st;
+  if (fstat(root.get(), &st) != 0) {
+    return Status::FromErrno(errno, "stat backing directory " + config.backing_dir);
+  }
+  fs->inodes_ = std::make_unique<InodeTable>(std::move(root), st);
+  clock_gettime(CLOCK_REALTIME, &fs->mount_time_);
+  return fs;
+}
+
+void Filesystem::Init(fuse_conn_info* conn) {
+  auto want = [&](unsigned cap) {
+    if (conn->capable & cap) conn->want |= cap;
+  };
+  // Defaults, overridable by -o options applied below.
+  want(FUSE_CAP_WRITEBACK_CACHE);
+  want(FUSE_CAP_POSIX_ACL);   // Kernel checks permissions with ACLs as the caller.
+  want(FUSE_CAP_DONT_MASK);   // We apply the umask (or a default ACL) natively.
+  want(FUSE_CAP_PARALLEL_DIROPS);
+  want(FUSE_CAP_CACHE_SYMLINKS);
+  want(FUSE_CAP_ASYNC_DIO);
+  want(FUSE_CAP_ATOMIC_O_TRUNC);
+  want(FUSE_CAP_READDIRPLUS);
+  want(FUSE_CAP_READDIRPLUS_AUTO);
+  want(FUSE_CAP_AUTO_INVAL_DATA);
+  // Locks are kept by the kernel for all users of the mount.
+  conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
+  conn->time_gran = 1;
+  conn->max_background = 64;
+  conn->congestion_threshold = 48;
+  if (config_.conn_opts != nullptr) fuse_apply_conn_info_opts(config_.conn_opts, conn);
+  writeback_ = (conn->want & FUSE_CAP_WRITEBACK_CACHE) != 0;
+  LOG_INFO("kernel FUSE protocol %u.%u, max_write %u, writeback cache %s",
+           conn->proto_major, conn->proto_minor, conn->max_write,
+           writeback_ ? "on" : "off");
+}
+
+void Filesystem::AfterInit() {
+  if (after_init_done.exchange(true) || config_.read_ahead_kb == 0) return;
+  // The mount's backing_dev_info is named after its device number, listed in
+  // mountinfo; reading mountinfo does not touch our own filesystem.
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string id, parent, devno, root, mp;
+    fields >> id >> parent >> devno >> root >> mp;
+    if (mp != config_.mountpoint) continue;
+    std::string path = "/sys/class/bdi/" + devno + "/read_ahead_kb";
+    std::ofstream out(path);
+    out << config_.read_ahead_kb << "\n";
+    out.flush();
+    if (!out) LOG_DEBUG("cannot set %s", path.c_str());
+  }
+}
+
+void Filesystem::FillEntry(fuse_entry_param* e, uint64_t nodeid,
+                           const struct stat& st) const {
+  *e = fuse_entry_param{};
+  e->ino = nodeid;
+  e->attr = st;
+  e->attr_timeout = config_.timeout;
+  e->entry_timeout = config_.timeout;
+}
+
+void Filesystem::SnapshotDirStat(struct stat* st) const {
+  *st = {};
+  st->st_ino = kSnapshotDirNodeId;
+  st->st_mode = S_IFDIR | 0555;
+  st->st_nlink = 2;
+  st->st_blksize = 4096;
+  st->st_atim = st->st_mtim = st->st_ctim = mount_time_;
+}
+
+int Filesystem::LookupIn(const Inode& parent, const char* name, fuse_entry_param* e) {
+  UniqueFd fd(openat(parent.fd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) return -errno;
+  struct stat st;
+  if (fstatat(fd.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return -errno;
+  if (st.st_dev != inodes_->dev()) {
+    // Another filesystem mounted inside the backing tree: its inode numbers
+    // could collide with ours and snapshots cannot preserve it.
+    if (!warned_cross_device_.exchange(true)) {
+      LOG_WARN("'%s' is on another filesystem than the backing directory; "
+               "vssfs does not cross mount points (EXDEV)", name);
+    }
+    return -EXDEV;
+  }
+  std::shared_ptr<Inode> inode = inodes_->Acquire(std::move(fd), st);
+  if (!inode) return -EOVERFLOW;
+  FillEntry(e, inode->nodeid, st);
+  return 0;
+}
+
+int Filesystem::Lookup(fuse_ino_t parent, const char* name, fuse_entry_param* e) {
+  if (parent == kSnapshotDirNodeId) return -ENOENT;
+  switch (ReservedName(parent, name)) {
+    case Reserved::kStore:
+      return -ENOENT;
+    case Reserved::kSnapshot: {
+      struct stat st;
+      SnapshotDirStat(&st);
+      FillEntry(e, kSnapshotDirNodeId, st);
+      return 0;
+    }
+    case Reserved::kNone:
+      break;
+  }
+  std::shared_ptr<Inode> p = Get(parent);
+  if (!p) return -ESTALE;
+  return LookupIn(*p, name, e);
+}
+
+int Filesystem::GetAttr(fuse_ino_t ino, fuse_file_info* fi, struct stat* st) {
+  if (ino == kSnapshotDirNodeId) {
+    SnapshotDirStat(st);
+    return 0;
+  }
+  int r;
+  if (fi != nullptr) {
+    r = fstat(static_cast<int>(fi->fh), st);
+  } else {
+    std::shared_ptr<Inode> inode = Get(ino);
+    if (!inode) return -ESTALE;
+    r = fstatat(inode->fd.get(), "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+  }
+  if (r != 0) return -errno;
+  if (ino == FUSE_ROOT_ID && !config_.store_in_backing) {
+    ++st->st_nlink;  // .snapshot is shown; a hidden store would cancel it.
+  }
+  return 0;
+}
+
+int Filesystem::SetAttr(fuse_ino_t ino, const struct stat& attr, int to_set,
+                        fuse_file_info* fi, struct stat* out) {
+  if (ino == kSnapshotDirNodeId) return -EROFS;
+  std::shared_ptr<Inode> inode = Get(ino);
+  if (!inode) return -ESTALE;
+  const int path_fd = inode->fd.get();
+  const int fd = fi != nullptr ? static_cast<int>(fi->fh) : -1;
+
+  // Order as the kernel applies a combined change: owner, size, then mode
+  // and times (so a chown's clearing of set-id bits cannot undo a new mode).
+  if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+    uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? attr.st_uid : static_cast<uid_t>(-1);
+    gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? attr.st_gid : static_cast<gid_t>(-1);
+    if (fchownat(path_fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
+      return -errno;
+    }
+    inode->caps = Inode::Caps::kUnknown;  // chown drops file capabilities.
+  }
+  if (to_set & FUSE_SET_ATTR_SIZE) {
+    int r = fd >= 0 ? ftruncate(fd, attr.st_size)
+                    : truncate(ProcPath(path_fd).path, attr.st_size);
+    if (r != 0) return -errno;
+  }
+  if (to_set & FUSE_SET_ATTR_MODE) {
+    int r = fd >= 0 ? fchmod(fd, attr.st_mode)
+                    : fchmodat(AT_FDCWD, ProcPath(path_fd).path, attr.st_mode, 0);
+    if (r != 0) return -errno;
+  }
+  if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) {
+    struct timespec times[2];
+    times[0].tv_nsec = UTIME_OMIT;
+    times[1].tv_nsec = UTIME_OMIT;
+    if (to_set & FUSE_SET_ATTR_ATIME_NOW) {
+      times[0].tv_nsec = UTIME_NOW;
+    } else if (to_set & FUSE_SET_ATTR_ATIME) {
+      times[0] = attr.st_atim;
+    }
+    if (to_set & FUSE_SET_ATTR_MTIME_NOW) {
+      times[1].tv_nsec = UTIME_NOW;
+    } else if (to_set & FUSE_SET_ATTR_MTIME) {
+      times[1] = attr.st_mtim;
+    }
+    int r = fd >= 0 ? futimens(fd, times)
+                    : utimensat(path_fd, "", times, AT_EMPTY_PATH);
+    if (r != 0) return -errno;
+  }
+  return GetAttr(ino, fi, out);
+}
+
+int Filesystem::ReadLink(fuse_ino_t ino, std::string* target) {
+  std::shared_ptr<Inode> inode = Get(ino);
+  if (!inode) return -ESTALE;
+  char buf[PATH_MAX + 1];
+  ssize_t n = readlinkat(inode->fd.get(), "", buf, sizeof buf);
+  if (n < 0) return -errno;
+  if (static_cast<size_t>(n) >= sizeof buf) return -ENAMETOOLONG;
+  target->assign(buf, static_cast<size_t>(n));
+  return 0;
+}
+
+int Filesystem::MakeNode(fuse_req_t req, fuse_ino_t parent, const char* name,
+                         mode_t mode, dev_t rdev, const char* link_target,
+                         fuse_entry_param* e) {
+  if (int r = CheckNewName(parent, name); r != 0) return r;
+  std::shared_ptr<Inode> p = Get(parent);
+  if (!p) return -ESTALE;
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  {
+    ScopedCaller caller(ctx->uid, ctx->gid, ctx->umask);
+    if (!caller.ok()) return -EPERM;
+    int r;
+    if (link_target != nullptr) {
+      r = symlinkat(link_target, p->fd.get(), name);
+    } else if (S_ISDIR(mode)) {
+      r = mkdirat(p->fd.get(), name, mode & 07777);
+    } else {
+      r = mknodat(p->fd.get(), name, mode, rdev);
+    }
+    if (r != 0) return -errno;
+  }
+  return LookupIn(*p, name, e);
+}
+
+int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name,
+                       mode_t mode, fuse_file_info* fi, fuse_entry_param* e) {
+  if (int r = CheckNewName(parent, name); r != 0) return r;
+  std::shared_ptr<Inode> p = Get(parent);
+  if (!p) return -ESTALE;
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  UniqueFd fd;
+  {
+    ScopedCaller caller(ctx->uid, ctx->gid, ctx->umask);
+    if (!caller.ok()) return -EPERM;
+    int flags = BackingOpenFlags(fi->flags, writeback_) | O_CREAT | (fi->flags & O_EXCL);
+    fd.reset(openat(p->fd.get(), name, flags, mode));
+    if (!fd) return -errno;
+  }
+  UniqueFd path_fd(open(ProcPath(fd.get()).path, O_PATH | O_CLOEXEC));
+  if (!path_fd) return -errno;
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0) return -errno;
+  std::shared_ptr<Inode> inode = inodes_->Acquire(std::move(path_fd), st);
+  if (!inode) return -EOVERFLOW;
+  FillEntry(e, inode->nodeid, st);
+  fi->fh = static_cast<uint64_t>(fd.release());
+  fi->keep_cache = config_.timeout > 0;
+  return 0;
+}
+
+int Filesystem::Open(fuse_ino_t ino, fuse_file_info* fi) {
+  std::shared_ptr<Inode> inode = Get(ino);
+  if (!inode) return -ESTALE;
+  int fd = open(ProcPath(inode->fd.get()).path, BackingOpenFlags(fi->flags, writeback_));
+  if (fd < 0) return -errno;
+  fi->fh = static_cast<uint64_t>(fd);
+  fi->keep_cache = config_.timeout > 0;
+  return 0;
+}
+
+int Filesystem::Link(fuse_ino_t ino, fuse_ino_t parent, const char* name,
+                     fuse_entry_param* e) {
+  if (int r = CheckNewName(parent, name); r != 0) return r;
+  if (ino == kSnapshotDirNodeId) return -EPERM;
+  std::shared_ptr<Inode> inode = Get(ino);
+  std::shared_ptr<Inode> p = Get(parent);
+  if (!inode || !p) return -ESTALE;
+  if (linkat(inode->fd.get(), "", p->fd.get(), name, AT_EMPTY_PATH) != 0) return -errno;
+  return LookupIn(*p, name, e);
+}
+
+int Filesystem::Remove(fuse_ino_t parent, const char* name, bool directory) {
+  if (parent == kSnapshotDirNodeId) return -EROFS;
+  switch (ReservedName(parent, name)) {
+    case Reserved::kStore: return -ENOENT;
+    case Reserved::kSnapshot: return -EROFS;
+    case Reserved::kNone: break;
+  }
+  std::shared_ptr<Inode> p = Get(parent);
+  if (!p) return -ESTALE;
+  if (unlinkat(p->fd.get(), name, directory ? AT_REMOVEDIR : 0) != 0) return -errno;
+  return 0;
+}
+
+int Filesystem::Rename(fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+                       const char* newname, unsigned flags) {
+  if (parent == kSnapshotDirNodeId || newparent == kSnapshotDirNodeId) return -EROFS;
+  Reserved from = ReservedName(parent, name);
+  Reserved to = ReservedName(newparent, newname);
+  if (from == Reserved::kStore) return -ENOENT;
+  if (from == Reserved::kSnapshot || to == Reserved::kSnapshot) return -EROFS;
+  if (to == Reserved::kStore) return -EPERM;
+  std::shared_ptr<Inode> p = Get(parent);
+  std::shared_ptr<Inode> np = Get(newparent);
+  if (!p || !np) return -ESTALE;
+  if (renameat2(p->fd.get(), name, np->fd.get(), newname, flags) != 0) return -errno;
+  return 0;
+}
+
+std::shared_ptr<Filesystem::DirHandle> Filesystem::FindDir(uint64_t fh) {
+  std::lock_guard lock(dir_mutex_);
+  auto it = dirs_.find(fh);
+  return it == dirs_.end() ? nullptr : it->second;
+}
+
+int Filesystem::OpenDir(fuse_ino_t ino, fuse_file_info* fi) {
+  auto h = std::make_shared<DirHandle>();
+  if (ino == kSnapshotDirNodeId) {
+    h->virtual_only = true;
+  } else {
+    std::shared_ptr<Inode> inode = Get(ino);
+    if (!inode) return -ESTALE;
+    UniqueFd fd(openat(inode->fd.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd) return -errno;
+    h->dir.reset(fdopendir(fd.get()));
+    if (!h->dir) return -errno;
+    fd.release();  // Owned by the DIR stream now.
+    h->is_root = ino == FUSE_ROOT_ID;
+  }
+  std::lock_guard lock(dir_mutex_);
+  uint64_t id = next_dir_handle_++;
+  dirs_.emplace(id, std::move(h));
+  fi->fh = id;
+  fi->cache_readdir = config_.timeout > 0;
+  fi->keep_cache = config_.timeout > 0;
+  return 0;
+}
+
+int Filesystem::ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset,
+                        fuse_file_info* fi, bool plus, std::string* out) {
+  std::shared_ptr<DirHandle> h = FindDir(fi->fh);
+  if (!h) return -EBADF;
+  std::lock_guard lock(h->mutex);
+  out->resize(size);
+  char* p = out->data();
+  size_t rem = size;
+
+  // Adds one entry; false when the buffer is full (entry not added).
+  auto add = [&](const char* name, const fuse_entry_param& e, off_t next) {
+    size_t n = plus ? fuse_add_direntry_plus(req, p, rem, name, &e, next)
+                    : fuse_add_direntry(req, p, rem, name, &e.attr, next);
+    if (n > rem) return false;
+    p += n;
+    rem -= n;
+    return true;
+  };
+
+  if (h->virtual_only) {
+    // The empty .snapshot directory: ".", "..".
+    static const char* const kNames[] = {".", ".."};
+    for (off_t i = offset; i < 2; ++i) {
+      fuse_entry_param e{};
+      e.attr.st_mode = S_IFDIR;
+      e.attr.st_ino = i == 0 ? kSnapshotDirNodeId : inodes_->root()->backing_ino;
+      if (!add(kNames[i], e, i + 1)) break;
+    }
+    out->resize(size - rem);
+    return 0;
+  }
+
+  if (offset == kAfterSnapshotEntryOffset) {
+    out->clear();
+    return 0;
+  }
+  std::shared_ptr<Inode> dir_inode = plus ? Get(ino) : nullptr;
+  if (plus && !dir_inode) return -ESTALE;
+  if (offset != h->offset) {
+    seekdir(h->dir.get(), offset);
+    h->entry = nullptr;
+    h->offset = offset;
+  }
+  bool at_end = false;
+  while (true) {
+    if (h->entry == nullptr) {
+      errno = 0;
+      h->entry = readdir(h->dir.get());
+      if (h->entry == nullptr) {
+        if (errno != 0 && rem == size) return -errno;
+        at_end = errno == 0;
+        break;
+      }
+    }
+    const dirent* d = h->entry;
+    const off_t next = d->d_off;
+    if (h->is_root && (std::strcmp(d->d_name, cow_store::kDefaultStoreName) == 0 ||
+                       std::strcmp(d->d_name, kSnapshotDirName) == 0)) {
+      h->entry = nullptr;
+      h->offset = next;
+      continue;
+    }
+    fuse_entry_param e{};
+    bool counted = false;
+    if (plus && !IsDotOrDotDot(d->d_name)) {
+      int r = LookupIn(*dir_inode, d->d_name, &e);
+      if (r == 0) {
+        counted = true;
+      } else if (r != -ENOENT && r != -EXDEV) {
+        if (rem == size) return r;
+        break;
+      }
+    }
+    if (!counted) {
+      e = fuse_entry_param{};
+      e.attr.st_ino = d->d_ino;
+      e.attr.st_mode = static_cast<mode_t>(d->d_type) << 12;
+    }
+    if (!add(d->d_name, e, next)) {
+      if (counted) inodes_->Forget(e.ino, 1);
+      break;
+    }
+    h->entry = nullptr;
+    h->offset = next;
+  }
+  if (at_end && h->is_root) {
+    struct stat st;
+    SnapshotDirStat(&st);
+    fuse_entry_param e{};
+    FillEntry(&e, kSnapshotDirNodeId, st);
+    add(kSnapshotDirName, e, kAfterSnapshotEntryOffset);
+  }
+  out->resize(size - rem);
+  return 0;
+}
+
+int Filesystem::ReleaseDir(fuse_file_info* fi) {
+  std::lock_guard lock(dir_mutex_);
+  dirs_.erase(fi->fh);
+  return 0;
+}
+
+int Filesystem::FsyncDir(int datasync, fuse_file_info* fi) {
+  std::shared_ptr<DirHandle> h = FindDir(fi->fh);
+  if (!h) return -EBADF;
+  if (h->virtual_only) return 0;
+  int fd = dirfd(h->dir.get());
+  int r = datasync ? fdatasync(fd) : fsync(fd);
+  return r == 0 ? 0 : -errno;
+}
+
+int Filesystem::StatFs(struct statvfs* st) {
+  return fstatvfs(inodes_->root()->fd.get(), st) == 0 ? 0 : -errno;
+}
+
+int Filesystem::GetXattr(fuse_ino_t ino, const char* name, size_t size,
+                         std::string* value) {
+  if (ino == kSnapshotDirNodeId) return -ENODATA;
+  std::shared_ptr<Inode> inode = Get(ino);
+  if (!inode) return -ESTALE;
+  const bool caps = std::strcmp(name, kCapabilityXattr) == 0;
+  if (caps && inode->caps == Inode::Caps::kAbsent) return -ENODATA;
+  value->resize(size);
+  ssize_t n = BackingGetXattr(inode->fd.get(), S_ISLNK(inode->type), name,
+                              size ? value->data() : nullptr, size);
+  if (caps) {
+    inode->caps = n == -ENODATA ? Inode::Caps::kAbsent
+                                : (n >= 0 ? Inode::Caps::kPresent : Inode::Caps::kUnknown);
+  }
+  if (n < 0) return static_cast<int>(n);
+  value->resize(size ? static_cast<size_t>(n) : 0);
+  return static_cast<int>(n);
+}
+
+int Filesystem::ListXattr(fuse_ino_t ino, size_t size, std::string* list) {
+  if (ino == kSnapshotDirNodeId) return 0;
+  std::shared_ptr<Inode> inode = Get(ino);
+  if (!inode) return -ESTALE;
+  list->resize(size);
+  ssize_t n = BackingListXattr(inode->fd.get(), S_ISLNK(inode->type),
+                               size ? list->data() : nullptr, size);
+  if (n < 0) return static_cast<int>(n);
+  list->resize(size ? static_cast<size_t>(n) : 0);
+  return static_cast<int>(n);
+}
+
+int Filesystem::SetXattr(fuse_ino_t ino, const char* name, const char* value,
+                         size_t size, int flags) {
+  if (ino == kSnapshotDirNodeId) return -EROFS;
+  std::shared_ptr<Inode> inode = Get(ino);
+  if (!inode) return -ESTALE;
+  if (std::strcmp(name, kCapabilityXattr) == 0) inode->caps = Inode::Caps::kUnknown;
+  return BackingSetXattr(inode->fd.get(), S_ISLNK(inode->type), name, value, size, flags);
+}
+
+int Filesystem::RemoveXattr(fuse_ino_t ino, const char* name) {
+  if (ino == kSnapshotDirNodeId) return -EROFS;
+  std::shared_ptr<Inode> inode = Get(ino);
+  if (!inode) return -ESTALE;
+  if (std::strcmp(name, kCapabilityXattr) == 0) inode->caps = Inode::Caps::kUnknown;
+  return BackingRemoveXattr(inode->fd.get(), S_ISLNK(inode->type), name);
+}
+
+// ---- C trampolines --------------------------------------------------------
+
+namespace {
+
+void OpInit(void* userdata, fuse_conn_info* conn) {
+  static_cast<Filesystem*>(userdata)->Init(conn);
+}
+
+void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  Filesystem& fs = Fs(req);
+  if (!fs.after_init_done.load(std::memory_order_relaxed)) fs.AfterInit();
+  fuse_entry_param e{};
+  int r = Run([&] { return fs.Lookup(parent, name, &e); });
+  if (r == -ENOENT && fs.config().negative_timeout > 0) {
+    // A negative entry: the kernel remembers the absence.
+    e = fuse_entry_param{};
+    e.entry_timeout = fs.config().negative_timeout;
+    r = 0;
+  }
+  ReplyErrOrEntry(req, r, e);
+}
+
+void OpForget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
+  Fs(req).inodes().Forget(ino, nlookup);
+  fuse_reply_none(req);
+}
+
+void OpForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
+  for (size_t i = 0; i < count; ++i) Fs(req).inodes().Forget(forgets[i].ino, forgets[i].nlookup);
+  fuse_reply_none(req);
+}
+
+void OpGetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Filesystem& fs = Fs(req);
+  if (!fs.after_init_done.load(std::memory_order_relaxed)) fs.AfterInit();
+  struct stat st {};
+  int r = Run([&] { return fs.GetAttr(ino, fi, &st); });
+  ReplyErrOrAttr(req, r, st, fs.config().timeout);
+}
+
+void OpSetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
+               fuse_file_info* fi) {
+  Filesystem& fs = Fs(req);
+  struct stat st {};
+  int r = Run([&] { return fs.SetAttr(ino, *attr, to_set, fi, &st); });
+  ReplyErrOrAttr(req, r, st, fs.config().timeout);
+}
+
+void OpReadLink(fuse_req_t req, fuse_ino_t ino) {
+  std::string target;
+  int r = Run([&] { return Fs(req).ReadLink(ino, &target); });
+  if (r == 0) {
+    fuse_reply_readlink(req, target.c_str());
+  } else {
+    fuse_reply_err(req, -r);
+  }
+}
+
+void OpMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+             dev_t rdev) {
+  fuse_entry_param e{};
+  int r = Run([&] { return Fs(req).MakeNode(req, parent, name, mode, rdev, nullptr, &e); });
+  ReplyErrOrEntry(req, r, e);
+}
+
+void OpMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  fuse_entry_param e{};
+  int r = Run([&] { return Fs(req).MakeNode(req, parent, name, S_IFDIR | mode, 0, nullptr, &e); });
+  ReplyErrOrEntry(req, r, e);
+}
+
+void OpSymlink(fuse_req_t req, const char* link, fuse_ino_t parent, const char* name) {
+  fuse_entry_param e{};
+  int r = Run([&] { return Fs(req).MakeNode(req, parent, name, S_IFLNK, 0, link, &e); });
+  ReplyErrOrEntry(req, r, e);
+}
+
+void OpLink(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char* name) {
+  fuse_entry_param e{};
+  int r = Run([&] { return Fs(req).Link(ino, parent, name, &e); });
+  ReplyErrOrEntry(req, r, e);
+}
+
+void OpUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  fuse_reply_err(req, -Run([&] { return Fs(req).Remove(parent, name, false); }));
+}
+
+void OpRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  fuse_reply_err(req, -Run([&] { return Fs(req).Remove(parent, name, true); }));
+}
+
+void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name,
+              fuse_ino_t newparent, const char* newname, unsigned flags) {
+  fuse_reply_err(req, -Run([&] {
+    return Fs(req).Rename(parent, name, newparent, newname, flags);
+  }));
+}
+
+void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+              fuse_file_info* fi) {
+  Filesystem& fs = Fs(req);
+  fuse_entry_param e{};
+  int r = Run([&] { return fs.Create(req, parent, name, mode, fi, &e); });
+  if (r == 0) {
+    if (fuse_reply_create(req, &e, fi) != 0) {
+      // The request was interrupted: nobody will release this file.
+      close(static_cast<int>(fi->fh));
+      fs.inodes().Forget(e.ino, 1);
+    }
+  } else {
+    fuse_reply_err(req, -r);
+  }
+}
+
+void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  int r = Run([&] { return Fs(req).Open(ino, fi); });
+  if (r == 0) {
+    if (fuse_reply_open(req, fi) != 0) close(static_cast<int>(fi->fh));
+  } else {
+    fuse_reply_err(req, -r);
+  }
+}
+
+void OpRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
+  fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+  buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+  buf.buf[0].fd = static_cast<int>(fi->fh);
+  buf.buf[0].pos = off;
+  fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}
+
+void OpWriteBuf(fuse_req_t req, fuse_ino_t, fuse_bufvec* in, off_t off,
+                fuse_file_info* fi) {
+  fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));
+  out.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+  out.buf[0].fd = static_cast<int>(fi->fh);
+  out.buf[0].pos = off;
+  ssize_t n = fuse_buf_copy(&out, in, static_cast<fuse_buf_copy_flags>(0));
+  if (n >= 0) {
+    fuse_reply_write(req, static_cast<size_t>(n));
+  } else {
+    fuse_reply_err(req, static_cast<int>(-n));
+  }
+}
+
+void OpFlush(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
+  // Locks are the kernel's and data reaches the backing file on write:
+  // nothing to do at close.
+  fuse_reply_err(req, 0);
+}
+
+void OpRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  UniqueFd fd(static_cast<int>(fi->fh));
+  fd.reset();
+  fuse_reply_err(req, 0);
+}
+
+void OpFsync(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
+  int fd = static_cast<int>(fi->fh);
+  int r = datasync ? fdatasync(fd) : fsync(fd);
+  fuse_reply_err(req, r == 0 ? 0 : errno);
+}
+
+void OpOpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Filesystem& fs = Fs(req);
+  int r = Run([&] { return fs.OpenDir(ino, fi); });
+  if (r == 0) {
+    if (fuse_reply_open(req, fi) != 0) fs.ReleaseDir(fi);
+  } else {
+    fuse_reply_err(req, -r);
+  }
+}
+
+void ReadDirCommon(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                   fuse_file_info* fi, bool plus) {
+  std::string buf;
+  int r = Run([&] { return Fs(req).ReadDir(req, ino, size, off, fi, plus, &buf); });
+  if (r == 0) {
+    fuse_reply_buf(req, buf.data(), buf.size());
+  } else {
+    fuse_reply_err(req, -r);
+  }
+}
+
+void OpReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+               fuse_file_info* fi) {
+  ReadDirCommon(req, ino, size, off, fi, false);
+}
+
+void OpReadDirPlus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                   fuse_file_info* fi) {
+  ReadDirCommon(req, ino, size, off, fi, true);
+}
+
+void OpReleaseDir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  fuse_reply_err(req, -Run([&] { return Fs(req).ReleaseDir(fi); }));
+}
+
+void OpFsyncDir(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
+  fuse_reply_err(req, -Run([&] { return Fs(req).FsyncDir(datasync, fi); }));
+}
+
+void OpStatFs(fuse_req_t req, fuse_ino_t) {
+  struct statvfs st {};
+  int r = Run([&] { return Fs(req).StatFs(&st); });
+  if (r == 0) {
+    fuse_reply_statfs(req, &st);
+  } else {
+    fuse_reply_err(req, -r);
+  }
+}
+
+void OpGetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+  std::string value;
+  int r = Run([&] { return Fs(req).GetXattr(ino, name, size, &value); });
+  if (r < 0) {
+    fuse_reply_err(req, -r);
+  } else if (size == 0) {
+    fuse_reply_xattr(req, static_cast<size_t>(r));
+  } else {
+    fuse_reply_buf(req, value.data(), value.size());
+  }
+}
+
+void OpListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+  std::string list;
+  int r = Run([&] { return Fs(req).ListXattr(ino, size, &list); });
+  if (r < 0) {
+    fuse_reply_err(req, -r);
+  } else if (size == 0) {
+    fuse_reply_xattr(req, static_cast<size_t>(r));
+  } else {
+    fuse_reply_buf(req, list.data(), list.size());
+  }
+}
+
+void OpSetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value,
+                size_t size, int flags) {
+  fuse_reply_err(req, -Run([&] { return Fs(req).SetXattr(ino, name, value, size, flags); }));
+}
+
+void OpRemoveXattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+  fuse_reply_err(req, -Run([&] { return Fs(req).RemoveXattr(ino, name); }));
+}
+
+void OpFallocate(fuse_req_t req, fuse_ino_t, int mode, off_t offset, off_t length,
+                 fuse_file_info* fi) {
+  int r = fallocate(static_cast<int>(fi->fh), mode, offset, length);
+  fuse_reply_err(req, r == 0 ? 0 : errno);
+}
+
+void OpLseek(fuse_req_t req, fuse_ino_t, off_t off, int whence, fuse_file_info* fi) {
+  off_t r = lseek(static_cast<int>(fi->fh), off, whence);
+  if (r >= 0) {
+    fuse_reply_lseek(req, r);
+  } else {
+    fuse_reply_err(req, errno);
+  }
+}
+
+void OpCopyFileRange(fuse_req_t req, fuse_ino_t, off_t off_in, fuse_file_info* fi_in,
+                     fuse_ino_t, off_t off_out, fuse_file_info* fi_out, size_t len,
+                     int flags) {
+  loff_t in = off_in;
+  loff_t out = off_out;
+  ssize_t n = copy_file_range(static_cast<int>(fi_in->fh), &in,
+                              static_cast<int>(fi_out->fh), &out, len,
+                              static_cast<unsigned>(flags));
+  if (n >= 0) {
+    fuse_reply_write(req, static_cast<size_t>(n));
+  } else {
+    fuse_reply_err(req, errno);
+  }
+}
+
+fuse_lowlevel_ops MakeOperations() {
+  fuse_lowlevel_ops ops{};
+  ops.init = OpInit;
+  ops.lookup = OpLookup;
+  ops.forget = OpForget;
+  ops.forget_multi = OpForgetMulti;
+  ops.getattr = OpGetAttr;
+  ops.setattr = OpSetAttr;
+  ops.readlink = OpReadLink;
+  ops.mknod = OpMknod;
+  ops.mkdir = OpMkdir;
+  ops.symlink = OpSymlink;
+  ops.link = OpLink;
+  ops.unlink = OpUnlink;
+  ops.rmdir = OpRmdir;
+  ops.rename = OpRename;
+  ops.create = OpCreate;
+  ops.open = OpOpen;
+  ops.read = OpRead;
+  ops.write_buf = OpWriteBuf;
+  ops.flush = OpFlush;
+  ops.release = OpRelease;
+  ops.fsync = OpFsync;
+  ops.opendir = OpOpenDir;
+  ops.readdir = OpReadDir;
+  ops.readdirplus = OpReadDirPlus;
+  ops.releasedir = OpReleaseDir;
+  ops.fsyncdir = OpFsyncDir;
+  ops.statfs = OpStatFs;
+  ops.getxattr = OpGetXattr;
+  ops.listxattr = OpListXattr;
+  ops.setxattr = OpSetXattr;
+  ops.removexattr = OpRemoveXattr;
+  ops.fallocate = OpFallocate;
+  ops.lseek = OpLseek;
+  ops.copy_file_range = OpCopyFileRange;
+  return ops;
+}
+
+}  // namespace
+
+const fuse_lowlevel_ops& Filesystem::Operations() {
+  static const fuse_lowlevel_ops kOps = MakeOperations();
+  return kOps;
+}
+
+}  // namespace vssfs::fs

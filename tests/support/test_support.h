@@ -1,0 +1,75 @@
+// Test support: private temporary directories and real vssfs mounts that are
+// always torn down, even when a test fails.
+//
+// Thread-safety: none; use each object from one thread.
+#ifndef VSSFS_TESTS_SUPPORT_TEST_SUPPORT_H_
+#define VSSFS_TESTS_SUPPORT_TEST_SUPPORT_H_
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+namespace vssfs::testing {
+
+// A fresh directory under $TMPDIR (default /tmp), removed recursively with
+// everything in it on destruction (after any mount inside it is detached).
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::string& path() const { return path_; }
+  // path() + "/" + name.
+  std::string Sub(const std::string& name) const;
+
+ private:
+  std::string path_;
+};
+
+// Runs `vssfs --foreground [args...] BACKING MOUNTPOINT` as a child process and
+// waits until the mount is live. The destructor unmounts (lazily if busy),
+// stops the daemon by PID and reaps it. Mount failure throws
+// std::runtime_error with the daemon's stderr.
+class ScopedMount {
+ public:
+  ScopedMount(const std::string& backing, const std::string& mountpoint,
+              const std::vector<std::string>& extra_args = {});
+  ~ScopedMount();
+  ScopedMount(const ScopedMount&) = delete;
+  ScopedMount& operator=(const ScopedMount&) = delete;
+
+  const std::string& mountpoint() const { return mountpoint_; }
+  pid_t pid() const { return pid_; }
+  // Unmounts and waits for the daemon; returns its exit status (as from
+  // waitpid). Idempotent.
+  int Unmount();
+  // SIGKILLs the daemon and detaches the dead mount (crash simulation).
+  void Kill();
+
+ private:
+  std::string mountpoint_;
+  std::string log_path_;
+  pid_t pid_ = -1;
+  int status_ = 0;
+};
+
+// True when `path` is a mount point of type fuse.vssfs (per /proc/self/mountinfo).
+bool IsVssfsMounted(const std::string& path);
+
+// Path of the vssfs binary under test (VSSFS_BINARY env var, else the build's).
+std::string VssfsBinary();
+
+// Runs a command (argv[0] looked up in PATH), returns exit status (-1 on
+// signal); stdout+stderr captured into *output when given.
+int RunCommand(const std::vector<std::string>& argv,
+               std::string* output = nullptr);
+
+// Reads a whole file; throws on error.
+std::string ReadFile(const std::string& path);
+
+}  // namespace vssfs::testing
+
+#endif  // VSSFS_TESTS_SUPPORT_TEST_SUPPORT_H_
