@@ -7,6 +7,7 @@
 #include <sys/resource.h>
 
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -144,7 +145,13 @@ int Main(int argc, char** argv) {
   fuse_session_unmount(se.get());
   fuse_remove_signal_handlers(se.get());
   LOG_INFO("unmounted %s", config.mountpoint.c_str());
-  return r == 0 ? 0 : 2;
+  // libfuse reports the terminating signal as a positive number: a clean
+  // stop. Negative values are errors of the session.
+  if (r < 0) {
+    LOG_ERROR("session ended with error: %s", strerror(-r));
+    return 2;
+  }
+  return 0;
 }
 
 }  // namespace

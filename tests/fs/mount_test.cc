@@ -1,1 +1,338 @@
+// Integration tests of the vssfs daemon: real mounts in private temp dirs.
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "test_support.h"
+
+using vssfs::testing::IsVssfsMounted;
+using vssfs::testing::ReadFile;
+using vssfs::testing::RunCommand;
+using vssfs::testing::ScopedMount;
+using vssfs::testing::TempDir;
+using vssfs::testing::VssfsBinary;
+
+namespace {
+
+struct Volume {
+  TempDir tmp;
+  std::string backing = tmp.Sub("backing");
+  std::string mnt = tmp.Sub("mnt");
+  Volume() {
+    mkdir(backing.c_str(), 0755);
+    mkdir(mnt.c_str(), 0755);
+  }
+};
+
+void WriteFile(const std::string& path, const std::string& data) {
+  std::ofstream out(path, std::ios::binary);
+  out << data;
+  REQUIRE(out.good());
+}
+
+ino_t Ino(const std::string& path) {
+  struct stat st;
+  REQUIRE(lstat(path.c_str(), &st) == 0);
+  return st.st_ino;
+}
+
+// Runs `body` in a child process as uid/gid 65534 and returns its exit code.
+template <typename F>
+int AsNobody(F&& body) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    gid_t groups[] = {65534};
+    if (setgroups(1, groups) != 0 || setresgid(65534, 65534, 65534) != 0 ||
+        setresuid(65534, 65534, 65534) != 0) {
+      _exit(99);
+    }
+    _exit(body());
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace
+
+TEST_CASE("mount: files pass through to the backing directory", "[fs][mount]") {
+  Volume v;
+  WriteFile(v.backing + "/before", "existing\n");
+  ScopedMount m(v.backing, v.mnt, {"-o", "allow_other"});
+  CHECK(ReadFile(v.mnt + "/before") == "existing\n");
+  WriteFile(v.mnt + "/after", "written through vssfs\n");
+  CHECK(ReadFile(v.backing + "/after") == "written through vssfs\n");
+
+  // A large file with random content, larger than one FUSE request.
+  std::string big(8 << 20, '\0');
+  std::mt19937_64 rng(42);
+  for (auto& c : big) c = static_cast<char>(rng());
+  WriteFile(v.mnt + "/big", big);
+  m.Unmount();
+  CHECK(ReadFile(v.backing + "/big") == big);
+}
+
+TEST_CASE("mount: inode numbers are the backing ones and survive remounts",
+          "[fs][mount]") {
+  Volume v;
+  ino_t file_ino, link_ino, dir_ino;
+  {
+    ScopedMount m(v.backing, v.mnt);
+    WriteFile(v.mnt + "/f", "x");
+    REQUIRE(link((v.mnt + "/f").c_str(), (v.mnt + "/hard").c_str()) == 0);
+    REQUIRE(mkdir((v.mnt + "/d").c_str(), 0755) == 0);
+    file_ino = Ino(v.mnt + "/f");
+    link_ino = Ino(v.mnt + "/hard");
+    dir_ino = Ino(v.mnt + "/d");
+    CHECK(file_ino == link_ino);
+    CHECK(file_ino == Ino(v.backing + "/f"));
+    CHECK(dir_ino == Ino(v.backing + "/d"));
+    CHECK(Ino(v.mnt) == Ino(v.backing));
+  }
+  ScopedMount m(v.backing, v.mnt);
+  CHECK(Ino(v.mnt + "/f") == file_ino);
+  CHECK(Ino(v.mnt + "/hard") == file_ino);
+  CHECK(Ino(v.mnt + "/d") == dir_ino);
+}
+
+TEST_CASE("mount: the store is invisible and unreachable", "[fs][mount]") {
+  Volume v;
+  ScopedMount m(v.backing, v.mnt);
+  struct stat st;
+  REQUIRE(stat((v.backing + "/.vssfs").c_str(), &st) == 0);
+  CHECK(stat((v.mnt + "/.vssfs").c_str(), &st) == -1);
+  CHECK(errno == ENOENT);
+  CHECK(stat((v.mnt + "/.vssfs/lock").c_str(), &st) == -1);
+  CHECK(errno == ENOENT);
+  CHECK(mkdir((v.mnt + "/.vssfs").c_str(), 0755) == -1);
+  CHECK(errno == EPERM);
+  CHECK(open((v.mnt + "/.vssfs").c_str(), O_CREAT | O_WRONLY, 0644) == -1);
+  CHECK(errno == EPERM);
+  WriteFile(v.mnt + "/x", "x");
+  CHECK(rename((v.mnt + "/x").c_str(), (v.mnt + "/.vssfs").c_str()) == -1);
+  CHECK(errno == EPERM);
+  CHECK(symlink("x", (v.mnt + "/.vssfs").c_str()) == -1);
+  CHECK(errno == EPERM);
+  std::string out;
+  REQUIRE(RunCommand({"ls", "-a", v.mnt}, &out) == 0);
+  CHECK(out == ".\n..\n.snapshot\nx\n");
+  // A subdirectory may use the name freely.
+  REQUIRE(mkdir((v.mnt + "/sub").c_str(), 0755) == 0);
+  CHECK(mkdir((v.mnt + "/sub/.vssfs").c_str(), 0755) == 0);
+  CHECK(mkdir((v.mnt + "/sub/.snapshot").c_str(), 0755) == 0);
+}
+
+TEST_CASE("mount: .snapshot is an empty read-only directory", "[fs][mount]") {
+  Volume v;
+  ScopedMount m(v.backing, v.mnt);
+  const std::string snap = v.mnt + "/.snapshot";
+  struct stat st;
+  REQUIRE(stat(snap.c_str(), &st) == 0);
+  CHECK(S_ISDIR(st.st_mode));
+  CHECK((st.st_mode & 07777) == 0555);
+  std::string out;
+  REQUIRE(RunCommand({"ls", "-a", snap}, &out) == 0);
+  CHECK(out == ".\n..\n");
+  // Root is refused too.
+  CHECK(mkdir((snap + "/x").c_str(), 0755) == -1);
+  CHECK(errno == EROFS);
+  CHECK(open((snap + "/f").c_str(), O_CREAT | O_WRONLY, 0644) == -1);
+  CHECK(errno == EROFS);
+  CHECK(rmdir(snap.c_str()) == -1);
+  CHECK(errno == EROFS);
+  CHECK(rename(snap.c_str(), (v.mnt + "/moved").c_str()) == -1);
+  CHECK(errno == EROFS);
+  CHECK(setxattr(snap.c_str(), "user.x", "1", 1, 0) == -1);
+  CHECK(errno == EROFS);
+  CHECK(chmod(snap.c_str(), 0777) == -1);
+  CHECK(errno == EROFS);
+  CHECK(mkdir(snap.c_str(), 0755) == -1);
+  CHECK(errno == EEXIST);
+  // Nothing of it reaches the backing directory.
+  CHECK(lstat((v.backing + "/.snapshot").c_str(), &st) == -1);
+}
+
+TEST_CASE("mount: xattrs Samba uses pass through", "[fs][mount]") {
+  Volume v;
+  ScopedMount m(v.backing, v.mnt);
+  const std::string f = v.mnt + "/f";
+  WriteFile(f, "x");
+  const std::string dosattrib("\0\0\4\0\4\0\0\0", 8);
+  REQUIRE(setxattr(f.c_str(), "user.DOSATTRIB", dosattrib.data(), dosattrib.size(), 0) == 0);
+  std::string ntacl(300, 'n');
+  REQUIRE(setxattr(f.c_str(), "security.NTACL", ntacl.data(), ntacl.size(), 0) == 0);
+  std::string stream(3000, 's');
+  REQUIRE(setxattr(f.c_str(), "user.DosStream.Zone.Identifier:$DATA", stream.data(),
+                   stream.size(), 0) == 0);
+  // A value too large for the backing filesystem fails as it does natively.
+  std::string huge(200000, 'h');
+  WriteFile(v.backing + "/native", "x");
+  errno = 0;
+  int native = setxattr((v.backing + "/native").c_str(), "user.huge", huge.data(),
+                        huge.size(), 0);
+  int native_errno = errno;
+  errno = 0;
+  CHECK(setxattr(f.c_str(), "user.huge", huge.data(), huge.size(), 0) == native);
+  CHECK(errno == native_errno);
+  char buf[65536];
+  CHECK(getxattr(f.c_str(), "user.DOSATTRIB", nullptr, 0) == 8);
+  REQUIRE(getxattr((v.backing + "/f").c_str(), "user.DOSATTRIB", buf, sizeof buf) == 8);
+  CHECK(std::string(buf, 8) == dosattrib);
+  CHECK(getxattr(f.c_str(), "security.NTACL", buf, 10) == -1);
+  CHECK(errno == ERANGE);
+  CHECK(getxattr(f.c_str(), "user.DosStream.Zone.Identifier:$DATA", buf, sizeof buf) == 3000);
+  CHECK(setxattr(f.c_str(), "user.DOSATTRIB", "a", 1, XATTR_CREATE) == -1);
+  CHECK(errno == EEXIST);
+  CHECK(removexattr(f.c_str(), "user.DOSATTRIB") == 0);
+  CHECK(getxattr(f.c_str(), "user.DOSATTRIB", buf, sizeof buf) == -1);
+  CHECK(errno == ENODATA);
+  std::string out;
+  REQUIRE(RunCommand({"setfacl", "-m", "u:65534:rw", f}, &out) == 0);
+  REQUIRE(RunCommand({"getfacl", "-cpn", v.backing + "/f"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("user:65534:rw-"));
+}
+
+TEST_CASE("mount: new files belong to their creator", "[fs][mount]") {
+  Volume v;
+  ScopedMount m(v.backing, v.mnt, {"-o", "allow_other"});
+  REQUIRE(chmod(v.tmp.path().c_str(), 0755) == 0);
+  REQUIRE(mkdir((v.mnt + "/pub").c_str(), 01777) == 0);
+  REQUIRE(chmod((v.mnt + "/pub").c_str(), 01777) == 0);
+  const std::string dir = v.mnt + "/pub";
+  WriteFile(dir + "/roots", "r");
+  int rc = AsNobody([&] {
+    umask(027);
+    int fd = open((dir + "/mine").c_str(), O_CREAT | O_WRONLY | O_EXCL, 0666);
+    if (fd < 0) return 1;
+    close(fd);
+    if (mkdir((dir + "/sub").c_str(), 0777) != 0) return 2;
+    if (symlink("mine", (dir + "/ln").c_str()) != 0) return 3;
+    if (unlink((dir + "/roots").c_str()) == 0 || errno != EPERM) return 4;
+    return 0;
+  });
+  REQUIRE(rc == 0);
+  struct stat st;
+  REQUIRE(lstat((v.backing + "/pub/mine").c_str(), &st) == 0);
+  CHECK(st.st_uid == 65534);
+  CHECK(st.st_gid == 65534);
+  CHECK((st.st_mode & 0777) == 0640);
+  REQUIRE(lstat((v.backing + "/pub/sub").c_str(), &st) == 0);
+  CHECK(st.st_uid == 65534);
+  CHECK((st.st_mode & 0777) == 0750);
+  REQUIRE(lstat((v.backing + "/pub/ln").c_str(), &st) == 0);
+  CHECK(st.st_uid == 65534);
+}
+
+TEST_CASE("mount: setgid directories pass their group on", "[fs][mount]") {
+  Volume v;
+  ScopedMount m(v.backing, v.mnt, {"-o", "allow_other"});
+  REQUIRE(chmod(v.tmp.path().c_str(), 0755) == 0);
+  const std::string dir = v.mnt + "/team";
+  REQUIRE(mkdir(dir.c_str(), 0777) == 0);
+  REQUIRE(chown(dir.c_str(), 0, 100) == 0);
+  REQUIRE(chmod(dir.c_str(), 02777) == 0);
+  int rc = AsNobody([&] {
+    if (mkdir((dir + "/sub").c_str(), 0755) != 0) return 1;
+    int fd = open((dir + "/f").c_str(), O_CREAT | O_WRONLY, 0644);
+    if (fd < 0) return 2;
+    close(fd);
+    return 0;
+  });
+  REQUIRE(rc == 0);
+  struct stat st;
+  REQUIRE(stat((v.backing + "/team/sub").c_str(), &st) == 0);
+  CHECK(st.st_gid == 100);
+  CHECK((st.st_mode & S_ISGID) != 0);
+  REQUIRE(stat((v.backing + "/team/f").c_str(), &st) == 0);
+  CHECK(st.st_gid == 100);
+  CHECK(st.st_uid == 65534);
+}
+
+TEST_CASE("mount: bad input gets one clear message and exit 1", "[fs][mount]") {
+  Volume v;
+  auto run = [&](std::vector<std::string> args, std::string* out) {
+    args.insert(args.begin(), VssfsBinary());
+    return RunCommand(args, out);
+  };
+  std::string out;
+  CHECK(run({v.tmp.Sub("missing"), v.mnt}, &out) == 1);
+  CHECK(out == "vssfs: backing directory " + v.tmp.Sub("missing") + " does not exist\n");
+  CHECK(run({v.backing, v.tmp.Sub("missing")}, &out) == 1);
+  CHECK(out == "vssfs: mount point " + v.tmp.Sub("missing") + " does not exist\n");
+  CHECK(run({"--bogus", v.backing, v.mnt}, &out) == 1);
+  CHECK(out == "vssfs: unknown option '--bogus' (see vssfs --help)\n");
+  CHECK(run({v.backing}, &out) == 1);
+  CHECK(out == "vssfs: missing MOUNTPOINT (see vssfs --help)\n");
+  mkdir((v.backing + "/in").c_str(), 0755);
+  CHECK(run({v.backing, v.backing + "/in"}, &out) == 1);
+  CHECK_THAT(out, Catch::Contains("lies inside the backing directory"));
+  CHECK(run({"--help"}, &out) == 0);
+  CHECK_THAT(out, Catch::StartsWith("usage: vssfs [options] BACKING_DIR MOUNTPOINT"));
+  CHECK(run({"--version"}, &out) == 0);
+  CHECK_THAT(out, Catch::StartsWith("vssfs "));
+
+  ScopedMount m(v.backing, v.mnt);
+  // The same mount point again.
+  mkdir(v.tmp.Sub("other").c_str(), 0755);
+  CHECK(run({v.tmp.Sub("other"), v.mnt}, &out) == 1);
+  CHECK_THAT(out, Catch::Contains("is already a mount point"));
+  // The same backing directory on a second mount point.
+  mkdir(v.tmp.Sub("mnt2").c_str(), 0755);
+  CHECK(run({v.backing, v.tmp.Sub("mnt2")}, &out) == 1);
+  CHECK_THAT(out, Catch::Contains("in use by another vssfs process (pid " +
+                                  std::to_string(m.pid()) + ")"));
+  CHECK_FALSE(IsVssfsMounted(v.tmp.Sub("mnt2")));
+  // A non-empty mount point.
+  WriteFile(v.tmp.Sub("mnt2/x"), "x");
+  CHECK(run({v.tmp.Sub("other"), v.tmp.Sub("mnt2")}, &out) == 1);
+  CHECK_THAT(out, Catch::Contains("is not empty"));
+}
+
+TEST_CASE("mount: SIGTERM and SIGINT unmount cleanly", "[fs][mount]") {
+  for (int sig : {SIGTERM, SIGINT}) {
+    Volume v;
+    ScopedMount m(v.backing, v.mnt);
+    WriteFile(v.mnt + "/f", "data");
+    REQUIRE(kill(m.pid(), sig) == 0);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (IsVssfsMounted(v.mnt) && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    CHECK_FALSE(IsVssfsMounted(v.mnt));
+    int status = m.Unmount();
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    CHECK(ReadFile(v.backing + "/f") == "data");
+  }
+}
+
+TEST_CASE("mount: background mode returns once mounted", "[fs][mount]") {
+  Volume v;
+  std::string out;
+  REQUIRE(RunCommand({VssfsBinary(), v.backing, v.mnt}, &out) == 0);
+  REQUIRE(IsVssfsMounted(v.mnt));
+  WriteFile(v.mnt + "/f", "bg");
+  CHECK(ReadFile(v.backing + "/f") == "bg");
+  REQUIRE(RunCommand({"umount", v.mnt}, &out) == 0);
+  CHECK_FALSE(IsVssfsMounted(v.mnt));
+  // The daemon is gone: the store lock is free again.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  int rc = 1;
+  while (rc != 0 && std::chrono::steady_clock::now() < deadline) {
+    rc = RunCommand({VssfsBinary(), v.backing, v.mnt}, &out);
+    if (rc != 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  CHECK(rc == 0);
+  RunCommand({"umount", v.mnt}, &out);
+}
