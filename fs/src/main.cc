@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "channel.h"
 #include "creds.h"
 #include "log.h"
 #include "passthrough.h"
@@ -119,6 +120,11 @@ int Main(int argc, char** argv) {
   if (fuse_session_mount(se.get(), config.mountpoint.c_str()) != 0) {
     fuse_remove_signal_handlers(se.get());
     return Fail("cannot mount on " + config.mountpoint + " (see the message above)");
+  }
+  if (int r = InstallChannel(se.get(), opts.killpriv_v2); r != 0) {
+    fuse_session_unmount(se.get());
+    fuse_remove_signal_handlers(se.get());
+    return Fail("cannot install the FUSE channel hooks");
   }
   LOG_INFO("serving %s at %s (store %s)", config.backing_dir.c_str(),
            config.mountpoint.c_str(), store.value().path().c_str());

@@ -100,6 +100,8 @@ Status ApplyMountOption(const std::string& item, Options* o) {
     o->clone_fd = true;
   } else if (name == "no_clone_fd" && !has_value) {
     o->clone_fd = false;
+  } else if ((name == "killpriv_v2" || name == "no_killpriv_v2") && !has_value) {
+    o->killpriv_v2 = name == "killpriv_v2";
   } else if (name == "debug" && !has_value) {
     o->debug = true;
   } else if (IsIgnoredMountOption(name)) {
@@ -234,6 +236,8 @@ std::string UsageText(const std::string& program) {
     << "  threads=N               at most N worker threads (default 8)\n"
     << "  [no_]clone_fd           one /dev/fuse descriptor per thread (default on)\n"
     << "  [no_]writeback_cache    kernel write-back caching (default on)\n"
+    << "  [no_]killpriv_v2        vssfs clears set-id bits and capabilities on write,\n"
+    << "                          sparing the kernel a lookup per write (default on)\n"
     << "  read_ahead_kb=N         readahead window of the mount (default 1024, 0 = kernel's)\n"
     << "  max_write=N, max_background=N, congestion_threshold=N, [no_]splice_read,\n"
     << "  [no_]splice_write, [no_]splice_move, [no_]async_dio, readdirplus=yes|no|auto\n"

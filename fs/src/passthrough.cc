@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "backing_xattr.h"
+#include "channel.h"
 #include "creds.h"
 #include "log.h"
 #include "vssfs/cow_store/store_dir.h"
@@ -97,6 +98,22 @@ int BackingOpenFlags(int flags, bool writeback) {
   return flags | O_CLOEXEC;
 }
 
+// Clears set-user-ID and set-group-ID bits of an open regular file, as the
+// kernel would on a write or truncate by an unprivileged caller, when the
+// kernel asks (FUSE_HANDLE_KILLPRIV_V2). The group bit goes when it means
+// set-group-ID-on-exec (group execute set) or when it alone caused the
+// request.
+int KillSuidgid(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return -errno;
+  if (!S_ISREG(st.st_mode)) return 0;
+  mode_t mode = st.st_mode & 07777;
+  mode_t kept = mode & ~S_ISUID;
+  if ((mode & S_ISGID) && ((mode & S_IXGRP) || !(mode & S_ISUID))) kept &= ~S_ISGID;
+  if (kept != mode && fchmod(fd, kept) != 0) return -errno;
+  return 0;
+}
+
 // ---- replies: each handler below has exactly one reply statement --------
 
 void ReplyErrOrEntry(fuse_req_t req, int r, const fuse_entry_param& e) {
@@ -162,6 +179,8 @@ void Filesystem::Init(fuse_conn_info* conn) {
   conn->max_background = 64;
   conn->congestion_threshold = 48;
   if (config_.conn_opts != nullptr) fuse_apply_conn_info_opts(config_.conn_opts, conn);
+  // Requests must be read through the channel hooks (channel.h).
+  conn->want &= ~FUSE_CAP_SPLICE_READ;
   writeback_ = (conn->want & FUSE_CAP_WRITEBACK_CACHE) != 0;
   LOG_INFO("kernel FUSE protocol %u.%u, max_write %u, writeback cache %s",
            conn->proto_major, conn->proto_minor, conn->max_write,
@@ -283,9 +302,18 @@ int Filesystem::SetAttr(fuse_ino_t ino, const struct stat& attr, int to_set,
     inode->caps = Inode::Caps::kUnknown;  // chown drops file capabilities.
   }
   if (to_set & FUSE_SET_ATTR_SIZE) {
-    int r = fd >= 0 ? ftruncate(fd, attr.st_size)
-                    : truncate(ProcPath(path_fd).path, attr.st_size);
-    if (r != 0) return -errno;
+    UniqueFd opened;
+    int target = fd;
+    if (target < 0) {
+      opened.reset(open(ProcPath(path_fd).path, O_WRONLY | O_CLOEXEC));
+      if (!opened) return -errno;
+      target = opened.get();
+    }
+    if (ftruncate(target, attr.st_size) != 0) return -errno;
+    // With FUSE_HANDLE_KILLPRIV_V2 this bit is FATTR_KILL_SUIDGID.
+    if ((to_set & FUSE_SET_ATTR_KILL_SUID) && KillprivV2Negotiated()) {
+      if (int r = KillSuidgid(target); r != 0) return r;
+    }
   }
   if (to_set & FUSE_SET_ATTR_MODE) {
     int r = fd >= 0 ? fchmod(fd, attr.st_mode)
@@ -376,9 +404,12 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name,
 int Filesystem::Open(fuse_ino_t ino, fuse_file_info* fi) {
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
-  int fd = open(ProcPath(inode->fd.get()).path, BackingOpenFlags(fi->flags, writeback_));
-  if (fd < 0) return -errno;
-  fi->fh = static_cast<uint64_t>(fd);
+  UniqueFd fd(open(ProcPath(inode->fd.get()).path, BackingOpenFlags(fi->flags, writeback_)));
+  if (!fd) return -errno;
+  if ((fi->flags & O_TRUNC) && RequestKillsSuidgid()) {
+    if (int r = KillSuidgid(fd.get()); r != 0) return r;
+  }
+  fi->fh = static_cast<uint64_t>(fd.release());
   fi->keep_cache = config_.timeout > 0;
   return 0;
 }
@@ -752,6 +783,9 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t, fuse_bufvec* in, off_t off,
   out.buf[0].fd = static_cast<int>(fi->fh);
   out.buf[0].pos = off;
   ssize_t n = fuse_buf_copy(&out, in, static_cast<fuse_buf_copy_flags>(0));
+  if (n > 0 && RequestKillsSuidgid()) {
+    if (int r = KillSuidgid(out.buf[0].fd); r != 0) n = r;
+  }
   if (n >= 0) {
     fuse_reply_write(req, static_cast<size_t>(n));
   } else {

@@ -336,3 +336,49 @@ TEST_CASE("mount: background mode returns once mounted", "[fs][mount]") {
   CHECK(rc == 0);
   RunCommand({"umount", v.mnt}, &out);
 }
+
+TEST_CASE("mount: writes and truncates by another user clear set-id bits as natively",
+          "[fs][mount]") {
+  Volume v;
+  ScopedMount m(v.backing, v.mnt, {"-o", "allow_other"});
+  REQUIRE(chmod(v.tmp.path().c_str(), 0755) == 0);
+  const std::string native = v.tmp.Sub("native");
+  REQUIRE(mkdir(native.c_str(), 0755) == 0);
+  struct Case {
+    const char* name;
+    mode_t mode;
+    int action;  // 0 write, 1 ftruncate, 2 open O_TRUNC
+  };
+  const Case cases[] = {{"suid_w", 04777, 0}, {"sgidx_w", 02777, 0},
+                        {"sgid_noexec_w", 02767, 0}, {"both_w", 06777, 0},
+                        {"suid_t", 04777, 1}, {"sgidx_t", 02777, 1},
+                        {"suid_o", 04777, 2}, {"sgidx_o", 02777, 2}};
+  for (const std::string& dir : {native, v.mnt}) {
+    for (const Case& c : cases) {
+      const std::string f = dir + "/" + c.name;
+      WriteFile(f, "0123456789");
+      REQUIRE(chmod(f.c_str(), c.mode) == 0);
+    }
+    int rc = AsNobody([&] {
+      for (const Case& c : cases) {
+        const std::string f = dir + "/" + c.name;
+        int fd = open(f.c_str(), O_WRONLY | (c.action == 2 ? O_TRUNC : 0));
+        if (fd < 0) return 1;
+        if (c.action == 0 && write(fd, "x", 1) != 1) return 2;
+        if (c.action == 1 && ftruncate(fd, 3) != 0) return 3;
+        close(fd);
+      }
+      return 0;
+    });
+    REQUIRE(rc == 0);
+  }
+  for (const Case& c : cases) {
+    struct stat want, got;
+    REQUIRE(stat((native + "/" + c.name).c_str(), &want) == 0);
+    REQUIRE(stat((v.mnt + "/" + c.name).c_str(), &got) == 0);
+    INFO(c.name << ": native " << std::oct << want.st_mode << ", vssfs " << got.st_mode);
+    CHECK(got.st_mode == want.st_mode);
+    REQUIRE(stat((v.backing + "/" + c.name).c_str(), &got) == 0);
+    CHECK(got.st_mode == want.st_mode);
+  }
+}

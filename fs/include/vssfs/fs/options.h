@@ -31,6 +31,8 @@ struct Options {
   bool show_help = false;      // -h, --help
   bool show_version = false;   // -V, --version
   bool clone_fd = true;        // -o clone_fd / -o no_clone_fd
+  // Negotiate FUSE_HANDLE_KILLPRIV_V2 (-o no_killpriv_v2 to turn off).
+  bool killpriv_v2 = true;
 
   // Kernel cache lifetimes in seconds (-o timeout=, -o negative_timeout=).
   // All changes to the live tree are expected to go through the mount.
