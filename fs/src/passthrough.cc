@@ -268,14 +268,13 @@ int Filesystem::GetAttr(fuse_ino_t ino, fuse_file_info* fi, struct stat* st) {
     SnapshotDirStat(st);
     return 0;
   }
-  int r;
-  if (fi != nullptr) {
-    r = fstat(static_cast<int>(fi->fh), st);
-  } else {
-    std::shared_ptr<Inode> inode = Get(ino);
-    if (!inode) return -ESTALE;
-    r = fstatat(inode->fd.get(), "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
-  }
+  std::shared_ptr<Inode> inode = Get(ino);
+  if (!inode) return -ESTALE;
+  // fi->fh is a descriptor only for regular files (directory handles are
+  // registry ids).
+  int r = fi != nullptr && S_ISREG(inode->type)
+              ? fstat(static_cast<int>(fi->fh), st)
+              : fstatat(inode->fd.get(), "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
   if (r != 0) return -errno;
   if (ino == FUSE_ROOT_ID && !config_.store_in_backing) {
     ++st->st_nlink;  // .snapshot is shown; a hidden store would cancel it.
@@ -289,7 +288,9 @@ int Filesystem::SetAttr(fuse_ino_t ino, const struct stat& attr, int to_set,
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
   const int path_fd = inode->fd.get();
-  const int fd = fi != nullptr ? static_cast<int>(fi->fh) : -1;
+  // The kernel passes the open file for fchmod/ftruncate/futimens; its fh is
+  // a descriptor only for regular files (directory handles are registry ids).
+  const int fd = fi != nullptr && S_ISREG(inode->type) ? static_cast<int>(fi->fh) : -1;
 
   // Order as the kernel applies a combined change: owner, size, then mode
   // and times (so a chown's clearing of set-id bits cannot undo a new mode).
@@ -421,7 +422,13 @@ int Filesystem::Link(fuse_ino_t ino, fuse_ino_t parent, const char* name,
   std::shared_ptr<Inode> inode = Get(ino);
   std::shared_ptr<Inode> p = Get(parent);
   if (!inode || !p) return -ESTALE;
-  if (linkat(inode->fd.get(), "", p->fd.get(), name, AT_EMPTY_PATH) != 0) return -errno;
+  // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, link through /proc.
+  if (linkat(inode->fd.get(), "", p->fd.get(), name, AT_EMPTY_PATH) != 0) {
+    if (errno != ENOENT || linkat(AT_FDCWD, ProcPath(inode->fd.get()).path, p->fd.get(),
+                                  name, AT_SYMLINK_FOLLOW) != 0) {
+      return -errno;
+    }
+  }
   return LookupIn(*p, name, e);
 }
 

@@ -382,3 +382,40 @@ TEST_CASE("mount: writes and truncates by another user clear set-id bits as nati
     CHECK(got.st_mode == want.st_mode);
   }
 }
+
+TEST_CASE("mount: fchmod, fchown and futimens on open directories and files",
+          "[fs][mount]") {
+  Volume v;
+  ScopedMount m(v.backing, v.mnt);
+  REQUIRE(mkdir((v.mnt + "/d").c_str(), 0755) == 0);
+  WriteFile(v.mnt + "/f", "x");
+  int dfd = open((v.mnt + "/d").c_str(), O_RDONLY | O_DIRECTORY);
+  int ffd = open((v.mnt + "/f").c_str(), O_RDWR);
+  REQUIRE(dfd >= 0);
+  REQUIRE(ffd >= 0);
+  CHECK(fchmod(dfd, 0700) == 0);
+  CHECK(fchown(dfd, 65534, 100) == 0);
+  struct timespec times[2] = {{1000, 1}, {2000, 2}};
+  CHECK(futimens(dfd, times) == 0);
+  CHECK(fchmod(ffd, 0600) == 0);
+  CHECK(futimens(ffd, times) == 0);
+  CHECK(ftruncate(ffd, 100) == 0);
+  struct stat st;
+  REQUIRE(fstat(dfd, &st) == 0);
+  CHECK((st.st_mode & 07777) == 0700);
+  REQUIRE(stat((v.backing + "/d").c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0700);
+  CHECK(st.st_uid == 65534);
+  CHECK(st.st_gid == 100);
+  CHECK(st.st_mtim.tv_sec == 2000);
+  CHECK(st.st_mtim.tv_nsec == 2);
+  CHECK(st.st_atim.tv_sec == 1000);
+  REQUIRE(stat((v.backing + "/f").c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0600);
+  CHECK(st.st_size == 100);
+  close(dfd);
+  close(ffd);
+  // The other entries are untouched.
+  REQUIRE(stat(v.backing.c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0755);
+}
