@@ -126,8 +126,6 @@ int Main(int argc, char** argv) {
     fuse_remove_signal_handlers(se.get());
     return Fail("cannot install the FUSE channel hooks");
   }
-  LOG_INFO("serving %s at %s (store %s)", config.backing_dir.c_str(),
-           config.mountpoint.c_str(), store.value().path().c_str());
   if (!opts.foreground) {
     if (fuse_daemonize(0) != 0) {
       fuse_session_unmount(se.get());
@@ -136,6 +134,8 @@ int Main(int argc, char** argv) {
     }
     LogToSyslog();
   }
+  LOG_INFO("serving %s at %s (store %s)", config.backing_dir.c_str(),
+           config.mountpoint.c_str(), store.value().path().c_str());
 
   int r;
   if (opts.single_thread) {

@@ -419,3 +419,20 @@ TEST_CASE("mount: fchmod, fchown and futimens on open directories and files",
   REQUIRE(stat(v.backing.c_str(), &st) == 0);
   CHECK((st.st_mode & 07777) == 0755);
 }
+
+TEST_CASE("mount: works from an fstab line through mount.fuse3", "[fs][mount]") {
+  Volume v;
+  // The "fuse" type with PROGRAM#SOURCE names the daemon by absolute path;
+  // "fuse.vssfs" would need vssfs installed on root's PATH.
+  const std::string fstab = v.tmp.Sub("fstab");
+  WriteFile(fstab, VssfsBinary() + "#" + v.backing + " " + v.mnt +
+                       " fuse allow_other,_netdev,nofail,noauto 0 0\n");
+  std::string out;
+  REQUIRE(RunCommand({"mount", "-T", fstab, v.mnt}, &out) == 0);
+  CHECK(out.empty());
+  REQUIRE(IsVssfsMounted(v.mnt));
+  WriteFile(v.mnt + "/f", "fstab");
+  CHECK(ReadFile(v.backing + "/f") == "fstab");
+  CHECK(RunCommand({"umount", v.mnt}, &out) == 0);
+  CHECK_FALSE(IsVssfsMounted(v.mnt));
+}
