@@ -1923,6 +1923,8 @@ class TreeChecker {
   std::map<Identity, Seen> prev_;  // from the previous check
   std::map<Identity, Seen> cur_;
   std::map<uint64_t, std::pair<Identity, std::string>> b_inodes_;
+  std::vector<char> buf_a_ = std::vector<char>(kMaxIo);  // reused read buffers
+  std::vector<char> buf_b_ = std::vector<char>(kMaxIo);
 };
 
 std::string TreeChecker::Check() {
@@ -2048,17 +2050,18 @@ bool TreeChecker::Contents(const std::string& rel) {
     if (ea == eb) return true;
     return Fail(rel, "open for reading differs", ea ? ErrName(ea) : "ok", eb ? ErrName(eb) : "ok");
   }
-  constexpr size_t kChunk = 1 << 20;
-  std::string ba(kChunk, '\0'), bb(kChunk, '\0');
+  const size_t kChunk = buf_a_.size();
+  char* ba = buf_a_.data();
+  char* bb = buf_b_.data();
   for (off_t off = 0;; off += static_cast<off_t>(kChunk)) {
-    const ssize_t na = PreadFull(fa.get(), ba.data(), kChunk, off);
-    const ssize_t nb = PreadFull(fb.get(), bb.data(), kChunk, off);
+    const ssize_t na = PreadFull(fa.get(), ba, kChunk, off);
+    const ssize_t nb = PreadFull(fb.get(), bb, kChunk, off);
     if (na < 0 || nb < 0) {
       return Fail(rel, StrPrintf("read error at offset %lld", static_cast<long long>(off)),
                   na < 0 ? ErrName(errno) : "ok", nb < 0 ? ErrName(errno) : "ok");
     }
-    if (na != nb || memcmp(ba.data(), bb.data(), static_cast<size_t>(na)) != 0) {
-      const std::string ca(ba.data(), static_cast<size_t>(na)), cb(bb.data(), static_cast<size_t>(nb));
+    if (na != nb || memcmp(ba, bb, static_cast<size_t>(na)) != 0) {
+      const std::string ca(ba, static_cast<size_t>(na)), cb(bb, static_cast<size_t>(nb));
       return Fail(rel, StrPrintf("contents differ (in the chunk at offset %lld): %s", static_cast<long long>(off),
                                  DataDiff(ca, cb).c_str()),
                   DataSummary(ca), DataSummary(cb));
@@ -2070,11 +2073,10 @@ bool TreeChecker::Contents(const std::string& rel) {
 // All xattr names and values (including system.posix_acl_* and, for a root
 // checker, trusted.* and security.*).
 bool TreeChecker::Xattrs(const std::string& rel) {
-  auto list = [](const std::string& full, std::string* names) -> int {
-    std::string buf(65536, '\0');
-    const ssize_t n = llistxattr(full.c_str(), buf.data(), buf.size());
+  auto list = [this](const std::string& full, std::string* names) -> int {
+    const ssize_t n = llistxattr(full.c_str(), buf_a_.data(), buf_a_.size());
     if (n < 0) return errno;
-    *names = SortedNames(buf.data(), static_cast<size_t>(n));
+    *names = SortedNames(buf_a_.data(), static_cast<size_t>(n));
     return 0;
   };
   std::string na, nb;
@@ -2089,13 +2091,12 @@ bool TreeChecker::Xattrs(const std::string& rel) {
     const size_t comma = na.find(',', pos);
     const std::string name = na.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
     pos = comma == std::string::npos ? na.size() + 1 : comma + 1;
-    std::string va(65536, '\0'), vb(65536, '\0');
-    const ssize_t la = lgetxattr(a_->Full(rel).c_str(), name.c_str(), va.data(), va.size());
+    const ssize_t la = lgetxattr(a_->Full(rel).c_str(), name.c_str(), buf_a_.data(), buf_a_.size());
     const int ga = la < 0 ? errno : 0;
-    const ssize_t lb = lgetxattr(b_->Full(rel).c_str(), name.c_str(), vb.data(), vb.size());
+    const ssize_t lb = lgetxattr(b_->Full(rel).c_str(), name.c_str(), buf_b_.data(), buf_b_.size());
     const int gb = lb < 0 ? errno : 0;
-    va.resize(la > 0 ? static_cast<size_t>(la) : 0);
-    vb.resize(lb > 0 ? static_cast<size_t>(lb) : 0);
+    const std::string va(buf_a_.data(), la > 0 ? static_cast<size_t>(la) : 0);
+    const std::string vb(buf_b_.data(), lb > 0 ? static_cast<size_t>(lb) : 0);
     if (ga != gb || va != vb) {
       return Fail(rel, "xattr " + Quote(name) + " differs" + (ga == 0 && gb == 0 ? ": " + DataDiff(va, vb) : ""),
                   ga ? ErrName(ga) : DataSummary(va), gb ? ErrName(gb) : DataSummary(vb));

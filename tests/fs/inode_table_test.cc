@@ -1,0 +1,71 @@
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+
+#include "inode_table.h"
+#include "test_support.h"
+
+using vssfs::cow_store::UniqueFd;
+using vssfs::fs::Inode;
+using vssfs::fs::InodeTable;
+using vssfs::fs::kReservedNodeIdBase;
+
+namespace {
+
+struct stat StatWithIno(ino_t ino, mode_t type = S_IFREG) {
+  struct stat st {};
+  st.st_ino = ino;
+  st.st_mode = type | 0644;
+  return st;
+}
+
+UniqueFd SomeFd() { return UniqueFd(open("/", O_PATH | O_CLOEXEC)); }
+
+}  // namespace
+
+TEST_CASE("inode table: node ids are backing inode numbers", "[fs][inode_table]") {
+  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
+  CHECK(table.NodeIdFor(2) == FUSE_ROOT_ID);  // The backing root.
+  CHECK(table.NodeIdFor(1) == 2);             // Swapped with the root.
+  CHECK(table.NodeIdFor(12345) == 12345);
+  CHECK(table.NodeIdFor(kReservedNodeIdBase) == 0);
+  CHECK(table.NodeIdFor(0) == 0);
+  CHECK(table.root()->nodeid == FUSE_ROOT_ID);
+  CHECK(table.Find(FUSE_ROOT_ID) == table.root());
+}
+
+TEST_CASE("inode table: lookups are counted and forgotten", "[fs][inode_table]") {
+  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
+  auto a = table.Acquire(SomeFd(), StatWithIno(100));
+  REQUIRE(a);
+  CHECK(a->nodeid == 100);
+  CHECK(a->type == S_IFREG);
+  int first_fd = a->fd.get();
+  // A second lookup of the same inode (e.g. a hard link) reuses the entry and
+  // closes the new descriptor.
+  UniqueFd second = SomeFd();
+  int second_fd = second.get();
+  auto b = table.Acquire(std::move(second), StatWithIno(100));
+  CHECK(b == a);
+  CHECK(a->fd.get() == first_fd);
+  CHECK(fcntl(second_fd, F_GETFD) == -1);
+  CHECK(a->nlookup == 2);
+  CHECK(table.size() == 2);
+  table.Forget(100, 1);
+  CHECK(table.Find(100) == a);
+  table.Forget(100, 1);
+  CHECK(table.Find(100) == nullptr);
+  CHECK(table.size() == 1);
+  // Forgetting more than was looked up, or unknown ids, is harmless.
+  table.Forget(100, 5);
+  table.Forget(FUSE_ROOT_ID, 1000);
+  CHECK(table.Find(FUSE_ROOT_ID) != nullptr);
+}
+
+TEST_CASE("inode table: reserved inode numbers are refused", "[fs][inode_table]") {
+  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
+  CHECK(table.Acquire(SomeFd(), StatWithIno(kReservedNodeIdBase + 5)) == nullptr);
+  CHECK(table.size() == 1);
+}
