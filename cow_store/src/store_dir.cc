@@ -33,8 +33,7 @@ Status WriteFileAtomically(int dir, const char* name, const std::string& content
   std::string tmp = std::string(name) + ".tmp";
   UniqueFd fd(openat(dir, tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!fd) return Status::FromErrno(errno, "create " + tmp);
-  if (write(fd.get(), content.data(), content.size()) !=
-      static_cast<ssize_t>(content.size())) {
+  if (write(fd.get(), content.data(), content.size()) != static_cast<ssize_t>(content.size())) {
     return Status::FromErrno(errno ? errno : EIO, "write " + tmp);
   }
   if (fsync(fd.get()) != 0) return Status::FromErrno(errno, "fsync " + tmp);
@@ -64,8 +63,8 @@ Result<StoreDir> StoreDir::Open(const std::string& path) {
   store.dev_ = st.st_dev;
   store.ino_ = st.st_ino;
 
-  store.lock_fd_.reset(openat(store.dir_fd_.get(), kLockFile,
-                              O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  store.lock_fd_.reset(
+      openat(store.dir_fd_.get(), kLockFile, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (!store.lock_fd_) {
     return Status::FromErrno(errno, "open " + path + "/" + kLockFile);
   }
@@ -79,22 +78,20 @@ Result<StoreDir> StoreDir::Open(const std::string& path) {
     while (!holder.empty() && (holder.back() == '\n' || holder.back() == ' ')) {
       holder.pop_back();
     }
-    return Status::Error(EBUSY, "store " + path +
-                                    " is in use by another vssfs process (pid " +
+    return Status::Error(EBUSY, "store " + path + " is in use by another vssfs process (pid " +
                                     holder + "); is this volume already mounted?");
   }
   std::string pid = std::to_string(getpid()) + "\n";
   if (ftruncate(store.lock_fd_.get(), 0) != 0 ||
-      pwrite(store.lock_fd_.get(), pid.data(), pid.size(), 0) !=
-          static_cast<ssize_t>(pid.size())) {
+      pwrite(store.lock_fd_.get(), pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())) {
     return Status::FromErrno(errno ? errno : EIO, "write " + path + "/" + kLockFile);
   }
 
   Result<std::string> format = ReadSmallFile(store.dir_fd_.get(), kFormatFile);
   if (!format.ok()) {
     if (format.status().error() != ENOENT) return format.status();
-    std::string content = std::string(kFormatMagic) + " " +
-                          std::to_string(kStoreFormatVersion) + "\n";
+    std::string content =
+        std::string(kFormatMagic) + " " + std::to_string(kStoreFormatVersion) + "\n";
     Status s = WriteFileAtomically(store.dir_fd_.get(), kFormatFile, content);
     if (!s.ok()) return s;
   } else {
@@ -102,14 +99,12 @@ Result<StoreDir> StoreDir::Open(const std::string& path) {
     char magic[32] = {};
     if (std::sscanf(format.value().c_str(), "%31s %d", magic, &version) != 2 ||
         std::strcmp(magic, kFormatMagic) != 0) {
-      return Status::Error(EPROTO, path + "/" + kFormatFile +
-                                       " is not a vssfs store format file");
+      return Status::Error(EPROTO, path + "/" + kFormatFile + " is not a vssfs store format file");
     }
     if (version != kStoreFormatVersion) {
-      return Status::Error(
-          EPROTO, "store " + path + " has format version " + std::to_string(version) +
-                      "; this vssfs reads version " +
-                      std::to_string(kStoreFormatVersion));
+      return Status::Error(EPROTO, "store " + path + " has format version " +
+                                       std::to_string(version) + "; this vssfs reads version " +
+                                       std::to_string(kStoreFormatVersion));
     }
   }
   return store;

@@ -21,8 +21,7 @@ int SymlinkWriteError(const char* name) {
 
 }  // namespace
 
-ssize_t BackingGetXattr(int path_fd, bool is_symlink, const char* name,
-                        void* value, size_t size) {
+ssize_t BackingGetXattr(int path_fd, bool is_symlink, const char* name, void* value, size_t size) {
   if (is_symlink) return -ENODATA;
   ssize_t r = getxattr(ProcPath(path_fd).path, name, value, size);
   return r < 0 ? -errno : r;
@@ -34,8 +33,8 @@ ssize_t BackingListXattr(int path_fd, bool is_symlink, char* list, size_t size) 
   return r < 0 ? -errno : r;
 }
 
-int BackingSetXattr(int path_fd, bool is_symlink, const char* name,
-                    const void* value, size_t size, int flags) {
+int BackingSetXattr(int path_fd, bool is_symlink, const char* name, const void* value, size_t size,
+                    int flags) {
   if (is_symlink) return SymlinkWriteError(name);
   int r = setxattr(ProcPath(path_fd).path, name, value, size, flags);
   return r < 0 ? -errno : 0;

@@ -20,11 +20,10 @@
 namespace vssfs::fs {
 
 // Each returns the system call's result or a negative errno.
-ssize_t BackingGetXattr(int path_fd, bool is_symlink, const char* name,
-                        void* value, size_t size);
+ssize_t BackingGetXattr(int path_fd, bool is_symlink, const char* name, void* value, size_t size);
 ssize_t BackingListXattr(int path_fd, bool is_symlink, char* list, size_t size);
-int BackingSetXattr(int path_fd, bool is_symlink, const char* name,
-                    const void* value, size_t size, int flags);
+int BackingSetXattr(int path_fd, bool is_symlink, const char* name, const void* value, size_t size,
+                    int flags);
 int BackingRemoveXattr(int path_fd, bool is_symlink, const char* name);
 
 }  // namespace vssfs::fs

@@ -1,8 +1,8 @@
 #include "channel.h"
 
+#include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <linux/fuse.h>
-#include <fcntl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -80,8 +80,8 @@ ssize_t WritevHook(int fd, iovec* iov, int count, void*) {
 
 // Splice hooks are plain splice(2); vssfs turns splice reception off (see
 // channel.h), so only replies may use them.
-ssize_t SpliceHook(int fdin, off_t* offin, int fdout, off_t* offout, size_t len,
-                   unsigned int flags, void*) {
+ssize_t SpliceHook(int fdin, off_t* offin, int fdout, off_t* offout, size_t len, unsigned int flags,
+                   void*) {
   return ::splice(fdin, offin, fdout, offout, len, flags);
 }
 

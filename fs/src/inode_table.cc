@@ -24,8 +24,7 @@ uint64_t InodeTable::NodeIdFor(ino_t backing_ino) const {
   return backing_ino;
 }
 
-std::shared_ptr<Inode> InodeTable::Acquire(cow_store::UniqueFd fd,
-                                           const struct stat& st) {
+std::shared_ptr<Inode> InodeTable::Acquire(cow_store::UniqueFd fd, const struct stat& st) {
   uint64_t id = NodeIdFor(st.st_ino);
   if (id == 0) return nullptr;
   std::unique_lock lock(mutex_);

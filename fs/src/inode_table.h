@@ -35,8 +35,8 @@ inline constexpr uint64_t kSnapshotDirNodeId = kReservedNodeIdBase | 1;
 struct Inode {
   uint64_t nodeid = 0;
   ino_t backing_ino = 0;
-  mode_t type = 0;            // S_IFMT bits; never changes for an inode.
-  cow_store::UniqueFd fd;     // O_PATH descriptor of the backing inode.
+  mode_t type = 0;         // S_IFMT bits; never changes for an inode.
+  cow_store::UniqueFd fd;  // O_PATH descriptor of the backing inode.
   // Kernel lookup count; guarded by InodeTable::mutex_.
   uint64_t nlookup = 0;
   // Whether the inode has a "security.capability" xattr: the kernel asks

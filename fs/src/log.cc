@@ -14,20 +14,28 @@ std::atomic<bool> g_syslog{false};
 
 const char* LevelName(LogLevel level) {
   switch (level) {
-    case LogLevel::kError: return "error";
-    case LogLevel::kWarn: return "warning";
-    case LogLevel::kInfo: return "info";
-    case LogLevel::kDebug: return "debug";
+    case LogLevel::kError:
+      return "error";
+    case LogLevel::kWarn:
+      return "warning";
+    case LogLevel::kInfo:
+      return "info";
+    case LogLevel::kDebug:
+      return "debug";
   }
   return "?";
 }
 
 int SyslogPriority(LogLevel level) {
   switch (level) {
-    case LogLevel::kError: return LOG_ERR;
-    case LogLevel::kWarn: return LOG_WARNING;
-    case LogLevel::kInfo: return LOG_INFO;
-    case LogLevel::kDebug: return LOG_DEBUG;
+    case LogLevel::kError:
+      return LOG_ERR;
+    case LogLevel::kWarn:
+      return LOG_WARNING;
+    case LogLevel::kInfo:
+      return LOG_INFO;
+    case LogLevel::kDebug:
+      return LOG_DEBUG;
   }
   return LOG_INFO;
 }
@@ -38,8 +46,10 @@ bool ParseLogLevel(const std::string& text, LogLevel* level) {
   static constexpr struct {
     const char* name;
     LogLevel level;
-  } kNames[] = {{"error", LogLevel::kError}, {"warn", LogLevel::kWarn},
-                {"warning", LogLevel::kWarn}, {"info", LogLevel::kInfo},
+  } kNames[] = {{"error", LogLevel::kError},
+                {"warn", LogLevel::kWarn},
+                {"warning", LogLevel::kWarn},
+                {"info", LogLevel::kInfo},
                 {"debug", LogLevel::kDebug}};
   for (const auto& n : kNames) {
     if (text == n.name) {

@@ -19,17 +19,15 @@ LogLevel GetLogLevel();
 // Switches output to syslog (used after daemonising).
 void LogToSyslog();
 
-void Log(LogLevel level, const char* format, ...)
-    __attribute__((format(printf, 2, 3)));
+void Log(LogLevel level, const char* format, ...) __attribute__((format(printf, 2, 3)));
 
 }  // namespace vssfs::fs
 
-#define VSSFS_LOG(level, ...)                                        \
-  do {                                                               \
-    if (static_cast<int>(level) <=                                   \
-        static_cast<int>(::vssfs::fs::GetLogLevel())) {              \
-      ::vssfs::fs::Log(level, __VA_ARGS__);                          \
-    }                                                                \
+#define VSSFS_LOG(level, ...)                                                      \
+  do {                                                                             \
+    if (static_cast<int>(level) <= static_cast<int>(::vssfs::fs::GetLogLevel())) { \
+      ::vssfs::fs::Log(level, __VA_ARGS__);                                        \
+    }                                                                              \
   } while (0)
 #define LOG_ERROR(...) VSSFS_LOG(::vssfs::fs::LogLevel::kError, __VA_ARGS__)
 #define LOG_WARN(...) VSSFS_LOG(::vssfs::fs::LogLevel::kWarn, __VA_ARGS__)

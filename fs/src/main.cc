@@ -7,8 +7,8 @@
 #include <sys/resource.h>
 
 #include <cstdio>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -79,8 +79,7 @@ int Main(int argc, char** argv) {
   if (cow_store::Status s = InitCredentials(); !s.ok()) return Fail(s.message());
   RaiseFileLimit();
 
-  cow_store::Result<cow_store::StoreDir> store =
-      cow_store::StoreDir::Open(paths.value().store_dir);
+  cow_store::Result<cow_store::StoreDir> store = cow_store::StoreDir::Open(paths.value().store_dir);
   if (!store.ok()) return Fail(store.status().message());
 
   FuseArgs args;
@@ -105,16 +104,15 @@ int Main(int argc, char** argv) {
   config.timeout = opts.timeout;
   config.negative_timeout = opts.negative_timeout;
   config.read_ahead_kb = opts.read_ahead_kb;
-  config.store_in_backing = paths.value().store_dir ==
-                            paths.value().backing_dir + "/" + cow_store::kDefaultStoreName;
+  config.store_in_backing =
+      paths.value().store_dir == paths.value().backing_dir + "/" + cow_store::kDefaultStoreName;
   config.conn_opts = conn_opts.get();
   cow_store::Result<std::unique_ptr<Filesystem>> fs = Filesystem::Create(config);
   if (!fs.ok()) return Fail(fs.status().message());
 
   const fuse_lowlevel_ops& ops = Filesystem::Operations();
   std::unique_ptr<fuse_session, void (*)(fuse_session*)> se(
-      fuse_session_new(&args.args, &ops, sizeof ops, fs.value().get()),
-      fuse_session_destroy);
+      fuse_session_new(&args.args, &ops, sizeof ops, fs.value().get()), fuse_session_destroy);
   if (!se) return Fail("cannot create the FUSE session (see the message above)");
   if (fuse_set_signal_handlers(se.get()) != 0) return Fail("cannot install signal handlers");
   if (fuse_session_mount(se.get(), config.mountpoint.c_str()) != 0) {
@@ -134,15 +132,15 @@ int Main(int argc, char** argv) {
     }
     LogToSyslog();
   }
-  LOG_INFO("serving %s at %s (store %s)", config.backing_dir.c_str(),
-           config.mountpoint.c_str(), store.value().path().c_str());
+  LOG_INFO("serving %s at %s (store %s)", config.backing_dir.c_str(), config.mountpoint.c_str(),
+           store.value().path().c_str());
 
   int r;
   if (opts.single_thread) {
     r = fuse_session_loop(se.get());
   } else {
-    std::unique_ptr<fuse_loop_config, void (*)(fuse_loop_config*)> loop(
-        fuse_loop_cfg_create(), fuse_loop_cfg_destroy);
+    std::unique_ptr<fuse_loop_config, void (*)(fuse_loop_config*)> loop(fuse_loop_cfg_create(),
+                                                                        fuse_loop_cfg_destroy);
     fuse_loop_cfg_set_clone_fd(loop.get(), opts.clone_fd ? 1 : 0);
     fuse_loop_cfg_set_max_threads(loop.get(), opts.threads);
     fuse_loop_cfg_set_idle_threads(loop.get(), opts.threads);

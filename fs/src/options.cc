@@ -13,36 +13,45 @@ using cow_store::Status;
 // Options handed to libfuse untouched: session and mount options.
 const std::set<std::string>& FuseFlagOptions() {
   static const std::set<std::string> kSet = {
-      "allow_other", "allow_root", "auto_unmount", "default_permissions",
-      "blkdev", "ro", "rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec",
-      "async", "sync", "dirsync", "atime", "noatime", "diratime", "nodiratime",
-      "relatime", "norelatime", "strictatime", "nostrictatime", "lazytime",
-      "nolazytime",
+      "allow_other", "allow_root", "auto_unmount", "default_permissions", "blkdev", "ro", "rw",
+      "suid", "nosuid", "dev", "nodev", "exec", "noexec", "async", "sync", "dirsync", "atime",
+      "noatime", "diratime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime",
+      "lazytime", "nolazytime",
       // Connection options (fuse_parse_conn_info_opts).
-      "sync_read", "async_read", "atomic_o_trunc", "no_remote_lock",
-      "no_remote_flock", "no_remote_posix_lock", "splice_write",
-      "no_splice_write", "splice_move", "no_splice_move", "splice_read",
-      "no_splice_read", "auto_inval_data", "no_auto_inval_data", "async_dio",
+      "sync_read", "async_read", "atomic_o_trunc", "no_remote_lock", "no_remote_flock",
+      "no_remote_posix_lock", "splice_write", "no_splice_write", "splice_move", "no_splice_move",
+      "splice_read", "no_splice_read", "auto_inval_data", "no_auto_inval_data", "async_dio",
       "no_async_dio", "writeback_cache", "no_writeback_cache"};
   return kSet;
 }
 
 // Options with a value handed to libfuse.
 const std::set<std::string>& FuseValueOptions() {
-  static const std::set<std::string> kSet = {
-      "fsname", "subtype", "max_read", "blksize", "context", "fscontext",
-      "defcontext", "rootcontext", "user", "max_write", "max_readahead",
-      "max_background", "congestion_threshold", "readdirplus", "time_gran",
-      "max_idle_threads"};
+  static const std::set<std::string> kSet = {"fsname",
+                                             "subtype",
+                                             "max_read",
+                                             "blksize",
+                                             "context",
+                                             "fscontext",
+                                             "defcontext",
+                                             "rootcontext",
+                                             "user",
+                                             "max_write",
+                                             "max_readahead",
+                                             "max_background",
+                                             "congestion_threshold",
+                                             "readdirplus",
+                                             "time_gran",
+                                             "max_idle_threads"};
   return kSet;
 }
 
 // Options mount(8), mount.fuse3 or systemd put in fstab entries that mean
 // nothing to the daemon.
 bool IsIgnoredMountOption(const std::string& name) {
-  static const std::set<std::string> kSet = {
-      "defaults", "auto", "noauto", "nofail", "_netdev", "user", "users",
-      "nouser", "owner", "group", "comment"};
+  static const std::set<std::string> kSet = {"defaults", "auto",  "noauto", "nofail",
+                                             "_netdev",  "user",  "users",  "nouser",
+                                             "owner",    "group", "comment"};
   return kSet.count(name) > 0 || name.rfind("x-", 0) == 0;
 }
 
@@ -62,9 +71,7 @@ bool ParseUnsigned(const std::string& text, unsigned* out) {
   return true;
 }
 
-Status Invalid(const std::string& message) {
-  return Status::Error(EINVAL, message);
-}
+Status Invalid(const std::string& message) { return Status::Error(EINVAL, message); }
 
 // Applies one "-o" item (name or name=value).
 Status ApplyMountOption(const std::string& item, Options* o) {
@@ -197,8 +204,7 @@ Result<Options> ParseOptions(int argc, const char* const* argv) {
   }
   if (o.log_level != "error" && o.log_level != "warn" && o.log_level != "warning" &&
       o.log_level != "info" && o.log_level != "debug") {
-    return Invalid("unknown log level '" + o.log_level +
-                   "' (use error, warn, info or debug)");
+    return Invalid("unknown log level '" + o.log_level + "' (use error, warn, info or debug)");
   }
   if (o.show_help || o.show_version) return o;
   if (positional.empty()) return Invalid("missing BACKING_DIR and MOUNTPOINT (see vssfs --help)");

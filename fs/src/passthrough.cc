@@ -38,9 +38,7 @@ constexpr char kCapabilityXattr[] = "security.capability";
 // 0x7fffffffffffffff, tmpfs/xfs/btrfs use small numbers).
 constexpr off_t kAfterSnapshotEntryOffset = INT64_MAX - 1;
 
-Filesystem& Fs(fuse_req_t req) {
-  return *static_cast<Filesystem*>(fuse_req_userdata(req));
-}
+Filesystem& Fs(fuse_req_t req) { return *static_cast<Filesystem*>(fuse_req_userdata(req)); }
 
 // Runs a handler body, turning exceptions into errno values: nothing may
 // unwind into libfuse.
@@ -78,9 +76,12 @@ Reserved ReservedName(fuse_ino_t parent, const char* name) {
 int CheckNewName(fuse_ino_t parent, const char* name) {
   if (parent == kSnapshotDirNodeId) return -EROFS;
   switch (ReservedName(parent, name)) {
-    case Reserved::kStore: return -EPERM;
-    case Reserved::kSnapshot: return -EEXIST;
-    case Reserved::kNone: return 0;
+    case Reserved::kStore:
+      return -EPERM;
+    case Reserved::kSnapshot:
+      return -EEXIST;
+    case Reserved::kNone:
+      return 0;
   }
   return 0;
 }
@@ -141,7 +142,7 @@ struct Filesystem::DirHandle {
   std::unique_ptr<DIR, int (*)(DIR*)> dir{nullptr, closedir};
   bool virtual_only = false;  // The .snapshot directory: no backing DIR.
   bool is_root = false;
-  off_t offset = 0;           // Offset the DIR stream is positioned at.
+  off_t offset = 0;                // Offset the DIR stream is positioned at.
   struct dirent* entry = nullptr;  // Read but not yet returned.
 };
 
@@ -164,8 +165,8 @@ void Filesystem::Init(fuse_conn_info* conn) {
   };
   // Defaults, overridable by -o options applied below.
   want(FUSE_CAP_WRITEBACK_CACHE);
-  want(FUSE_CAP_POSIX_ACL);   // Kernel checks permissions with ACLs as the caller.
-  want(FUSE_CAP_DONT_MASK);   // We apply the umask (or a default ACL) natively.
+  want(FUSE_CAP_POSIX_ACL);  // Kernel checks permissions with ACLs as the caller.
+  want(FUSE_CAP_DONT_MASK);  // We apply the umask (or a default ACL) natively.
   want(FUSE_CAP_PARALLEL_DIROPS);
   want(FUSE_CAP_CACHE_SYMLINKS);
   want(FUSE_CAP_ASYNC_DIO);
@@ -182,9 +183,8 @@ void Filesystem::Init(fuse_conn_info* conn) {
   // Requests must be read through the channel hooks (channel.h).
   conn->want &= ~FUSE_CAP_SPLICE_READ;
   writeback_ = (conn->want & FUSE_CAP_WRITEBACK_CACHE) != 0;
-  LOG_INFO("kernel FUSE protocol %u.%u, max_write %u, writeback cache %s",
-           conn->proto_major, conn->proto_minor, conn->max_write,
-           writeback_ ? "on" : "off");
+  LOG_INFO("kernel FUSE protocol %u.%u, max_write %u, writeback cache %s", conn->proto_major,
+           conn->proto_minor, conn->max_write, writeback_ ? "on" : "off");
 }
 
 void Filesystem::AfterInit() {
@@ -206,8 +206,7 @@ void Filesystem::AfterInit() {
   }
 }
 
-void Filesystem::FillEntry(fuse_entry_param* e, uint64_t nodeid,
-                           const struct stat& st) const {
+void Filesystem::FillEntry(fuse_entry_param* e, uint64_t nodeid, const struct stat& st) const {
   *e = fuse_entry_param{};
   e->ino = nodeid;
   e->attr = st;
@@ -233,8 +232,10 @@ int Filesystem::LookupIn(const Inode& parent, const char* name, fuse_entry_param
     // Another filesystem mounted inside the backing tree: its inode numbers
     // could collide with ours and snapshots cannot preserve it.
     if (!warned_cross_device_.exchange(true)) {
-      LOG_WARN("'%s' is on another filesystem than the backing directory; "
-               "vssfs does not cross mount points (EXDEV)", name);
+      LOG_WARN(
+          "'%s' is on another filesystem than the backing directory; "
+          "vssfs does not cross mount points (EXDEV)",
+          name);
     }
     return -EXDEV;
   }
@@ -282,8 +283,8 @@ int Filesystem::GetAttr(fuse_ino_t ino, fuse_file_info* fi, struct stat* st) {
   return 0;
 }
 
-int Filesystem::SetAttr(fuse_ino_t ino, const struct stat& attr, int to_set,
-                        fuse_file_info* fi, struct stat* out) {
+int Filesystem::SetAttr(fuse_ino_t ino, const struct stat& attr, int to_set, fuse_file_info* fi,
+                        struct stat* out) {
   if (ino == kSnapshotDirNodeId) return -EROFS;
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
@@ -335,8 +336,7 @@ int Filesystem::SetAttr(fuse_ino_t ino, const struct stat& attr, int to_set,
     } else if (to_set & FUSE_SET_ATTR_MTIME) {
       times[1] = attr.st_mtim;
     }
-    int r = fd >= 0 ? futimens(fd, times)
-                    : utimensat(path_fd, "", times, AT_EMPTY_PATH);
+    int r = fd >= 0 ? futimens(fd, times) : utimensat(path_fd, "", times, AT_EMPTY_PATH);
     if (r != 0) return -errno;
   }
   return GetAttr(ino, fi, out);
@@ -353,9 +353,8 @@ int Filesystem::ReadLink(fuse_ino_t ino, std::string* target) {
   return 0;
 }
 
-int Filesystem::MakeNode(fuse_req_t req, fuse_ino_t parent, const char* name,
-                         mode_t mode, dev_t rdev, const char* link_target,
-                         fuse_entry_param* e) {
+int Filesystem::MakeNode(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+                         dev_t rdev, const char* link_target, fuse_entry_param* e) {
   if (int r = CheckNewName(parent, name); r != 0) return r;
   std::shared_ptr<Inode> p = Get(parent);
   if (!p) return -ESTALE;
@@ -376,8 +375,8 @@ int Filesystem::MakeNode(fuse_req_t req, fuse_ino_t parent, const char* name,
   return LookupIn(*p, name, e);
 }
 
-int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name,
-                       mode_t mode, fuse_file_info* fi, fuse_entry_param* e) {
+int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
+                       fuse_file_info* fi, fuse_entry_param* e) {
   if (int r = CheckNewName(parent, name); r != 0) return r;
   std::shared_ptr<Inode> p = Get(parent);
   if (!p) return -ESTALE;
@@ -415,8 +414,7 @@ int Filesystem::Open(fuse_ino_t ino, fuse_file_info* fi) {
   return 0;
 }
 
-int Filesystem::Link(fuse_ino_t ino, fuse_ino_t parent, const char* name,
-                     fuse_entry_param* e) {
+int Filesystem::Link(fuse_ino_t ino, fuse_ino_t parent, const char* name, fuse_entry_param* e) {
   if (int r = CheckNewName(parent, name); r != 0) return r;
   if (ino == kSnapshotDirNodeId) return -EPERM;
   std::shared_ptr<Inode> inode = Get(ino);
@@ -424,8 +422,8 @@ int Filesystem::Link(fuse_ino_t ino, fuse_ino_t parent, const char* name,
   if (!inode || !p) return -ESTALE;
   // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, link through /proc.
   if (linkat(inode->fd.get(), "", p->fd.get(), name, AT_EMPTY_PATH) != 0) {
-    if (errno != ENOENT || linkat(AT_FDCWD, ProcPath(inode->fd.get()).path, p->fd.get(),
-                                  name, AT_SYMLINK_FOLLOW) != 0) {
+    if (errno != ENOENT || linkat(AT_FDCWD, ProcPath(inode->fd.get()).path, p->fd.get(), name,
+                                  AT_SYMLINK_FOLLOW) != 0) {
       return -errno;
     }
   }
@@ -435,9 +433,12 @@ int Filesystem::Link(fuse_ino_t ino, fuse_ino_t parent, const char* name,
 int Filesystem::Remove(fuse_ino_t parent, const char* name, bool directory) {
   if (parent == kSnapshotDirNodeId) return -EROFS;
   switch (ReservedName(parent, name)) {
-    case Reserved::kStore: return -ENOENT;
-    case Reserved::kSnapshot: return -EROFS;
-    case Reserved::kNone: break;
+    case Reserved::kStore:
+      return -ENOENT;
+    case Reserved::kSnapshot:
+      return -EROFS;
+    case Reserved::kNone:
+      break;
   }
   std::shared_ptr<Inode> p = Get(parent);
   if (!p) return -ESTALE;
@@ -604,8 +605,7 @@ int Filesystem::StatFs(struct statvfs* st) {
   return fstatvfs(inodes_->root()->fd.get(), st) == 0 ? 0 : -errno;
 }
 
-int Filesystem::GetXattr(fuse_ino_t ino, const char* name, size_t size,
-                         std::string* value) {
+int Filesystem::GetXattr(fuse_ino_t ino, const char* name, size_t size, std::string* value) {
   if (ino == kSnapshotDirNodeId) return -ENODATA;
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
@@ -628,15 +628,15 @@ int Filesystem::ListXattr(fuse_ino_t ino, size_t size, std::string* list) {
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
   list->resize(size);
-  ssize_t n = BackingListXattr(inode->fd.get(), S_ISLNK(inode->type),
-                               size ? list->data() : nullptr, size);
+  ssize_t n =
+      BackingListXattr(inode->fd.get(), S_ISLNK(inode->type), size ? list->data() : nullptr, size);
   if (n < 0) return static_cast<int>(n);
   list->resize(size ? static_cast<size_t>(n) : 0);
   return static_cast<int>(n);
 }
 
-int Filesystem::SetXattr(fuse_ino_t ino, const char* name, const char* value,
-                         size_t size, int flags) {
+int Filesystem::SetXattr(fuse_ino_t ino, const char* name, const char* value, size_t size,
+                         int flags) {
   if (ino == kSnapshotDirNodeId) return -EROFS;
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
@@ -692,8 +692,7 @@ void OpGetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   ReplyErrOrAttr(req, r, st, fs.config().timeout);
 }
 
-void OpSetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set,
-               fuse_file_info* fi) {
+void OpSetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi) {
   Filesystem& fs = Fs(req);
   struct stat st {};
   int r = Run([&] { return fs.SetAttr(ino, *attr, to_set, fi, &st); });
@@ -710,8 +709,7 @@ void OpReadLink(fuse_req_t req, fuse_ino_t ino) {
   }
 }
 
-void OpMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
-             dev_t rdev) {
+void OpMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev) {
   fuse_entry_param e{};
   int r = Run([&] { return Fs(req).MakeNode(req, parent, name, mode, rdev, nullptr, &e); });
   ReplyErrOrEntry(req, r, e);
@@ -743,11 +741,10 @@ void OpRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
   fuse_reply_err(req, -Run([&] { return Fs(req).Remove(parent, name, true); }));
 }
 
-void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name,
-              fuse_ino_t newparent, const char* newname, unsigned flags) {
-  fuse_reply_err(req, -Run([&] {
-    return Fs(req).Rename(parent, name, newparent, newname, flags);
-  }));
+void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent,
+              const char* newname, unsigned flags) {
+  fuse_reply_err(req,
+                 -Run([&] { return Fs(req).Rename(parent, name, newparent, newname, flags); }));
 }
 
 void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
@@ -783,8 +780,7 @@ void OpRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* 
   fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
 }
 
-void OpWriteBuf(fuse_req_t req, fuse_ino_t, fuse_bufvec* in, off_t off,
-                fuse_file_info* fi) {
+void OpWriteBuf(fuse_req_t req, fuse_ino_t, fuse_bufvec* in, off_t off, fuse_file_info* fi) {
   fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));
   out.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
   out.buf[0].fd = static_cast<int>(fi->fh);
@@ -828,8 +824,8 @@ void OpOpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   }
 }
 
-void ReadDirCommon(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                   fuse_file_info* fi, bool plus) {
+void ReadDirCommon(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi,
+                   bool plus) {
   std::string buf;
   int r = Run([&] { return Fs(req).ReadDir(req, ino, size, off, fi, plus, &buf); });
   if (r == 0) {
@@ -839,13 +835,11 @@ void ReadDirCommon(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   }
 }
 
-void OpReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-               fuse_file_info* fi) {
+void OpReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
   ReadDirCommon(req, ino, size, off, fi, false);
 }
 
-void OpReadDirPlus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                   fuse_file_info* fi) {
+void OpReadDirPlus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
   ReadDirCommon(req, ino, size, off, fi, true);
 }
 
@@ -891,8 +885,8 @@ void OpListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   }
 }
 
-void OpSetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value,
-                size_t size, int flags) {
+void OpSetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
+                int flags) {
   fuse_reply_err(req, -Run([&] { return Fs(req).SetXattr(ino, name, value, size, flags); }));
 }
 
@@ -915,14 +909,12 @@ void OpLseek(fuse_req_t req, fuse_ino_t, off_t off, int whence, fuse_file_info* 
   }
 }
 
-void OpCopyFileRange(fuse_req_t req, fuse_ino_t, off_t off_in, fuse_file_info* fi_in,
-                     fuse_ino_t, off_t off_out, fuse_file_info* fi_out, size_t len,
-                     int flags) {
+void OpCopyFileRange(fuse_req_t req, fuse_ino_t, off_t off_in, fuse_file_info* fi_in, fuse_ino_t,
+                     off_t off_out, fuse_file_info* fi_out, size_t len, int flags) {
   loff_t in = off_in;
   loff_t out = off_out;
-  ssize_t n = copy_file_range(static_cast<int>(fi_in->fh), &in,
-                              static_cast<int>(fi_out->fh), &out, len,
-                              static_cast<unsigned>(flags));
+  ssize_t n = copy_file_range(static_cast<int>(fi_in->fh), &in, static_cast<int>(fi_out->fh), &out,
+                              len, static_cast<unsigned>(flags));
   if (n >= 0) {
     fuse_reply_write(req, static_cast<size_t>(n));
   } else {

@@ -47,8 +47,7 @@ struct FilesystemConfig {
 class Filesystem {
  public:
   // Opens the backing root. Errors: ENOENT/ENOTDIR/EACCES from open(2).
-  static cow_store::Result<std::unique_ptr<Filesystem>> Create(
-      const FilesystemConfig& config);
+  static cow_store::Result<std::unique_ptr<Filesystem>> Create(const FilesystemConfig& config);
 
   // The handler table for fuse_session_new(); userdata must be this object.
   static const fuse_lowlevel_ops& Operations();
@@ -61,28 +60,27 @@ class Filesystem {
   // returns 0 or a negative errno and fills its out-parameters.
   int Lookup(fuse_ino_t parent, const char* name, fuse_entry_param* e);
   int GetAttr(fuse_ino_t ino, fuse_file_info* fi, struct stat* st);
-  int SetAttr(fuse_ino_t ino, const struct stat& attr, int to_set,
-              fuse_file_info* fi, struct stat* out);
+  int SetAttr(fuse_ino_t ino, const struct stat& attr, int to_set, fuse_file_info* fi,
+              struct stat* out);
   int ReadLink(fuse_ino_t ino, std::string* target);
-  int MakeNode(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
-               dev_t rdev, const char* link_target, fuse_entry_param* e);
-  int Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
-             fuse_file_info* fi, fuse_entry_param* e);
+  int MakeNode(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev,
+               const char* link_target, fuse_entry_param* e);
+  int Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi,
+             fuse_entry_param* e);
   int Open(fuse_ino_t ino, fuse_file_info* fi);
   int Link(fuse_ino_t ino, fuse_ino_t parent, const char* name, fuse_entry_param* e);
   int Remove(fuse_ino_t parent, const char* name, bool directory);
-  int Rename(fuse_ino_t parent, const char* name, fuse_ino_t newparent,
-             const char* newname, unsigned flags);
+  int Rename(fuse_ino_t parent, const char* name, fuse_ino_t newparent, const char* newname,
+             unsigned flags);
   int OpenDir(fuse_ino_t ino, fuse_file_info* fi);
-  int ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset,
-              fuse_file_info* fi, bool plus, std::string* out);
+  int ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_file_info* fi,
+              bool plus, std::string* out);
   int ReleaseDir(fuse_file_info* fi);
   int FsyncDir(int datasync, fuse_file_info* fi);
   int StatFs(struct statvfs* st);
   int GetXattr(fuse_ino_t ino, const char* name, size_t size, std::string* value);
   int ListXattr(fuse_ino_t ino, size_t size, std::string* list);
-  int SetXattr(fuse_ino_t ino, const char* name, const char* value, size_t size,
-               int flags);
+  int SetXattr(fuse_ino_t ino, const char* name, const char* value, size_t size, int flags);
   int RemoveXattr(fuse_ino_t ino, const char* name);
   void Init(fuse_conn_info* conn);
   // Called on the first request after INIT; applies read_ahead_kb.
@@ -108,7 +106,7 @@ class Filesystem {
   std::atomic<bool> warned_cross_device_{false};
 
   std::mutex dir_mutex_;
-  uint64_t next_dir_handle_ = 1;  // Guarded by dir_mutex_.
+  uint64_t next_dir_handle_ = 1;                                   // Guarded by dir_mutex_.
   std::unordered_map<uint64_t, std::shared_ptr<DirHandle>> dirs_;  // Guarded by dir_mutex_.
 };
 

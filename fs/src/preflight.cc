@@ -30,7 +30,8 @@ Result<std::string> ResolveDir(const std::string& path, const std::string& role)
     if (err == ENOTCONN) {
       return Status::Error(EBUSY, role + " " + path +
                                       " is a dead FUSE mount (transport endpoint is not "
-                                      "connected); run 'umount -l " + path + "' first");
+                                      "connected); run 'umount -l " +
+                                      path + "' first");
     }
     if (err == ENOENT) {
       return Status::Error(ENOENT, role + " " + path + " does not exist");
@@ -80,8 +81,7 @@ bool IsMountPoint(const std::string& path) {
   return false;
 }
 
-Result<ResolvedPaths> CheckPaths(const std::string& backing_dir,
-                                 const std::string& mountpoint,
+Result<ResolvedPaths> CheckPaths(const std::string& backing_dir, const std::string& mountpoint,
                                  const std::string& store_dir) {
   ResolvedPaths r;
   Result<std::string> backing = ResolveDir(backing_dir, "backing directory");
@@ -95,8 +95,7 @@ Result<ResolvedPaths> CheckPaths(const std::string& backing_dir,
     return Status::Error(EINVAL, "mount point " + r.mountpoint +
                                      (r.mountpoint == r.backing_dir
                                           ? " is the backing directory itself"
-                                          : " lies inside the backing directory " +
-                                                r.backing_dir) +
+                                          : " lies inside the backing directory " + r.backing_dir) +
                                      "; choose a mount point outside it");
   }
   if (IsSameOrInside(r.backing_dir, r.mountpoint)) {
@@ -105,14 +104,13 @@ Result<ResolvedPaths> CheckPaths(const std::string& backing_dir,
                                      "; choose a mount point outside it");
   }
   if (IsMountPoint(r.mountpoint)) {
-    return Status::Error(EBUSY, "mount point " + r.mountpoint +
-                                    " is already a mount point; unmount it first");
+    return Status::Error(
+        EBUSY, "mount point " + r.mountpoint + " is already a mount point; unmount it first");
   }
   if (access(r.mountpoint.c_str(), R_OK | X_OK) != 0 ||
       access(r.backing_dir.c_str(), R_OK | X_OK) != 0) {
     return Status::Error(EACCES, "no permission to use " +
-                                     std::string(access(r.backing_dir.c_str(),
-                                                        R_OK | X_OK) != 0
+                                     std::string(access(r.backing_dir.c_str(), R_OK | X_OK) != 0
                                                      ? "backing directory " + r.backing_dir
                                                      : "mount point " + r.mountpoint));
   }
@@ -159,9 +157,10 @@ Status CheckFuseDevice(const std::string& device) {
   if (!fd) {
     int err = errno;
     if (err == ENOENT) {
-      return Status::Error(ENODEV, device + " does not exist: load the fuse kernel module "
-                                            "('modprobe fuse') or, in a container, pass "
-                                            "the device in");
+      return Status::Error(ENODEV, device +
+                                       " does not exist: load the fuse kernel module "
+                                       "('modprobe fuse') or, in a container, pass "
+                                       "the device in");
     }
     return Status::FromErrno(err, "cannot open " + device +
                                       " (needed to mount; are you root or in the "

@@ -1,6 +1,6 @@
-#include <catch2/catch.hpp>
-
 #include "vssfs/cow_store/status.h"
+
+#include <catch2/catch.hpp>
 
 using vssfs::cow_store::Result;
 using vssfs::cow_store::Status;

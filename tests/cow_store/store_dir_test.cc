@@ -1,3 +1,5 @@
+#include "vssfs/cow_store/store_dir.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -7,7 +9,6 @@
 #include <fstream>
 
 #include "test_support.h"
-#include "vssfs/cow_store/store_dir.h"
 
 using vssfs::cow_store::StoreDir;
 using vssfs::testing::TempDir;
@@ -20,8 +21,7 @@ TEST_CASE("StoreDir creates the store with a format file", "[cow_store]") {
   REQUIRE(stat(tmp.Sub("store").c_str(), &st) == 0);
   CHECK((st.st_mode & 0777) == 0700);
   CHECK(vssfs::testing::ReadFile(tmp.Sub("store/FORMAT")) == "vssfs-store 1\n");
-  CHECK(vssfs::testing::ReadFile(tmp.Sub("store/lock")) ==
-        std::to_string(getpid()) + "\n");
+  CHECK(vssfs::testing::ReadFile(tmp.Sub("store/lock")) == std::to_string(getpid()) + "\n");
 }
 
 TEST_CASE("StoreDir is exclusive between processes", "[cow_store]") {
@@ -33,9 +33,8 @@ TEST_CASE("StoreDir is exclusive between processes", "[cow_store]") {
   auto again = StoreDir::Open(tmp.Sub("store"));
   REQUIRE_FALSE(again.ok());
   CHECK(again.status().error() == EBUSY);
-  CHECK_THAT(again.status().message(),
-             Catch::Contains("in use by another vssfs process (pid " +
-                             std::to_string(getpid()) + ")"));
+  CHECK_THAT(again.status().message(), Catch::Contains("in use by another vssfs process (pid " +
+                                                       std::to_string(getpid()) + ")"));
   pid_t child = fork();
   if (child == 0) {
     auto other = StoreDir::Open(tmp.Sub("store"));
@@ -49,7 +48,10 @@ TEST_CASE("StoreDir is exclusive between processes", "[cow_store]") {
 
 TEST_CASE("StoreDir lock is released when the holder goes", "[cow_store]") {
   TempDir tmp;
-  { auto store = StoreDir::Open(tmp.Sub("store")); REQUIRE(store.ok()); }
+  {
+    auto store = StoreDir::Open(tmp.Sub("store"));
+    REQUIRE(store.ok());
+  }
   auto store = StoreDir::Open(tmp.Sub("store"));
   CHECK(store.ok());
 }

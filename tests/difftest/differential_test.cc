@@ -96,8 +96,9 @@ void RunDifftest(uint64_t seed, bool unprivileged) {
   MakeDir(mnt);
 
   ScopedMount mount(backing, mnt, {"-o", "allow_other"});
-  std::vector<std::string> argv = {VSSFS_DIFFTEST_BINARY, "--seed", std::to_string(seed),
-                                   "--ops", std::to_string(ops), "--threads", "2"};
+  std::vector<std::string> argv = {
+      VSSFS_DIFFTEST_BINARY, "--seed", std::to_string(seed), "--ops", std::to_string(ops),
+      "--threads",           "2"};
   if (unprivileged) {
     argv.insert(argv.end(), {"--uid", std::to_string(kNobody), "--gid", std::to_string(kNogroup),
                              "--groups", kSupplementaryGroups});
@@ -106,7 +107,8 @@ void RunDifftest(uint64_t seed, bool unprivileged) {
   argv.push_back(mnt);
   std::string output;
   const int rc = RunCommand(argv, &output);
-  INFO("seed " << seed << (unprivileged ? " (uid 65534)" : " (root)") << ", vssfs-difftest output:\n"
+  INFO("seed " << seed << (unprivileged ? " (uid 65534)" : " (root)")
+               << ", vssfs-difftest output:\n"
                << output);
   REQUIRE(rc == 0);
   mount.Unmount();

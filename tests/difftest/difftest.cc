@@ -58,11 +58,11 @@ namespace {
 // ---------------------------------------------------------------------------
 // Constants.
 
-constexpr int kSlots = 4;                   // open-file slots per thread
-constexpr size_t kMaxIo = 2u << 20;         // largest single read or write
-constexpr size_t kAlign = 4096;             // O_DIRECT buffer/offset alignment
-constexpr size_t kHistory = 12;             // ops remembered per thread
-constexpr int kRescueEvery = 64;            // see Worker::RescueRoot
+constexpr int kSlots = 4;            // open-file slots per thread
+constexpr size_t kMaxIo = 2u << 20;  // largest single read or write
+constexpr size_t kAlign = 4096;      // O_DIRECT buffer/offset alignment
+constexpr size_t kHistory = 12;      // ops remembered per thread
+constexpr int kRescueEvery = 64;     // see Worker::RescueRoot
 // Times before this (2017-07-14) can only come from an explicit utimensat:
 // everything the file systems stamp themselves is "now". So an explicit time
 // is compared exactly and any other time only as "recent".
@@ -76,8 +76,8 @@ constexpr const char* kPool[] = {"a", "b", "c", "d"};
 constexpr const char* kFixtureNames[] = {"S", "G", "R", "L"};
 
 // Linux ACL xattr encoding (include/uapi/linux/posix_acl_xattr.h).
-constexpr uint16_t kAclUserObj = 0x01, kAclUser = 0x02, kAclGroupObj = 0x04,
-                   kAclGroup = 0x08, kAclMask = 0x10, kAclOther = 0x20;
+constexpr uint16_t kAclUserObj = 0x01, kAclUser = 0x02, kAclGroupObj = 0x04, kAclGroup = 0x08,
+                   kAclMask = 0x10, kAclOther = 0x20;
 constexpr uint32_t kAclUndefinedId = 0xffffffffu;
 
 // ---------------------------------------------------------------------------
@@ -229,18 +229,17 @@ std::string Quote(const std::string& s) {
 
 std::string DataSummary(const std::string& d) {
   if (d.size() <= 48 && Printable(d)) return Quote(d);
-  return StrPrintf("<%zu bytes fnv=%08x head=%s>", d.size(), Fnv1a(d),
-                   Hex(d, 0, 12).c_str());
+  return StrPrintf("<%zu bytes fnv=%08x head=%s>", d.size(), Fnv1a(d), Hex(d, 0, 12).c_str());
 }
 
 std::string DataDiff(const std::string& a, const std::string& b) {
   size_t i = 0;
   while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
   const size_t from = i >= 8 ? i - 8 : 0;
-  return StrPrintf("first difference at byte %zu (A has %zu bytes, B %zu); "
-                   "from byte %zu A=%s B=%s",
-                   i, a.size(), b.size(), from, Hex(a, from, 24).c_str(),
-                   Hex(b, from, 24).c_str());
+  return StrPrintf(
+      "first difference at byte %zu (A has %zu bytes, B %zu); "
+      "from byte %zu A=%s B=%s",
+      i, a.size(), b.size(), from, Hex(a, from, 24).c_str(), Hex(b, from, 24).c_str());
 }
 
 void AppendLe16(std::string* s, uint16_t v) {
@@ -386,7 +385,9 @@ std::string AtFlagsName(int flags) {
 
 std::string Octal(unsigned mode) { return StrPrintf("0%o", mode); }
 
-std::string Id(int64_t id) { return id == -1 ? "-1" : StrPrintf("%lld", static_cast<long long>(id)); }
+std::string Id(int64_t id) {
+  return id == -1 ? "-1" : StrPrintf("%lld", static_cast<long long>(id));
+}
 
 std::string TimeName(const timespec& t) {
   if (t.tv_nsec == UTIME_NOW) return "UTIME_NOW";
@@ -450,14 +451,22 @@ std::string TimeClass(int64_t sec, uint32_t nsec) {
 
 char TypeChar(uint32_t mode) {
   switch (mode & S_IFMT) {
-    case S_IFREG: return '-';
-    case S_IFDIR: return 'd';
-    case S_IFLNK: return 'l';
-    case S_IFIFO: return 'p';
-    case S_IFSOCK: return 's';
-    case S_IFCHR: return 'c';
-    case S_IFBLK: return 'b';
-    default: return '?';
+    case S_IFREG:
+      return '-';
+    case S_IFDIR:
+      return 'd';
+    case S_IFLNK:
+      return 'l';
+    case S_IFIFO:
+      return 'p';
+    case S_IFSOCK:
+      return 's';
+    case S_IFCHR:
+      return 'c';
+    case S_IFBLK:
+      return 'b';
+    default:
+      return '?';
   }
 }
 
@@ -483,9 +492,7 @@ struct Outcome {
   int err = 0;
   std::string data;     // bytes read back, or a summary of the state after
   bool binary = false;  // data holds raw bytes
-  bool operator==(const Outcome& o) const {
-    return ret == o.ret && err == o.err && data == o.data;
-  }
+  bool operator==(const Outcome& o) const { return ret == o.ret && err == o.err && data == o.data; }
 };
 
 // Captures a syscall's result and errno. Call directly on the syscall.
@@ -534,7 +541,7 @@ struct Ids {
   std::vector<gid_t> groups;
   uid_t foreign_uid = 4242;  // owner of fixture entries that are not ours
   gid_t foreign_gid = 4242;
-  uid_t other_uid = 4243;    // owner of S/b
+  uid_t other_uid = 4243;  // owner of S/b
 };
 
 Ids MakeIds(const Options& o) {
@@ -554,9 +561,9 @@ Ids MakeIds(const Options& o) {
 }
 
 std::string RerunHint(const Options& o) {
-  std::string s = StrPrintf("--seed %llu --ops %llu --threads %d",
-                            static_cast<unsigned long long>(o.seed),
-                            static_cast<unsigned long long>(o.ops), o.threads);
+  std::string s =
+      StrPrintf("--seed %llu --ops %llu --threads %d", static_cast<unsigned long long>(o.seed),
+                static_cast<unsigned long long>(o.ops), o.threads);
   if (o.check_every != 200) {
     s += StrPrintf(" --check-every %llu", static_cast<unsigned long long>(o.check_every));
   }
@@ -564,7 +571,8 @@ std::string RerunHint(const Options& o) {
     s += StrPrintf(" --uid %u --gid %u", o.uid, o.gid);
     if (!o.groups.empty()) {
       s += " --groups ";
-      for (size_t i = 0; i < o.groups.size(); ++i) s += StrPrintf("%s%u", i ? "," : "", o.groups[i]);
+      for (size_t i = 0; i < o.groups.size(); ++i)
+        s += StrPrintf("%s%u", i ? "," : "", o.groups[i]);
     }
   }
   return s;
@@ -735,7 +743,8 @@ std::string Worker::RandPath(bool allow_special) {
       if (fd >= 0) {
         if (DirPtr d{fdopendir(fd)}) {
           while (dirent* e = readdir(d.get())) {
-            if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
+            if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+              names.emplace_back(e->d_name);
           }
         } else {
           close(fd);
@@ -778,18 +787,19 @@ std::string Worker::RandTarget() {
   if (r < 15) return std::string(5000, 'y');  // ENAMETOOLONG
   const int depth = 1 + static_cast<int>(rng_.Below(3));
   std::string t = rng_.Percent(10) ? "./" : "";
-  for (int i = 0; i < depth; ++i) t += (i ? "/" : "") + RandName(i == 0 && rng_.Percent(50) ? 0 : 1);
+  for (int i = 0; i < depth; ++i)
+    t += (i ? "/" : "") + RandName(i == 0 && rng_.Percent(50) ? 0 : 1);
   return t;
 }
 
 mode_t Worker::RandCreateMode() {
-  static constexpr mode_t kModes[] = {0644, 0644, 0644, 0600, 0666, 0755, 0700, 0777,
+  static constexpr mode_t kModes[] = {0644, 0644, 0644,  0600,  0666,  0755,  0700, 0777,
                                       0444, 0,    04755, 02755, 06777, 01777, 02644};
   return rng_.Pick(kModes);
 }
 
 mode_t Worker::RandChmodMode() {
-  static constexpr mode_t kModes[] = {0644, 0755, 0600, 0777, 0000, 0444, 0555, 0700,
+  static constexpr mode_t kModes[] = {0644,  0755,  0600,  0777,  0000,  0444,  0555, 0700,
                                       04755, 02755, 06755, 01777, 02775, 07777, 02644};
   if (rng_.Percent(10)) return static_cast<mode_t>(rng_.Below(07777 + 1));
   return rng_.Pick(kModes);
@@ -865,16 +875,16 @@ int Worker::PickOpenSlot(const std::function<bool(const Slot&)>& pred) {
 bool Worker::Run(uint64_t n) {
   // Weights of the operations (out of their sum).
   static constexpr std::pair<Op, int> kOps[] = {
-      {&Worker::OpOpen, 10},     {&Worker::OpWrite, 12},         {&Worker::OpRead, 7},
-      {&Worker::OpTruncate, 3},  {&Worker::OpSync, 1},           {&Worker::OpClose, 4},
-      {&Worker::OpChmod, 3},     {&Worker::OpChown, 3},          {&Worker::OpUtimens, 3},
-      {&Worker::OpMkdir, 6},     {&Worker::OpRmdir, 2},          {&Worker::OpUnlink, 4},
-      {&Worker::OpRename, 6},    {&Worker::OpSymlink, 2},        {&Worker::OpReadlink, 1},
-      {&Worker::OpLink, 2},      {&Worker::OpMknod, 1},          {&Worker::OpAccess, 2},
-      {&Worker::OpStatfs, 1},    {&Worker::OpFallocate, 2},      {&Worker::OpLseek, 2},
+      {&Worker::OpOpen, 10},         {&Worker::OpWrite, 12},     {&Worker::OpRead, 7},
+      {&Worker::OpTruncate, 3},      {&Worker::OpSync, 1},       {&Worker::OpClose, 4},
+      {&Worker::OpChmod, 3},         {&Worker::OpChown, 3},      {&Worker::OpUtimens, 3},
+      {&Worker::OpMkdir, 6},         {&Worker::OpRmdir, 2},      {&Worker::OpUnlink, 4},
+      {&Worker::OpRename, 6},        {&Worker::OpSymlink, 2},    {&Worker::OpReadlink, 1},
+      {&Worker::OpLink, 2},          {&Worker::OpMknod, 1},      {&Worker::OpAccess, 2},
+      {&Worker::OpStatfs, 1},        {&Worker::OpFallocate, 2},  {&Worker::OpLseek, 2},
       {&Worker::OpCopyFileRange, 2}, {&Worker::OpXattr, 8},      {&Worker::OpAcl, 2},
-      {&Worker::OpFlock, 2},     {&Worker::OpLock, 3},           {&Worker::OpStat, 4},
-      {&Worker::OpReaddir, 2},   {&Worker::OpRemoveTree, 1},
+      {&Worker::OpFlock, 2},         {&Worker::OpLock, 3},       {&Worker::OpStat, 4},
+      {&Worker::OpReaddir, 2},       {&Worker::OpRemoveTree, 1},
   };
   static const int kTotal = [] {
     int t = 0;
@@ -957,19 +967,18 @@ bool Worker::OpOpen() {
   }
   if (!CloseSlot(slot, "(reused)")) return false;
   std::array<int, 2> fds = {-1, -1};
-  const bool ok = Both(
-      StrPrintf("open(%s, %s, %s) -> slot%d", Quote(path).c_str(), OpenFlagsName(flags).c_str(),
-                Octal(mode).c_str(), slot),
-      [&](int s) {
-        const int fd = openat(Dir(s), path.c_str(), flags | O_CLOEXEC, mode);
-        Outcome o = Result(fd);
-        if (fd >= 0) {
-          fds[s] = fd;
-          o.ret = 0;  // descriptor numbers differ
-          o.data = StatSummaryFd(fd);
-        }
-        return o;
-      });
+  const bool ok = Both(StrPrintf("open(%s, %s, %s) -> slot%d", Quote(path).c_str(),
+                                 OpenFlagsName(flags).c_str(), Octal(mode).c_str(), slot),
+                       [&](int s) {
+                         const int fd = openat(Dir(s), path.c_str(), flags | O_CLOEXEC, mode);
+                         Outcome o = Result(fd);
+                         if (fd >= 0) {
+                           fds[s] = fd;
+                           o.ret = 0;  // descriptor numbers differ
+                           o.data = StatSummaryFd(fd);
+                         }
+                         return o;
+                       });
   Slot& sl = slots_[slot];
   for (int s = 0; s < 2; ++s) {
     if (fds[s] >= 0) sl.fd[s].Reset(fds[s]);
@@ -1006,7 +1015,8 @@ bool Worker::OpWrite() {
                              Fnv1a(std::string(wbuf_.get(), len)));
   return Both(desc, [&](int s) {
     const int fd = sl.fd[s].get();
-    Outcome o = Result(positional ? pwrite(fd, wbuf_.get(), len, off) : write(fd, wbuf_.get(), len));
+    Outcome o =
+        Result(positional ? pwrite(fd, wbuf_.get(), len, off) : write(fd, wbuf_.get(), len));
     o.data = StatSummaryFd(fd);  // size, and set-id bits cleared by the write
     return o;
   });
@@ -1027,9 +1037,9 @@ bool Worker::OpRead() {
     off = RandOffset();
     len = RandLength();
   }
-  const std::string desc =
-      positional ? StrPrintf("pread(%s, %zu, off=%lld)", SlotName(i).c_str(), len, static_cast<long long>(off))
-                 : StrPrintf("read(%s, %zu)", SlotName(i).c_str(), len);
+  const std::string desc = positional ? StrPrintf("pread(%s, %zu, off=%lld)", SlotName(i).c_str(),
+                                                  len, static_cast<long long>(off))
+                                      : StrPrintf("read(%s, %zu)", SlotName(i).c_str(), len);
   return Both(desc, [&](int s) {
     const int fd = sl.fd[s].get();
     char* buf = rbuf_[s].get();
@@ -1072,10 +1082,11 @@ bool Worker::OpSync() {
   const int i = PickOpenSlot();
   if (i < 0) return OpOpen();
   const bool data_only = rng_.Percent(50);
-  return Both(StrPrintf("%s(%s)", data_only ? "fdatasync" : "fsync", SlotName(i).c_str()), [&](int s) {
-    const int fd = slots_[i].fd[s].get();
-    return Result(data_only ? fdatasync(fd) : fsync(fd));
-  });
+  return Both(StrPrintf("%s(%s)", data_only ? "fdatasync" : "fsync", SlotName(i).c_str()),
+              [&](int s) {
+                const int fd = slots_[i].fd[s].get();
+                return Result(data_only ? fdatasync(fd) : fsync(fd));
+              });
 }
 
 bool Worker::OpClose() {
@@ -1117,13 +1128,14 @@ bool Worker::OpChown() {
   const uint64_t v = rng_.Below(100);
   const int i = v >= 75 ? PickOpenSlot() : -1;
   if (i >= 0) {
-    return Both(StrPrintf("fchown(%s, %s, %s)", SlotName(i).c_str(), Id(uid).c_str(), Id(gid).c_str()),
-                [&](int s) {
-                  const int fd = slots_[i].fd[s].get();
-                  Outcome o = Result(fchown(fd, static_cast<uid_t>(uid), static_cast<gid_t>(gid)));
-                  o.data = StatSummaryFd(fd);
-                  return o;
-                });
+    return Both(
+        StrPrintf("fchown(%s, %s, %s)", SlotName(i).c_str(), Id(uid).c_str(), Id(gid).c_str()),
+        [&](int s) {
+          const int fd = slots_[i].fd[s].get();
+          Outcome o = Result(fchown(fd, static_cast<uid_t>(uid), static_cast<gid_t>(gid)));
+          o.data = StatSummaryFd(fd);
+          return o;
+        });
   }
   const std::string path = RandPath();
   const int flags = v < 45 ? 0 : AT_SYMLINK_NOFOLLOW;  // chown / lchown
@@ -1159,14 +1171,15 @@ bool Worker::OpUtimens() {
   const int flags = v >= 55 && v < 70 ? AT_SYMLINK_NOFOLLOW : 0;
   const std::string times_name =
       null_times ? "NULL" : "{" + TimeName(times[0]) + ", " + TimeName(times[1]) + "}";
-  return Both(StrPrintf("utimensat(%s, %s, %s)", Quote(path).c_str(), times_name.c_str(),
-                        AtFlagsName(flags).c_str()),
-              [&](int s) {
-                Outcome o = Result(utimensat(Dir(s), path.c_str(), null_times ? nullptr : times, flags));
-                o.data = StatSummaryAt(ctx_->side[s], path, flags,
-                                       o.ret == 0 && (null_times || times[0].tv_nsec != UTIME_OMIT));
-                return o;
-              });
+  return Both(
+      StrPrintf("utimensat(%s, %s, %s)", Quote(path).c_str(), times_name.c_str(),
+                AtFlagsName(flags).c_str()),
+      [&](int s) {
+        Outcome o = Result(utimensat(Dir(s), path.c_str(), null_times ? nullptr : times, flags));
+        o.data = StatSummaryAt(ctx_->side[s], path, flags,
+                               o.ret == 0 && (null_times || times[0].tv_nsec != UTIME_OMIT));
+        return o;
+      });
 }
 
 bool Worker::OpMkdir() {
@@ -1207,16 +1220,19 @@ bool Worker::OpRename() {
   }
   const uint64_t f = rng_.Below(100);
   const unsigned flags = f < 60 ? 0u : f < 80 ? RENAME_NOREPLACE : RENAME_EXCHANGE;
-  const char* flags_name = flags == 0 ? "0" : flags == RENAME_NOREPLACE ? "RENAME_NOREPLACE" : "RENAME_EXCHANGE";
-  return Both(StrPrintf("renameat2(%s, %s, %s)", Quote(from).c_str(), Quote(to).c_str(), flags_name),
-              [&](int s) {
-                Outcome o = Result(renameat2(Dir(s), from.c_str(), Dir(s), to.c_str(), flags));
-                if (o.ret == 0) {
-                  o.data = StatSummaryAt(ctx_->side[s], from, AT_SYMLINK_NOFOLLOW) + " | " +
-                           StatSummaryAt(ctx_->side[s], to, AT_SYMLINK_NOFOLLOW);
-                }
-                return o;
-              });
+  const char* flags_name = flags == 0                  ? "0"
+                           : flags == RENAME_NOREPLACE ? "RENAME_NOREPLACE"
+                                                       : "RENAME_EXCHANGE";
+  return Both(
+      StrPrintf("renameat2(%s, %s, %s)", Quote(from).c_str(), Quote(to).c_str(), flags_name),
+      [&](int s) {
+        Outcome o = Result(renameat2(Dir(s), from.c_str(), Dir(s), to.c_str(), flags));
+        if (o.ret == 0) {
+          o.data = StatSummaryAt(ctx_->side[s], from, AT_SYMLINK_NOFOLLOW) + " | " +
+                   StatSummaryAt(ctx_->side[s], to, AT_SYMLINK_NOFOLLOW);
+        }
+        return o;
+      });
 }
 
 bool Worker::OpSymlink() {
@@ -1285,15 +1301,17 @@ bool Worker::OpMknod() {
     dev = makedev(7, 200);
     type_name = "S_IFBLK 7:200";
   }
-  return Both(StrPrintf("mknod(%s, %s|%s)", Quote(path).c_str(), type_name, Octal(perm).c_str()), [&](int s) {
-    Outcome o = Result(mknodat(Dir(s), path.c_str(), type | perm, dev));
-    if (o.ret == 0) o.data = StatSummaryAt(ctx_->side[s], path, AT_SYMLINK_NOFOLLOW);
-    return o;
-  });
+  return Both(StrPrintf("mknod(%s, %s|%s)", Quote(path).c_str(), type_name, Octal(perm).c_str()),
+              [&](int s) {
+                Outcome o = Result(mknodat(Dir(s), path.c_str(), type | perm, dev));
+                if (o.ret == 0) o.data = StatSummaryAt(ctx_->side[s], path, AT_SYMLINK_NOFOLLOW);
+                return o;
+              });
 }
 
 bool Worker::OpAccess() {
-  static constexpr int kModes[] = {F_OK, R_OK, W_OK, X_OK, R_OK | W_OK, R_OK | X_OK, R_OK | W_OK | X_OK};
+  static constexpr int kModes[] = {
+      F_OK, R_OK, W_OK, X_OK, R_OK | W_OK, R_OK | X_OK, R_OK | W_OK | X_OK};
   static constexpr int kFlags[] = {0, 0, AT_EACCESS, AT_SYMLINK_NOFOLLOW};
   const int mode = rng_.Pick(kModes);
   const int flags = rng_.Pick(kFlags);
@@ -1325,7 +1343,9 @@ bool Worker::OpFallocate() {
   const int i = PickOpenSlot();
   if (i < 0) return OpOpen();
   const uint64_t m = rng_.Below(100);
-  const int mode = m < 40 ? 0 : m < 70 ? FALLOC_FL_KEEP_SIZE : FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+  const int mode = m < 40   ? 0
+                   : m < 70 ? FALLOC_FL_KEEP_SIZE
+                            : FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
   const char* mode_name = m < 40 ? "0" : m < 70 ? "KEEP_SIZE" : "PUNCH_HOLE|KEEP_SIZE";
   const off_t off = RandOffset();
   const off_t len = rng_.Percent(2) ? 0 : static_cast<off_t>(1 + rng_.Below(262144));
@@ -1357,7 +1377,8 @@ bool Worker::ValidSeekAnswer(int slot, int whence, off_t off, const Outcome& b, 
   auto zeros = [&](off_t from, off_t to) {
     std::string buf(static_cast<size_t>(to - from), '\0');
     const ssize_t n = PreadFull(fd, buf.data(), buf.size(), from);
-    return n == static_cast<ssize_t>(buf.size()) && std::all_of(buf.begin(), buf.end(), [](char c) { return c == 0; });
+    return n == static_cast<ssize_t>(buf.size()) &&
+           std::all_of(buf.begin(), buf.end(), [](char c) { return c == 0; });
   };
   if (whence == SEEK_DATA) {
     if (b.ret < 0) {
@@ -1380,18 +1401,32 @@ bool Worker::OpLseek() {
   struct stat st;
   const off_t size = fstat(sl.fd[0].get(), &st) == 0 ? st.st_size : 0;
   const uint64_t w = rng_.Below(100);
-  int whence = w < 25 ? SEEK_SET : w < 40 ? SEEK_CUR : w < 60 ? SEEK_END : w < 80 ? SEEK_DATA : SEEK_HOLE;
+  int whence = w < 25   ? SEEK_SET
+               : w < 40 ? SEEK_CUR
+               : w < 60 ? SEEK_END
+               : w < 80 ? SEEK_DATA
+                        : SEEK_HOLE;
   if ((whence == SEEK_DATA || whence == SEEK_HOLE) && !sl.readable()) whence = SEEK_END;
   off_t off = 0;
   switch (whence) {
-    case SEEK_SET: off = rng_.Percent(3) ? -1 : RandOffset(); break;
-    case SEEK_CUR: off = rng_.Range(-4096, 4096); break;
-    case SEEK_END: off = rng_.Range(-4096, 65536); break;
-    default: off = rng_.Percent(5) ? -1 : static_cast<off_t>(rng_.Below(static_cast<uint64_t>(size) + 8192)); break;
+    case SEEK_SET:
+      off = rng_.Percent(3) ? -1 : RandOffset();
+      break;
+    case SEEK_CUR:
+      off = rng_.Range(-4096, 4096);
+      break;
+    case SEEK_END:
+      off = rng_.Range(-4096, 65536);
+      break;
+    default:
+      off =
+          rng_.Percent(5) ? -1 : static_cast<off_t>(rng_.Below(static_cast<uint64_t>(size) + 8192));
+      break;
   }
-  static constexpr const char* kWhence[] = {"SEEK_SET", "SEEK_CUR", "SEEK_END", "SEEK_DATA", "SEEK_HOLE"};
-  const std::string desc =
-      StrPrintf("lseek(%s, %lld, %s)", SlotName(i).c_str(), static_cast<long long>(off), kWhence[whence]);
+  static constexpr const char* kWhence[] = {"SEEK_SET", "SEEK_CUR", "SEEK_END", "SEEK_DATA",
+                                            "SEEK_HOLE"};
+  const std::string desc = StrPrintf("lseek(%s, %lld, %s)", SlotName(i).c_str(),
+                                     static_cast<long long>(off), kWhence[whence]);
   const Outcome a = Result(lseek(sl.fd[0].get(), off, whence));
   const Outcome b = Result(lseek(sl.fd[1].get(), off, whence));
   if (a == b) return Judge(desc, a, b, true, "");
@@ -1414,11 +1449,11 @@ bool Worker::OpCopyFileRange() {
   const loff_t off_out = RandOffset();
   const size_t len = rng_.Percent(2) ? 1 + rng_.Below(kMaxIo) : rng_.Below(131072);
   const std::string desc =
-      explicit_offsets
-          ? StrPrintf("copy_file_range(%s off=%lld -> %s off=%lld, %zu)", SlotName(in).c_str(),
-                      static_cast<long long>(off_in), SlotName(out).c_str(), static_cast<long long>(off_out), len)
-          : StrPrintf("copy_file_range(%s -> %s, %zu) at file positions", SlotName(in).c_str(),
-                      SlotName(out).c_str(), len);
+      explicit_offsets ? StrPrintf("copy_file_range(%s off=%lld -> %s off=%lld, %zu)",
+                                   SlotName(in).c_str(), static_cast<long long>(off_in),
+                                   SlotName(out).c_str(), static_cast<long long>(off_out), len)
+                       : StrPrintf("copy_file_range(%s -> %s, %zu) at file positions",
+                                   SlotName(in).c_str(), SlotName(out).c_str(), len);
   return Both(desc, [&](int s) {
     const int fd_in = slots_[in].fd[s].get();
     const int fd_out = slots_[out].fd[s].get();
@@ -1448,10 +1483,21 @@ bool Worker::OpCopyFileRange() {
 }
 
 bool Worker::OpXattr() {
-  enum Kind { kDos, kStream, kBigStream, kUser, kNtAcl, kTrusted, kAclAccess, kAclDefault, kCap, kBadName };
+  enum Kind {
+    kDos,
+    kStream,
+    kBigStream,
+    kUser,
+    kNtAcl,
+    kTrusted,
+    kAclAccess,
+    kAclDefault,
+    kCap,
+    kBadName
+  };
   static constexpr std::pair<Kind, int> kKinds[] = {
-      {kDos, 22},     {kStream, 12},    {kBigStream, 5}, {kUser, 10},      {kNtAcl, 10},
-      {kTrusted, 8},  {kAclAccess, 10}, {kAclDefault, 8}, {kCap, 7},        {kBadName, 4}};
+      {kDos, 22},    {kStream, 12},    {kBigStream, 5},  {kUser, 10}, {kNtAcl, 10},
+      {kTrusted, 8}, {kAclAccess, 10}, {kAclDefault, 8}, {kCap, 7},   {kBadName, 4}};
   int pick = static_cast<int>(rng_.Below(96));
   Kind kind = kDos;
   for (const auto& [k, w] : kKinds) {
@@ -1488,7 +1534,9 @@ bool Worker::OpXattr() {
     }
     case kUser:
       name = rng_.Percent(50) ? "user.a" : "user.b";
-      value = rng_.Percent(10) ? "" : StrPrintf("v%llu", static_cast<unsigned long long>(rng_.Below(1000)));
+      value = rng_.Percent(10)
+                  ? ""
+                  : StrPrintf("v%llu", static_cast<unsigned long long>(rng_.Below(1000)));
       break;
     case kNtAcl: {
       name = "security.NTACL";  // root only (CAP_SYS_ADMIN) to set
@@ -1509,13 +1557,22 @@ bool Worker::OpXattr() {
       if (r < 25) {
         value = EncodeAcl({{kAclUserObj, 6, u}, {kAclGroupObj, 4, u}, {kAclOther, 4, u}});
       } else if (r < 55) {
-        value = EncodeAcl({{kAclUserObj, 7, u}, {kAclUser, 7, 65534}, {kAclGroupObj, 5, u},
-                           {kAclGroup, 7, 100}, {kAclMask, 7, u}, {kAclOther, 0, u}});
+        value = EncodeAcl({{kAclUserObj, 7, u},
+                           {kAclUser, 7, 65534},
+                           {kAclGroupObj, 5, u},
+                           {kAclGroup, 7, 100},
+                           {kAclMask, 7, u},
+                           {kAclOther, 0, u}});
       } else if (r < 75) {
-        value = EncodeAcl({{kAclUserObj, 6, u}, {kAclUser, 4, 1000}, {kAclGroupObj, 0, u},
-                           {kAclGroup, 6, 65533}, {kAclMask, 6, u}, {kAclOther, 0, u}});
+        value = EncodeAcl({{kAclUserObj, 6, u},
+                           {kAclUser, 4, 1000},
+                           {kAclGroupObj, 0, u},
+                           {kAclGroup, 6, 65533},
+                           {kAclMask, 6, u},
+                           {kAclOther, 0, u}});
       } else if (r < 87) {  // named entry without a mask: EINVAL
-        value = EncodeAcl({{kAclUserObj, 7, u}, {kAclUser, 7, 65534}, {kAclGroupObj, 5, u}, {kAclOther, 0, u}});
+        value = EncodeAcl(
+            {{kAclUserObj, 7, u}, {kAclUser, 7, 65534}, {kAclGroupObj, 5, u}, {kAclOther, 0, u}});
       } else if (r < 94) {
         value = "garbage!";
       }  // else empty
@@ -1554,20 +1611,27 @@ bool Worker::OpXattr() {
   if (action < 40) {
     static constexpr int kFlags[] = {0, 0, 0, XATTR_CREATE, XATTR_REPLACE};
     const int flags = rng_.Pick(kFlags);
-    const char* flags_name = flags == 0 ? "0" : flags == XATTR_CREATE ? "XATTR_CREATE" : "XATTR_REPLACE";
-    return Both(StrPrintf("%ssetxattr(%s, %s, %s, %s)", prefix, target.c_str(), Quote(name).c_str(),
-                          DataSummary(value).c_str(), flags_name),
-                [&](int s) {
-                  if (slot >= 0) return Result(fsetxattr(slots_[slot].fd[s].get(), name.c_str(), value.data(), value.size(), flags));
-                  const std::string full = Full(s, path);
-                  return Result(nofollow ? lsetxattr(full.c_str(), name.c_str(), value.data(), value.size(), flags)
-                                         : setxattr(full.c_str(), name.c_str(), value.data(), value.size(), flags));
-                });
+    const char* flags_name = flags == 0              ? "0"
+                             : flags == XATTR_CREATE ? "XATTR_CREATE"
+                                                     : "XATTR_REPLACE";
+    return Both(
+        StrPrintf("%ssetxattr(%s, %s, %s, %s)", prefix, target.c_str(), Quote(name).c_str(),
+                  DataSummary(value).c_str(), flags_name),
+        [&](int s) {
+          if (slot >= 0)
+            return Result(fsetxattr(slots_[slot].fd[s].get(), name.c_str(), value.data(),
+                                    value.size(), flags));
+          const std::string full = Full(s, path);
+          return Result(
+              nofollow ? lsetxattr(full.c_str(), name.c_str(), value.data(), value.size(), flags)
+                       : setxattr(full.c_str(), name.c_str(), value.data(), value.size(), flags));
+        });
   }
   static constexpr size_t kSizes[] = {0, 1, 16, 65536, 65536, 65536};
   const size_t size = rng_.Pick(kSizes);
   if (action < 65) {
-    return Both(StrPrintf("%sgetxattr(%s, %s, bufsize=%zu)", prefix, target.c_str(), Quote(name).c_str(), size),
+    return Both(StrPrintf("%sgetxattr(%s, %s, bufsize=%zu)", prefix, target.c_str(),
+                          Quote(name).c_str(), size),
                 [&](int s) {
                   char* buf = rbuf_[s].get();
                   Outcome o;
@@ -1584,24 +1648,28 @@ bool Worker::OpXattr() {
                 });
   }
   if (action < 80) {
-    return Both(StrPrintf("%slistxattr(%s, bufsize=%zu)", prefix, target.c_str(), size), [&](int s) {
-      char* buf = rbuf_[s].get();
-      Outcome o;
-      if (slot >= 0) {
-        o = Result(flistxattr(slots_[slot].fd[s].get(), buf, size));
-      } else {
-        const std::string full = Full(s, path);
-        o = Result(nofollow ? llistxattr(full.c_str(), buf, size) : listxattr(full.c_str(), buf, size));
-      }
-      if (o.ret > 0 && size > 0) o.data = SortedNames(buf, static_cast<size_t>(o.ret));
-      return o;
-    });
+    return Both(StrPrintf("%slistxattr(%s, bufsize=%zu)", prefix, target.c_str(), size),
+                [&](int s) {
+                  char* buf = rbuf_[s].get();
+                  Outcome o;
+                  if (slot >= 0) {
+                    o = Result(flistxattr(slots_[slot].fd[s].get(), buf, size));
+                  } else {
+                    const std::string full = Full(s, path);
+                    o = Result(nofollow ? llistxattr(full.c_str(), buf, size)
+                                        : listxattr(full.c_str(), buf, size));
+                  }
+                  if (o.ret > 0 && size > 0) o.data = SortedNames(buf, static_cast<size_t>(o.ret));
+                  return o;
+                });
   }
-  return Both(StrPrintf("%sremovexattr(%s, %s)", prefix, target.c_str(), Quote(name).c_str()), [&](int s) {
-    if (slot >= 0) return Result(fremovexattr(slots_[slot].fd[s].get(), name.c_str()));
-    const std::string full = Full(s, path);
-    return Result(nofollow ? lremovexattr(full.c_str(), name.c_str()) : removexattr(full.c_str(), name.c_str()));
-  });
+  return Both(StrPrintf("%sremovexattr(%s, %s)", prefix, target.c_str(), Quote(name).c_str()),
+              [&](int s) {
+                if (slot >= 0) return Result(fremovexattr(slots_[slot].fd[s].get(), name.c_str()));
+                const std::string full = Full(s, path);
+                return Result(nofollow ? lremovexattr(full.c_str(), name.c_str())
+                                       : removexattr(full.c_str(), name.c_str()));
+              });
 }
 
 // POSIX ACLs through libacl (the raw xattr route is in OpXattr).
@@ -1658,9 +1726,12 @@ bool Worker::OpAcl() {
 bool Worker::OpFlock() {
   const int i = PickOpenSlot();
   if (i < 0) return OpOpen();
-  static constexpr int kOpsList[] = {LOCK_SH | LOCK_NB, LOCK_EX | LOCK_NB, LOCK_EX | LOCK_NB, LOCK_UN};
+  static constexpr int kOpsList[] = {LOCK_SH | LOCK_NB, LOCK_EX | LOCK_NB, LOCK_EX | LOCK_NB,
+                                     LOCK_UN};
   const int op = rng_.Pick(kOpsList);
-  const char* name = op == (LOCK_SH | LOCK_NB) ? "LOCK_SH|LOCK_NB" : op == LOCK_UN ? "LOCK_UN" : "LOCK_EX|LOCK_NB";
+  const char* name = op == (LOCK_SH | LOCK_NB) ? "LOCK_SH|LOCK_NB"
+                     : op == LOCK_UN           ? "LOCK_UN"
+                                               : "LOCK_EX|LOCK_NB";
   return Both(StrPrintf("flock(%s, %s)", SlotName(i).c_str(), name),
               [&](int s) { return Result(flock(slots_[i].fd[s].get(), op)); });
 }
@@ -1673,15 +1744,18 @@ bool Worker::OpLock() {
   if (i < 0) return OpOpen();
   const uint64_t c = rng_.Below(100);
   const int cmd = c < 45 ? F_OFD_SETLK : c < 75 ? F_OFD_GETLK : c < 90 ? F_SETLK : F_GETLK;
-  const char* cmd_name = c < 45 ? "F_OFD_SETLK" : c < 75 ? "F_OFD_GETLK" : c < 90 ? "F_SETLK" : "F_GETLK";
+  const char* cmd_name = c < 45   ? "F_OFD_SETLK"
+                         : c < 75 ? "F_OFD_GETLK"
+                         : c < 90 ? "F_SETLK"
+                                  : "F_GETLK";
   const bool get = cmd == F_OFD_GETLK || cmd == F_GETLK;
   const uint64_t t = rng_.Below(100);
   const short type = t < 40 ? F_RDLCK : t < 80 || get ? F_WRLCK : F_UNLCK;
   const off_t start = static_cast<off_t>(rng_.Below(4) * 100 + rng_.Below(50));
   const off_t len = rng_.Percent(15) ? 0 : static_cast<off_t>(1 + rng_.Below(300));
   const char* type_name = type == F_RDLCK ? "F_RDLCK" : type == F_WRLCK ? "F_WRLCK" : "F_UNLCK";
-  return Both(StrPrintf("fcntl(%s, %s, {%s, start=%lld, len=%lld})", SlotName(i).c_str(), cmd_name, type_name,
-                        static_cast<long long>(start), static_cast<long long>(len)),
+  return Both(StrPrintf("fcntl(%s, %s, {%s, start=%lld, len=%lld})", SlotName(i).c_str(), cmd_name,
+                        type_name, static_cast<long long>(start), static_cast<long long>(len)),
               [&](int s) {
                 struct flock fl {};
                 fl.l_type = type;
@@ -1694,8 +1768,8 @@ bool Worker::OpLock() {
                                ? "no conflict"
                                : StrPrintf("conflict %s start=%lld len=%lld pid=%d",
                                            fl.l_type == F_RDLCK ? "F_RDLCK" : "F_WRLCK",
-                                           static_cast<long long>(fl.l_start), static_cast<long long>(fl.l_len),
-                                           fl.l_pid);
+                                           static_cast<long long>(fl.l_start),
+                                           static_cast<long long>(fl.l_len), fl.l_pid);
                 }
                 return o;
               });
@@ -1714,12 +1788,13 @@ bool Worker::OpStat() {
   }
   const std::string path = RandPath();
   const int flags = v < 35 ? 0 : AT_SYMLINK_NOFOLLOW;
-  return Both(StrPrintf("fstatat(%s, %s)", Quote(path).c_str(), AtFlagsName(flags).c_str()), [&](int s) {
-    struct stat st;
-    Outcome o = Result(fstatat(Dir(s), path.c_str(), &st, flags));
-    if (o.ret == 0) o.data = FormatAttr(FromStat(st));
-    return o;
-  });
+  return Both(StrPrintf("fstatat(%s, %s)", Quote(path).c_str(), AtFlagsName(flags).c_str()),
+              [&](int s) {
+                struct stat st;
+                Outcome o = Result(fstatat(Dir(s), path.c_str(), &st, flags));
+                if (o.ret == 0) o.data = FormatAttr(FromStat(st));
+                return o;
+              });
 }
 
 bool Worker::OpReaddir() {
@@ -1756,7 +1831,8 @@ void Worker::CollectTree(const std::string& rel, int depth,
     if (fd >= 0) {
       if (DirPtr d{fdopendir(fd)}) {
         while (dirent* e = readdir(d.get())) {
-          if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
+          if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+            names.emplace_back(e->d_name);
         }
       } else {
         close(fd);
@@ -1830,7 +1906,9 @@ bool FixtureMaker::Mkdir(const std::string& rel, uid_t uid, gid_t gid, mode_t mo
   return Step(StrPrintf("mkdir(%s)", Quote(rel).c_str()),
               [&](const Side& s) { return Result(mkdirat(s.dir.get(), rel.c_str(), 0700)); }) &&
          Step(StrPrintf("chown(%s, %u, %u)", Quote(rel).c_str(), uid, gid),
-              [&](const Side& s) { return Result(fchownat(s.dir.get(), rel.c_str(), uid, gid, 0)); }) &&
+              [&](const Side& s) {
+                return Result(fchownat(s.dir.get(), rel.c_str(), uid, gid, 0));
+              }) &&
          Chmod(rel, mode);
 }
 
@@ -1838,17 +1916,21 @@ bool FixtureMaker::File(const std::string& rel, uid_t uid, gid_t gid, mode_t mod
   const std::string content = "fixture " + rel + "\n";
   return Step(StrPrintf("create(%s)", Quote(rel).c_str()),
               [&](const Side& s) {
-                Fd fd(openat(s.dir.get(), rel.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+                Fd fd(openat(s.dir.get(), rel.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                             0600));
                 if (!fd.valid()) return Result(-1);
                 if (!WriteAll(fd.get(), content.data(), content.size())) return Result(-1);
                 return Result(fd.Close());
               }) &&
          Step(StrPrintf("chown(%s, %u, %u)", Quote(rel).c_str(), uid, gid),
-              [&](const Side& s) { return Result(fchownat(s.dir.get(), rel.c_str(), uid, gid, 0)); }) &&
+              [&](const Side& s) {
+                return Result(fchownat(s.dir.get(), rel.c_str(), uid, gid, 0));
+              }) &&
          Chmod(rel, mode);
 }
 
-bool FixtureMaker::Xattr(const std::string& rel, const std::string& name, const std::string& value) {
+bool FixtureMaker::Xattr(const std::string& rel, const std::string& name,
+                         const std::string& value) {
   return Step(StrPrintf("setxattr(%s, %s)", Quote(rel).c_str(), name.c_str()), [&](const Side& s) {
     return Result(lsetxattr(s.Full(rel).c_str(), name.c_str(), value.data(), value.size(), 0));
   });
@@ -1877,11 +1959,13 @@ bool FixtureMaker::Make(const std::string& r) {
          Mkdir(r + "/G", fu, 0, 02777) && File(r + "/G/a", fu, 0, 0664) &&
          // Read-only directory with a file carrying root-only xattrs.
          Mkdir(r + "/R", fu, fg, 0755) && File(r + "/R/a", fu, fg, 0644) &&
-         Xattr(r + "/R/a", "user.DOSATTRIB", std::string("\x00\x00\x04\x00\x04\x00\x00\x00\x11\x22", 10)) &&
+         Xattr(r + "/R/a", "user.DOSATTRIB",
+               std::string("\x00\x00\x04\x00\x04\x00\x00\x00\x11\x22", 10)) &&
          Xattr(r + "/R/a", "security.NTACL", std::string("\x04\x00\x04\x00\x01\x02\x03", 7)) &&
          Xattr(r + "/R/a", "trusted.difftest", "fixture") && Chmod(r + "/R", 0555) &&
          // Ours, with access and default ACLs.
-         Mkdir(r + "/L", me, my_group, 0770) && Acl(r + "/L", ACL_TYPE_ACCESS, acl_access.c_str()) &&
+         Mkdir(r + "/L", me, my_group, 0770) &&
+         Acl(r + "/L", ACL_TYPE_ACCESS, acl_access.c_str()) &&
          Acl(r + "/L", ACL_TYPE_DEFAULT, "u::rwx,u:65534:rw-,g::r-x,g:65533:rwx,m::rwx,o::---");
 }
 
@@ -1909,9 +1993,10 @@ class TreeChecker {
   bool Dir(const std::string& rel, int depth);
   bool Contents(const std::string& rel);
   bool Xattrs(const std::string& rel);
-  bool Fail(const std::string& rel, const std::string& what, const std::string& a, const std::string& b) {
-    report_ = StrPrintf("%s at %s\n    A: %s\n    B: %s\n", what.c_str(), Quote(rel.empty() ? "." : rel).c_str(),
-                        a.c_str(), b.c_str());
+  bool Fail(const std::string& rel, const std::string& what, const std::string& a,
+            const std::string& b) {
+    report_ = StrPrintf("%s at %s\n    A: %s\n    B: %s\n", what.c_str(),
+                        Quote(rel.empty() ? "." : rel).c_str(), a.c_str(), b.c_str());
     return false;
   }
 
@@ -1942,7 +2027,8 @@ int ListDir(const std::string& full, std::vector<std::pair<std::string, int>>* o
   if (!d) return errno;
   errno = 0;
   while (dirent* e = readdir(d.get())) {
-    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) out->emplace_back(e->d_name, e->d_type);
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+      out->emplace_back(e->d_name, e->d_type);
     errno = 0;
   }
   const int err = errno;
@@ -1952,16 +2038,20 @@ int ListDir(const std::string& full, std::vector<std::pair<std::string, int>>* o
 
 std::string FormatListing(const std::vector<std::pair<std::string, int>>& list) {
   std::string s;
-  for (const auto& [name, type] : list) s += StrPrintf("%s%s/%d", s.empty() ? "" : " ", Quote(name).c_str(), type);
+  for (const auto& [name, type] : list)
+    s += StrPrintf("%s%s/%d", s.empty() ? "" : " ", Quote(name).c_str(), type);
   return s.empty() ? "(empty)" : s;
 }
 
 bool TreeChecker::Entry(const std::string& rel, int depth) {
   ++entries_;
-  struct statx xa {}, xb {};
+  struct statx xa {
+  }, xb{};
   const unsigned mask = STATX_BASIC_STATS | STATX_BTIME;
-  const int ra = statx(AT_FDCWD, a_->Full(rel).c_str(), AT_SYMLINK_NOFOLLOW, mask, &xa) == 0 ? 0 : errno;
-  const int rb = statx(AT_FDCWD, b_->Full(rel).c_str(), AT_SYMLINK_NOFOLLOW, mask, &xb) == 0 ? 0 : errno;
+  const int ra =
+      statx(AT_FDCWD, a_->Full(rel).c_str(), AT_SYMLINK_NOFOLLOW, mask, &xa) == 0 ? 0 : errno;
+  const int rb =
+      statx(AT_FDCWD, b_->Full(rel).c_str(), AT_SYMLINK_NOFOLLOW, mask, &xb) == 0 ? 0 : errno;
   if (ra != 0 || rb != 0) {
     if (ra == rb) return true;  // e.g. EACCES for a non-root checker, on both
     return Fail(rel, "lstat differs", ra ? ErrName(ra) : "ok", rb ? ErrName(rb) : "ok");
@@ -1986,13 +2076,15 @@ bool TreeChecker::Entry(const std::string& rel, int depth) {
   auto [bit, b_inserted] = b_inodes_.try_emplace(xb.stx_ino, id, rel);
   if (!b_inserted && bit->second.first != id) {
     return Fail(rel, "inode number collision on B with " + Quote(bit->second.second),
-                "different inodes on A", StrPrintf("both ino %llu", static_cast<unsigned long long>(xb.stx_ino)));
+                "different inodes on A",
+                StrPrintf("both ino %llu", static_cast<unsigned long long>(xb.stx_ino)));
   }
   if (have_btime_) {
     auto prev = prev_.find(id);
     if (prev != prev_.end() && prev->second.b_ino != xb.stx_ino) {
-      return Fail(rel, "st_ino changed on B since the last tree check (same inode on A, was at " +
-                           Quote(prev->second.path) + ")",
+      return Fail(rel,
+                  "st_ino changed on B since the last tree check (same inode on A, was at " +
+                      Quote(prev->second.path) + ")",
                   StrPrintf("ino %llu unchanged", static_cast<unsigned long long>(xa.stx_ino)),
                   StrPrintf("ino %llu, was %llu", static_cast<unsigned long long>(xb.stx_ino),
                             static_cast<unsigned long long>(prev->second.b_ino)));
@@ -2023,7 +2115,8 @@ bool TreeChecker::Dir(const std::string& rel, int depth) {
   std::vector<std::pair<std::string, int>> la, lb;
   const int ea = ListDir(a_->Full(rel), &la);
   const int eb = ListDir(b_->Full(rel), &lb);
-  if (ea != eb) return Fail(rel, "readdir differs", ea ? ErrName(ea) : "ok", eb ? ErrName(eb) : "ok");
+  if (ea != eb)
+    return Fail(rel, "readdir differs", ea ? ErrName(ea) : "ok", eb ? ErrName(eb) : "ok");
   if (la != lb) {
     // Show only the entries that differ.
     std::vector<std::pair<std::string, int>> only_a, only_b;
@@ -2062,8 +2155,9 @@ bool TreeChecker::Contents(const std::string& rel) {
     }
     if (na != nb || memcmp(ba, bb, static_cast<size_t>(na)) != 0) {
       const std::string ca(ba, static_cast<size_t>(na)), cb(bb, static_cast<size_t>(nb));
-      return Fail(rel, StrPrintf("contents differ (in the chunk at offset %lld): %s", static_cast<long long>(off),
-                                 DataDiff(ca, cb).c_str()),
+      return Fail(rel,
+                  StrPrintf("contents differ (in the chunk at offset %lld): %s",
+                            static_cast<long long>(off), DataDiff(ca, cb).c_str()),
                   DataSummary(ca), DataSummary(cb));
     }
     if (na < static_cast<ssize_t>(kChunk)) return true;
@@ -2083,13 +2177,15 @@ bool TreeChecker::Xattrs(const std::string& rel) {
   const int ea = list(a_->Full(rel), &na);
   const int eb = list(b_->Full(rel), &nb);
   if (ea != eb || na != nb) {
-    return Fail(rel, "xattr names differ", ea ? ErrName(ea) : "[" + na + "]", eb ? ErrName(eb) : "[" + nb + "]");
+    return Fail(rel, "xattr names differ", ea ? ErrName(ea) : "[" + na + "]",
+                eb ? ErrName(eb) : "[" + nb + "]");
   }
   if (na.empty()) return true;
   size_t pos = 0;
   while (pos <= na.size()) {
     const size_t comma = na.find(',', pos);
-    const std::string name = na.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    const std::string name =
+        na.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
     pos = comma == std::string::npos ? na.size() + 1 : comma + 1;
     const ssize_t la = lgetxattr(a_->Full(rel).c_str(), name.c_str(), buf_a_.data(), buf_a_.size());
     const int ga = la < 0 ? errno : 0;
@@ -2098,8 +2194,10 @@ bool TreeChecker::Xattrs(const std::string& rel) {
     const std::string va(buf_a_.data(), la > 0 ? static_cast<size_t>(la) : 0);
     const std::string vb(buf_b_.data(), lb > 0 ? static_cast<size_t>(lb) : 0);
     if (ga != gb || va != vb) {
-      return Fail(rel, "xattr " + Quote(name) + " differs" + (ga == 0 && gb == 0 ? ": " + DataDiff(va, vb) : ""),
-                  ga ? ErrName(ga) : DataSummary(va), gb ? ErrName(gb) : DataSummary(vb));
+      return Fail(
+          rel,
+          "xattr " + Quote(name) + " differs" + (ga == 0 && gb == 0 ? ": " + DataDiff(va, vb) : ""),
+          ga ? ErrName(ga) : DataSummary(va), gb ? ErrName(gb) : DataSummary(vb));
     }
   }
   return true;
@@ -2120,16 +2218,16 @@ bool SendMsg(int fd, char type, uint64_t ops) {
   return WriteAll(fd, msg, sizeof msg);
 }
 
-int RunnerMain(const Options& options, const std::string& root_a, const std::string& root_b, int to_checker,
-               int from_checker) {
+int RunnerMain(const Options& options, const std::string& root_a, const std::string& root_b,
+               int to_checker, int from_checker) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   signal(SIGPIPE, SIG_IGN);  // writes to FIFOs without readers must give EPIPE
   if (options.drop_privileges) {
     if (setgroups(options.groups.size(), options.groups.data()) != 0 ||
         setresgid(options.gid, options.gid, options.gid) != 0 ||
         setresuid(options.uid, options.uid, options.uid) != 0) {
-      Print(StrPrintf("difftest: cannot drop privileges to uid %u gid %u: %s\n", options.uid, options.gid,
-                      strerror(errno)));
+      Print(StrPrintf("difftest: cannot drop privileges to uid %u gid %u: %s\n", options.uid,
+                      options.gid, strerror(errno)));
       return kExitUsage;
     }
   }
@@ -2148,8 +2246,8 @@ int RunnerMain(const Options& options, const std::string& root_a, const std::str
   for (Side& s : ctx.side) {
     s.dir.Reset(open(s.root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!s.dir.valid()) {
-      Print(StrPrintf("difftest: cannot open workspace %s as uid %u: %s\n", s.root.c_str(), geteuid(),
-                      strerror(errno)));
+      Print(StrPrintf("difftest: cannot open workspace %s as uid %u: %s\n", s.root.c_str(),
+                      geteuid(), strerror(errno)));
       return kExitUsage;
     }
   }
@@ -2174,7 +2272,8 @@ int RunnerMain(const Options& options, const std::string& root_a, const std::str
     for (auto& t : threads) t.join();
     done += round;
     if (ctx.failed.load()) return kExitMismatch;
-    const bool last = std::all_of(remaining.begin(), remaining.end(), [](uint64_t r) { return r == 0; });
+    const bool last =
+        std::all_of(remaining.begin(), remaining.end(), [](uint64_t r) { return r == 0; });
     if (last) {
       for (auto& w : workers) {
         if (!w->CloseAll()) return kExitMismatch;
@@ -2183,7 +2282,8 @@ int RunnerMain(const Options& options, const std::string& root_a, const std::str
       return kExitPass;
     }
     char reply = 0;
-    if (!SendMsg(to_checker, kMsgCheck, done) || !ReadAll(from_checker, &reply, 1) || reply != kMsgGo) {
+    if (!SendMsg(to_checker, kMsgCheck, done) || !ReadAll(from_checker, &reply, 1) ||
+        reply != kMsgGo) {
       return kExitMismatch;
     }
   }
@@ -2210,7 +2310,9 @@ int MakeWorkspaces(const Options& o, std::array<Side, 2>* side) {
   std::string name = StrPrintf("dt-%llu", static_cast<unsigned long long>(o.seed));
   for (int n = 1;; ++n) {
     struct stat st;
-    if (lstat((dirs[0] + "/" + name).c_str(), &st) != 0 && lstat((dirs[1] + "/" + name).c_str(), &st) != 0) break;
+    if (lstat((dirs[0] + "/" + name).c_str(), &st) != 0 &&
+        lstat((dirs[1] + "/" + name).c_str(), &st) != 0)
+      break;
     name = StrPrintf("dt-%llu.%d", static_cast<unsigned long long>(o.seed), n);
   }
   for (int s = 0; s < 2; ++s) {
@@ -2233,8 +2335,10 @@ int MakeWorkspaces(const Options& o, std::array<Side, 2>* side) {
 // Public entry points.
 
 std::string Usage() {
-  return "usage: vssfs-difftest [--seed N] [--ops N] [--threads T] [--uid U --gid G [--groups g1,g2]]\n"
-         "                      [--check-every K] [--keep] [--stall-timeout S] [--verbose] DIR_A DIR_B\n"
+  return "usage: vssfs-difftest [--seed N] [--ops N] [--threads T] [--uid U --gid G [--groups "
+         "g1,g2]]\n"
+         "                      [--check-every K] [--keep] [--stall-timeout S] [--verbose] DIR_A "
+         "DIR_B\n"
          "\n"
          "Runs the same seeded random file-system operations in DIR_A (reference, a plain\n"
          "directory) and DIR_B (under test, e.g. a vssfs mount) and compares every result,\n"
@@ -2253,7 +2357,8 @@ ParseResult ParseArgs(const std::vector<std::string>& args, Options* o, std::str
   std::vector<std::string> positional;
   bool have_uid = false, have_gid = false, have_groups = false;
   auto number = [&](const std::string& flag, const std::string& text, uint64_t* out) {
-    if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos || text.size() > 19) {
+    if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos ||
+        text.size() > 19) {
       *error = "bad number for " + flag + ": '" + text + "'";
       return false;
     }
@@ -2263,9 +2368,9 @@ ParseResult ParseArgs(const std::vector<std::string>& args, Options* o, std::str
   for (size_t i = 0; i < args.size(); ++i) {
     std::string arg = args[i];
     std::string value;
-    const bool takes_value = arg == "--seed" || arg == "--ops" || arg == "--threads" || arg == "--uid" ||
-                             arg == "--gid" || arg == "--groups" || arg == "--check-every" ||
-                             arg == "--stall-timeout";
+    const bool takes_value = arg == "--seed" || arg == "--ops" || arg == "--threads" ||
+                             arg == "--uid" || arg == "--gid" || arg == "--groups" ||
+                             arg == "--check-every" || arg == "--stall-timeout";
     const size_t eq = arg.find('=');
     if (arg.rfind("--", 0) == 0 && eq != std::string::npos) {
       value = arg.substr(eq + 1);
@@ -2319,7 +2424,8 @@ ParseResult ParseArgs(const std::vector<std::string>& args, Options* o, std::str
       size_t pos = 0;
       while (pos <= value.size() && !value.empty()) {
         const size_t comma = value.find(',', pos);
-        const std::string g = value.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+        const std::string g =
+            value.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
         if (!number("--groups", g, &n) || n >= 0xffffffffu) return ParseResult::kError;
         o->groups.push_back(static_cast<gid_t>(n));
         if (comma == std::string::npos) break;
@@ -2355,11 +2461,12 @@ int RunDifftest(const Options& options_in) {
   if (!options.seed_given) {
     timespec now{};
     clock_gettime(CLOCK_REALTIME, &now);
-    uint64_t s = static_cast<uint64_t>(now.tv_sec) * 1000000007ull + static_cast<uint64_t>(now.tv_nsec) +
-                 static_cast<uint64_t>(getpid());
+    uint64_t s = static_cast<uint64_t>(now.tv_sec) * 1000000007ull +
+                 static_cast<uint64_t>(now.tv_nsec) + static_cast<uint64_t>(getpid());
     options.seed = SplitMix(&s) % 1000000000000ull;
   }
-  Print(StrPrintf("difftest: seed=%llu ops=%llu threads=%d\n", static_cast<unsigned long long>(options.seed),
+  Print(StrPrintf("difftest: seed=%llu ops=%llu threads=%d\n",
+                  static_cast<unsigned long long>(options.seed),
                   static_cast<unsigned long long>(options.ops), options.threads));
   if (options.drop_privileges && geteuid() != 0) {
     Print("difftest: --uid/--gid need root\n");
@@ -2374,7 +2481,8 @@ int RunDifftest(const Options& options_in) {
   if (const int rc = MakeWorkspaces(options, &side); rc != kExitPass) return rc;
   const Ids ids = MakeIds(options);
   auto keep_note = [&] {
-    Print(StrPrintf("difftest: workspaces kept: A=%s B=%s\n", side[0].root.c_str(), side[1].root.c_str()));
+    Print(StrPrintf("difftest: workspaces kept: A=%s B=%s\n", side[0].root.c_str(),
+                    side[1].root.c_str()));
   };
   auto fail_line = [&] {
     keep_note();
@@ -2390,8 +2498,8 @@ int RunDifftest(const Options& options_in) {
     }
   }
   if (options.verbose) {
-    Print(StrPrintf("difftest: A=%s B=%s uid=%u gid=%u\n", side[0].root.c_str(), side[1].root.c_str(),
-                    options.drop_privileges ? options.uid : geteuid(),
+    Print(StrPrintf("difftest: A=%s B=%s uid=%u gid=%u\n", side[0].root.c_str(),
+                    side[1].root.c_str(), options.drop_privileges ? options.uid : geteuid(),
                     options.drop_privileges ? options.gid : getegid()));
   }
 
@@ -2427,8 +2535,9 @@ int RunDifftest(const Options& options_in) {
     const int pr = poll(&p, 1, options.stall_timeout_s * 1000);
     if (pr < 0 && errno == EINTR) continue;
     if (pr == 0) {
-      Print(StrPrintf("difftest: MISMATCH: no progress for %d s after %llu ops (a hung operation on B?)\n",
-                      options.stall_timeout_s, static_cast<unsigned long long>(ops_done)));
+      Print(StrPrintf(
+          "difftest: MISMATCH: no progress for %d s after %llu ops (a hung operation on B?)\n",
+          options.stall_timeout_s, static_cast<unsigned long long>(ops_done)));
       kill(pid, SIGKILL);
       result = kExitMismatch;
       break;
@@ -2440,8 +2549,8 @@ int RunDifftest(const Options& options_in) {
     const std::string report = checker.Check();
     if (!report.empty()) {
       Print(StrPrintf("difftest: MISMATCH in tree check #%llu (after %llu ops):\n  %s",
-                      static_cast<unsigned long long>(checks), static_cast<unsigned long long>(ops_done),
-                      report.c_str()));
+                      static_cast<unsigned long long>(checks),
+                      static_cast<unsigned long long>(ops_done), report.c_str()));
       const char stop = kMsgStop;
       WriteAll(reply.get(), &stop, 1);
       result = kExitMismatch;
@@ -2488,7 +2597,8 @@ int RunDifftest(const Options& options_in) {
     RemoveTree(side[1].root);
   }
   Print(StrPrintf("difftest: PASS %llu ops, %llu tree checks, seed=%llu\n",
-                  static_cast<unsigned long long>(ops_done), static_cast<unsigned long long>(checks),
+                  static_cast<unsigned long long>(ops_done),
+                  static_cast<unsigned long long>(checks),
                   static_cast<unsigned long long>(options.seed)));
   return kExitPass;
 }

@@ -37,26 +37,25 @@ inline constexpr int kExitUsage = 2;
 
 struct Options {
   uint64_t seed = 0;
-  bool seed_given = false;     // else the seed is taken from the clock
-  uint64_t ops = 10000;        // total operations, over all threads
+  bool seed_given = false;  // else the seed is taken from the clock
+  uint64_t ops = 10000;     // total operations, over all threads
   int threads = 2;
   uint64_t check_every = 200;  // full tree comparison every this many ops
   bool drop_privileges = false;
   uid_t uid = 0;
   gid_t gid = 0;
-  std::vector<gid_t> groups;   // supplementary groups after dropping
-  bool verbose = false;        // print every operation
-  bool keep = false;           // keep the workspaces after a passing run
-  int stall_timeout_s = 300;   // give up when a round makes no progress
-  std::string dir_a;           // reference
-  std::string dir_b;           // under test
+  std::vector<gid_t> groups;  // supplementary groups after dropping
+  bool verbose = false;       // print every operation
+  bool keep = false;          // keep the workspaces after a passing run
+  int stall_timeout_s = 300;  // give up when a round makes no progress
+  std::string dir_a;          // reference
+  std::string dir_b;          // under test
 };
 
 enum class ParseResult { kOk, kHelp, kError };
 
 // Parses the command line (without argv[0]). On kError, *error says why.
-ParseResult ParseArgs(const std::vector<std::string>& args, Options* options,
-                      std::string* error);
+ParseResult ParseArgs(const std::vector<std::string>& args, Options* options, std::string* error);
 
 // The usage text.
 std::string Usage();

@@ -1,10 +1,11 @@
+#include "inode_table.h"
+
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 
-#include "inode_table.h"
 #include "test_support.h"
 
 using vssfs::cow_store::UniqueFd;

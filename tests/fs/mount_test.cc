@@ -83,8 +83,7 @@ TEST_CASE("mount: files pass through to the backing directory", "[fs][mount]") {
   CHECK(ReadFile(v.backing + "/big") == big);
 }
 
-TEST_CASE("mount: inode numbers are the backing ones and survive remounts",
-          "[fs][mount]") {
+TEST_CASE("mount: inode numbers are the backing ones and survive remounts", "[fs][mount]") {
   Volume v;
   ino_t file_ino, link_ino, dir_ino;
   {
@@ -173,14 +172,13 @@ TEST_CASE("mount: xattrs Samba uses pass through", "[fs][mount]") {
   std::string ntacl(300, 'n');
   REQUIRE(setxattr(f.c_str(), "security.NTACL", ntacl.data(), ntacl.size(), 0) == 0);
   std::string stream(3000, 's');
-  REQUIRE(setxattr(f.c_str(), "user.DosStream.Zone.Identifier:$DATA", stream.data(),
-                   stream.size(), 0) == 0);
+  REQUIRE(setxattr(f.c_str(), "user.DosStream.Zone.Identifier:$DATA", stream.data(), stream.size(),
+                   0) == 0);
   // A value too large for the backing filesystem fails as it does natively.
   std::string huge(200000, 'h');
   WriteFile(v.backing + "/native", "x");
   errno = 0;
-  int native = setxattr((v.backing + "/native").c_str(), "user.huge", huge.data(),
-                        huge.size(), 0);
+  int native = setxattr((v.backing + "/native").c_str(), "user.huge", huge.data(), huge.size(), 0);
   int native_errno = errno;
   errno = 0;
   CHECK(setxattr(f.c_str(), "user.huge", huge.data(), huge.size(), 0) == native);
@@ -349,9 +347,8 @@ TEST_CASE("mount: writes and truncates by another user clear set-id bits as nati
     mode_t mode;
     int action;  // 0 write, 1 ftruncate, 2 open O_TRUNC
   };
-  const Case cases[] = {{"suid_w", 04777, 0}, {"sgidx_w", 02777, 0},
-                        {"sgid_noexec_w", 02767, 0}, {"both_w", 06777, 0},
-                        {"suid_t", 04777, 1}, {"sgidx_t", 02777, 1},
+  const Case cases[] = {{"suid_w", 04777, 0}, {"sgidx_w", 02777, 0}, {"sgid_noexec_w", 02767, 0},
+                        {"both_w", 06777, 0}, {"suid_t", 04777, 1},  {"sgidx_t", 02777, 1},
                         {"suid_o", 04777, 2}, {"sgidx_o", 02777, 2}};
   for (const std::string& dir : {native, v.mnt}) {
     for (const Case& c : cases) {
@@ -383,8 +380,7 @@ TEST_CASE("mount: writes and truncates by another user clear set-id bits as nati
   }
 }
 
-TEST_CASE("mount: fchmod, fchown and futimens on open directories and files",
-          "[fs][mount]") {
+TEST_CASE("mount: fchmod, fchown and futimens on open directories and files", "[fs][mount]") {
   Volume v;
   ScopedMount m(v.backing, v.mnt);
   REQUIRE(mkdir((v.mnt + "/d").c_str(), 0755) == 0);

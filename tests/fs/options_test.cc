@@ -1,8 +1,8 @@
+#include "vssfs/fs/options.h"
+
 #include <catch2/catch.hpp>
 #include <string>
 #include <vector>
-
-#include "vssfs/fs/options.h"
 
 using vssfs::fs::Options;
 using vssfs::fs::ParseOptions;
@@ -61,9 +61,9 @@ TEST_CASE("options: libfuse and fstab options", "[fs][options]") {
                   "rw,defaults,allow_other,_netdev,nofail,x-systemd.requires=foo,"
                   "max_write=1048576,no_splice_read,noatime,fsname=a\\,b"});
   REQUIRE(r.ok());
-  CHECK(r.value().fuse_options ==
-        std::vector<std::string>{"rw", "allow_other", "max_write=1048576",
-                                 "no_splice_read", "noatime", "fsname=a,b"});
+  CHECK(r.value().fuse_options == std::vector<std::string>{"rw", "allow_other", "max_write=1048576",
+                                                           "no_splice_read", "noatime",
+                                                           "fsname=a,b"});
 }
 
 TEST_CASE("options: help and version need no arguments", "[fs][options]") {
@@ -78,8 +78,7 @@ TEST_CASE("options: every bad input gets a precise message", "[fs][options]") {
   CHECK(Error({}) == "missing BACKING_DIR and MOUNTPOINT (see vssfs --help)");
   CHECK(Error({"b"}) == "missing MOUNTPOINT (see vssfs --help)");
   CHECK_THAT(Error({"b", "m", "c"}), Catch::Contains("unexpected argument 'c'"));
-  CHECK(Error({"--frobnicate", "b", "m"}) ==
-        "unknown option '--frobnicate' (see vssfs --help)");
+  CHECK(Error({"--frobnicate", "b", "m"}) == "unknown option '--frobnicate' (see vssfs --help)");
   CHECK(Error({"-o", "frob", "b", "m"}) == "unknown option '-o frob' (see vssfs --help)");
   CHECK_THAT(Error({"-o", "timeout=abc", "b", "m"}), Catch::Contains("number of seconds"));
   CHECK_THAT(Error({"-o", "threads=0", "b", "m"}), Catch::Contains("positive whole number"));

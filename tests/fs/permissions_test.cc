@@ -73,123 +73,131 @@ void Setup(const std::string& d) {
 // The steps, run as the user with cwd-independent absolute paths.
 std::vector<std::pair<std::string, std::function<int(const std::string&)>>> Steps() {
   return {
-      {"stat inside 0700 dir", [](const std::string& d) {
+      {"stat inside 0700 dir",
+       [](const std::string& d) {
          struct stat st;
          return Result(stat((d + "/private/x").c_str(), &st));
        }},
-      {"open inside 0700 dir", [](const std::string& d) {
+      {"open inside 0700 dir",
+       [](const std::string& d) {
          int fd = open((d + "/private/x").c_str(), O_RDONLY);
          if (fd >= 0) close(fd);
          return Result(fd);
        }},
-      {"create in group dir (supplementary group)", [](const std::string& d) {
+      {"create in group dir (supplementary group)",
+       [](const std::string& d) {
          int fd = open((d + "/grp/f").c_str(), O_CREAT | O_WRONLY, 0666);
          if (fd >= 0) close(fd);
          return Result(fd);
        }},
-      {"create in other group's dir", [](const std::string& d) {
+      {"create in other group's dir",
+       [](const std::string& d) {
          int fd = open((d + "/grp_other/f").c_str(), O_CREAT | O_WRONLY, 0666);
          if (fd >= 0) close(fd);
          return Result(fd);
        }},
-      {"mkdir through user ACL", [](const std::string& d) {
-         return Result(mkdir((d + "/acl/sub").c_str(), 0777));
-       }},
-      {"list through group ACL", [](const std::string& d) {
+      {"mkdir through user ACL",
+       [](const std::string& d) { return Result(mkdir((d + "/acl/sub").c_str(), 0777)); }},
+      {"list through group ACL",
+       [](const std::string& d) {
          struct stat st;
          return Result(stat((d + "/acl_ro/.").c_str(), &st));
        }},
-      {"create through read-only group ACL", [](const std::string& d) {
-         return Result(mkdir((d + "/acl_ro/sub").c_str(), 0777));
-       }},
-      {"create under default ACL", [](const std::string& d) {
+      {"create through read-only group ACL",
+       [](const std::string& d) { return Result(mkdir((d + "/acl_ro/sub").c_str(), 0777)); }},
+      {"create under default ACL",
+       [](const std::string& d) {
          int fd = open((d + "/acl_default/f").c_str(), O_CREAT | O_WRONLY, 0666);
          if (fd >= 0) close(fd);
          return Result(fd);
        }},
-      {"unlink root's file in sticky dir", [](const std::string& d) {
-         return Result(unlink((d + "/sticky/rootf").c_str()));
-       }},
-      {"rename root's file in sticky dir", [](const std::string& d) {
+      {"unlink root's file in sticky dir",
+       [](const std::string& d) { return Result(unlink((d + "/sticky/rootf").c_str())); }},
+      {"rename root's file in sticky dir",
+       [](const std::string& d) {
          return Result(rename((d + "/sticky/rootf").c_str(), (d + "/sticky/moved").c_str()));
        }},
-      {"create and unlink own file in sticky dir", [](const std::string& d) {
+      {"create and unlink own file in sticky dir",
+       [](const std::string& d) {
          int fd = open((d + "/sticky/own").c_str(), O_CREAT | O_WRONLY, 0644);
          if (fd < 0) return errno;
          close(fd);
          return Result(unlink((d + "/sticky/own").c_str()));
        }},
-      {"hard link to root's file (protected_hardlinks)", [](const std::string& d) {
+      {"hard link to root's file (protected_hardlinks)",
+       [](const std::string& d) {
          return Result(link((d + "/rootfile").c_str(), (d + "/sticky/hl").c_str()));
        }},
-      {"mkdir in setgid dir", [](const std::string& d) {
-         return Result(mkdir((d + "/setgid/sub").c_str(), 0755));
-       }},
-      {"create in setgid dir", [](const std::string& d) {
+      {"mkdir in setgid dir",
+       [](const std::string& d) { return Result(mkdir((d + "/setgid/sub").c_str(), 0755)); }},
+      {"create in setgid dir",
+       [](const std::string& d) {
          int fd = open((d + "/setgid/f").c_str(), O_CREAT | O_WRONLY, 0644);
          if (fd >= 0) close(fd);
          return Result(fd);
        }},
-      {"create setgid file in other group's dir", [](const std::string& d) {
+      {"create setgid file in other group's dir",
+       [](const std::string& d) {
          int fd = open((d + "/other_gid/sg").c_str(), O_CREAT | O_WRONLY, 02755);
          if (fd >= 0) close(fd);
          return Result(fd);
        }},
-      {"chown own file to another user", [](const std::string& d) {
-         return Result(chown((d + "/mine/f").c_str(), 1000, -1));
-       }},
-      {"chgrp own file to member group", [](const std::string& d) {
+      {"chown own file to another user",
+       [](const std::string& d) { return Result(chown((d + "/mine/f").c_str(), 1000, -1)); }},
+      {"chgrp own file to member group",
+       [](const std::string& d) {
          return Result(chown((d + "/mine/f").c_str(), -1, kMemberGroup));
        }},
-      {"chgrp own file to other group", [](const std::string& d) {
+      {"chgrp own file to other group",
+       [](const std::string& d) {
          return Result(chown((d + "/mine/f").c_str(), -1, kOtherGroup));
        }},
-      {"chmod own file with setgid to non-member group", [](const std::string& d) {
-         return Result(chmod((d + "/mine/f").c_str(), 02755));
-       }},
-      {"chmod root's file", [](const std::string& d) {
-         return Result(chmod((d + "/rootfile").c_str(), 0777));
-       }},
-      {"explicit times on root's writable file", [](const std::string& d) {
+      {"chmod own file with setgid to non-member group",
+       [](const std::string& d) { return Result(chmod((d + "/mine/f").c_str(), 02755)); }},
+      {"chmod root's file",
+       [](const std::string& d) { return Result(chmod((d + "/rootfile").c_str(), 0777)); }},
+      {"explicit times on root's writable file",
+       [](const std::string& d) {
          struct timespec t[2] = {{1, 0}, {1, 0}};
          return Result(utimensat(AT_FDCWD, (d + "/rootfile").c_str(), t, 0));
        }},
-      {"UTIME_NOW on root's writable file", [](const std::string& d) {
+      {"UTIME_NOW on root's writable file",
+       [](const std::string& d) {
          struct timespec t[2] = {{0, UTIME_NOW}, {0, UTIME_NOW}};
          return Result(utimensat(AT_FDCWD, (d + "/rootfile").c_str(), t, 0));
        }},
-      {"UTIME_NOW on root's read-only file", [](const std::string& d) {
+      {"UTIME_NOW on root's read-only file",
+       [](const std::string& d) {
          struct timespec t[2] = {{0, UTIME_NOW}, {0, UTIME_NOW}};
          return Result(utimensat(AT_FDCWD, (d + "/rootfile_ro").c_str(), t, 0));
        }},
-      {"truncate root's read-only file", [](const std::string& d) {
-         return Result(truncate((d + "/rootfile_ro").c_str(), 0));
-       }},
-      {"access R_OK on 0600 root file", [](const std::string& d) {
-         return Result(access((d + "/secret").c_str(), R_OK));
-       }},
-      {"access W_OK on 0666 root file", [](const std::string& d) {
-         return Result(access((d + "/rootfile").c_str(), W_OK));
-       }},
-      {"access X_OK on 0700 dir", [](const std::string& d) {
-         return Result(access((d + "/private").c_str(), X_OK));
-       }},
-      {"user xattr on read-only root file", [](const std::string& d) {
+      {"truncate root's read-only file",
+       [](const std::string& d) { return Result(truncate((d + "/rootfile_ro").c_str(), 0)); }},
+      {"access R_OK on 0600 root file",
+       [](const std::string& d) { return Result(access((d + "/secret").c_str(), R_OK)); }},
+      {"access W_OK on 0666 root file",
+       [](const std::string& d) { return Result(access((d + "/rootfile").c_str(), W_OK)); }},
+      {"access X_OK on 0700 dir",
+       [](const std::string& d) { return Result(access((d + "/private").c_str(), X_OK)); }},
+      {"user xattr on read-only root file",
+       [](const std::string& d) {
          return Result(setxattr((d + "/rootfile_ro").c_str(), "user.a", "1", 1, 0));
        }},
-      {"user xattr on own file", [](const std::string& d) {
+      {"user xattr on own file",
+       [](const std::string& d) {
          return Result(setxattr((d + "/mine/f").c_str(), "user.DOSATTRIB", "1", 1, 0));
        }},
-      {"trusted xattr as user", [](const std::string& d) {
+      {"trusted xattr as user",
+       [](const std::string& d) {
          return Result(setxattr((d + "/mine/f").c_str(), "trusted.a", "1", 1, 0));
        }},
-      {"read user xattr of 0600 root file", [](const std::string& d) {
+      {"read user xattr of 0600 root file",
+       [](const std::string& d) {
          char buf[16];
          return Result(static_cast<int>(getxattr((d + "/secret").c_str(), "user.a", buf, 16)));
        }},
-      {"rmdir another user's dir in sticky dir", [](const std::string& d) {
-         return Result(rmdir((d + "/sticky").c_str()));
-       }},
+      {"rmdir another user's dir in sticky dir",
+       [](const std::string& d) { return Result(rmdir((d + "/sticky").c_str())); }},
   };
 }
 
@@ -263,9 +271,8 @@ TEST_CASE("permissions: an unprivileged user gets native results", "[fs][permiss
   CHECK(denied >= 10);
   CHECK(denied <= static_cast<int>(steps.size()) - 8);
 
-  for (const char* entry :
-       {"grp/f", "acl/sub", "acl_default/f", "sticky/rootf", "setgid/sub", "setgid/f",
-        "other_gid/sg", "mine/f", "rootfile", "rootfile_ro"}) {
+  for (const char* entry : {"grp/f", "acl/sub", "acl_default/f", "sticky/rootf", "setgid/sub",
+                            "setgid/f", "other_gid/sg", "mine/f", "rootfile", "rootfile_ro"}) {
     INFO("entry: " << entry);
     CHECK(Describe(mnt + "/" + entry) == Describe(native + "/" + entry));
     CHECK(Describe(backing + "/" + entry) == Describe(native + "/" + entry));

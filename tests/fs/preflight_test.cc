@@ -1,3 +1,5 @@
+#include "vssfs/fs/preflight.h"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -5,7 +7,6 @@
 #include <fstream>
 
 #include "test_support.h"
-#include "vssfs/fs/preflight.h"
 
 using vssfs::fs::CheckFuseDevice;
 using vssfs::fs::CheckPaths;

@@ -76,9 +76,7 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ec);
 }
 
-std::string TempDir::Sub(const std::string& name) const {
-  return path_ + "/" + name;
-}
+std::string TempDir::Sub(const std::string& name) const { return path_ + "/" + name; }
 
 bool IsVssfsMounted(const std::string& path) {
   std::ifstream in("/proc/self/mountinfo");
@@ -140,8 +138,7 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
-ScopedMount::ScopedMount(const std::string& backing,
-                         const std::string& mountpoint,
+ScopedMount::ScopedMount(const std::string& backing, const std::string& mountpoint,
                          const std::vector<std::string>& extra_args)
     : mountpoint_(mountpoint) {
   char tmpl[] = "/tmp/vssfs-mount-log-XXXXXX";

@@ -64,8 +64,7 @@ std::string VssfsBinary();
 
 // Runs a command (argv[0] looked up in PATH), returns exit status (-1 on
 // signal); stdout+stderr captured into *output when given.
-int RunCommand(const std::vector<std::string>& argv,
-               std::string* output = nullptr);
+int RunCommand(const std::vector<std::string>& argv, std::string* output = nullptr);
 
 // Reads a whole file; throws on error.
 std::string ReadFile(const std::string& path);

@@ -20,9 +20,7 @@ class [[nodiscard]] Status {
   Status() = default;  // OK.
 
   // An error with errno value `error` (must be > 0) and a message.
-  static Status Error(int error, std::string message) {
-    return Status(error, std::move(message));
-  }
+  static Status Error(int error, std::string message) { return Status(error, std::move(message)); }
   // An error built from errno as left by a failed system call: the message
   // is "<what>: <strerror(errno)>".
   static Status FromErrno(int error, const std::string& what);
@@ -34,8 +32,7 @@ class [[nodiscard]] Status {
   std::string ToString() const { return ok() ? "OK" : message_; }
 
  private:
-  Status(int error, std::string message)
-      : error_(error), message_(std::move(message)) {}
+  Status(int error, std::string message) : error_(error), message_(std::move(message)) {}
 
   int error_ = 0;
   std::string message_;
@@ -45,7 +42,7 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design.
+  Result(T value) : v_(std::move(value)) {}         // NOLINT: implicit by design.
   Result(Status status) : v_(std::move(status)) {}  // NOLINT
 
   bool ok() const { return std::holds_alternative<T>(v_); }
