@@ -796,12 +796,6 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t, fuse_bufvec* in, off_t off, fuse_fil
   }
 }
 
-void OpFlush(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
-  // Locks are the kernel's and data reaches the backing file on write:
-  // nothing to do at close.
-  fuse_reply_err(req, 0);
-}
-
 void OpRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   UniqueFd fd(static_cast<int>(fi->fh));
   fd.reset();
@@ -942,7 +936,9 @@ fuse_lowlevel_ops MakeOperations() {
   ops.open = OpOpen;
   ops.read = OpRead;
   ops.write_buf = OpWriteBuf;
-  ops.flush = OpFlush;
+  // No flush handler: locks are the kernel's and data reaches the backing
+  // file on write, so close(2) has nothing to tell vssfs. libfuse answers
+  // ENOSYS once and the kernel stops sending FLUSH (a round trip per close).
   ops.release = OpRelease;
   ops.fsync = OpFsync;
   ops.opendir = OpOpenDir;
