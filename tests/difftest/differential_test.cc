@@ -116,21 +116,21 @@ void RunDifftest(uint64_t seed, bool unprivileged) {
 
 }  // namespace
 
-TEST_CASE("difftest: vssfs mount behaves like a plain directory, as root", "[fs][difftest]") {
+TEST_CASE("difftest: vssfs mount matches a plain directory as root", "[fs][difftest]") {
   REQUIRE(geteuid() == 0);
   for (uint64_t seed : Seeds({1, 20240607})) {
     SECTION("seed " + std::to_string(seed)) { RunDifftest(seed, /*unprivileged=*/false); }
   }
 }
 
-TEST_CASE("difftest: vssfs mount behaves like a plain directory, as uid 65534", "[fs][difftest]") {
+TEST_CASE("difftest: vssfs mount matches a plain directory as uid 65534", "[fs][difftest]") {
   REQUIRE(geteuid() == 0);
   for (uint64_t seed : Seeds({2, 31337})) {
     SECTION("seed " + std::to_string(seed)) { RunDifftest(seed, /*unprivileged=*/true); }
   }
 }
 
-TEST_CASE("difftest: random seed", "[fs][difftest]") {
+TEST_CASE("difftest: random seed as root and as uid 65534", "[fs][difftest]") {
   REQUIRE(geteuid() == 0);
   // Catch2 reruns the test case once per section: draw the seed only once.
   static const uint64_t seed = Seeds({RandomSeed()}).front();

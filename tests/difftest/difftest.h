@@ -44,12 +44,13 @@ struct Options {
   bool drop_privileges = false;
   uid_t uid = 0;
   gid_t gid = 0;
-  std::vector<gid_t> groups;  // supplementary groups after dropping
-  bool verbose = false;       // print every operation
-  bool keep = false;          // keep the workspaces after a passing run
-  int stall_timeout_s = 300;  // give up when a round makes no progress
-  std::string dir_a;          // reference
-  std::string dir_b;          // under test
+  std::vector<gid_t> groups;             // supplementary groups after dropping
+  bool verbose = false;                  // print every operation
+  bool keep = false;                     // keep the workspaces after a passing run
+  int stall_timeout_s = 300;             // give up when a round makes no progress
+  std::vector<std::string> exclude_ops;  // operation kinds left out
+  std::string dir_a;                     // reference
+  std::string dir_b;                     // under test
 };
 
 enum class ParseResult { kOk, kHelp, kError };
