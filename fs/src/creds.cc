@@ -7,7 +7,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <linux/capability.h>
+#include <sys/syscall.h>
+
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
 
 #include "log.h"
 
@@ -15,6 +24,26 @@ namespace vssfs::fs {
 namespace {
 
 bool g_switch_ids = false;
+std::vector<gid_t>* g_daemon_groups = nullptr;  // Set once in InitCredentials().
+
+// setgroups(2) for the calling thread only (glibc's wrapper changes every
+// thread of the process).
+int ThreadSetGroups(size_t n, const gid_t* groups) {
+  return static_cast<int>(syscall(SYS_setgroups, n, groups));
+}
+
+// Adds or removes CAP_FSETID in the calling thread's effective set.
+bool SetFsetidEffective(bool on) {
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2];
+  if (syscall(SYS_capget, &header, data) != 0) return false;
+  if (on) {
+    data[0].effective |= 1u << CAP_FSETID;
+  } else {
+    data[0].effective &= ~(1u << CAP_FSETID);
+  }
+  return syscall(SYS_capset, &header, data) == 0;
+}
 
 // umask lives in the fs_struct shared by all threads; each worker thread
 // gets its own copy the first time it creates something.
@@ -37,6 +66,11 @@ cow_store::Status InitCredentials() {
   int bits = prctl(PR_GET_SECUREBITS);
   if (bits < 0 || prctl(PR_SET_SECUREBITS, bits | SECBIT_NO_SETUID_FIXUP) != 0) {
     return cow_store::Status::FromErrno(errno, "prctl(PR_SET_SECUREBITS)");
+  }
+  int n = getgroups(0, nullptr);
+  g_daemon_groups = new std::vector<gid_t>(n > 0 ? static_cast<size_t>(n) : 0);
+  if (n > 0 && getgroups(n, g_daemon_groups->data()) < 0) {
+    return cow_store::Status::FromErrno(errno, "getgroups");
   }
   g_switch_ids = true;
   return cow_store::Status();
@@ -68,6 +102,43 @@ ScopedCaller::~ScopedCaller() {
     setfsgid(0);
   }
   if (umask_set_) ::umask(old_umask_);
+}
+
+ScopedUnprivilegedCaller::ScopedUnprivilegedCaller(uid_t uid, gid_t gid,
+                                                   const gid_t* groups, int ngroups) {
+  if (!g_switch_ids) return;
+  active_ = true;
+  if (ThreadSetGroups(ngroups > 0 ? static_cast<size_t>(ngroups) : 0, groups) != 0 ||
+      !SetFsetidEffective(false)) {
+    ok_ = false;
+  }
+  setfsgid(gid);
+  setfsuid(uid);
+  if (static_cast<uid_t>(setfsuid(static_cast<uid_t>(-1))) != uid ||
+      static_cast<gid_t>(setfsgid(static_cast<gid_t>(-1))) != gid) {
+    ok_ = false;
+  }
+}
+
+ScopedUnprivilegedCaller::~ScopedUnprivilegedCaller() {
+  if (!active_) return;
+  setfsuid(0);
+  setfsgid(0);
+  SetFsetidEffective(true);
+  ThreadSetGroups(g_daemon_groups->size(), g_daemon_groups->data());
+}
+
+bool ProcessHasFsetid(pid_t pid) {
+  if (pid <= 0) return true;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("CapEff:", 0) == 0) {
+      unsigned long long caps = std::strtoull(line.c_str() + 7, nullptr, 16);
+      return (caps >> CAP_FSETID) & 1;
+    }
+  }
+  return false;  // Process gone: act as unprivileged (the safe side).
 }
 
 }  // namespace vssfs::fs

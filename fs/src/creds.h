@@ -46,6 +46,31 @@ class ScopedCaller {
   mode_t old_umask_ = 0;
 };
 
+// For the lifetime of the object the calling thread acts as an unprivileged
+// caller for a data operation (write, truncate, fallocate, copy, open with
+// O_TRUNC): the caller's fsuid, fsgid and supplementary groups, and
+// CAP_FSETID dropped. The backing filesystem then clears set-user-ID,
+// set-group-ID and file capabilities exactly as it would for that caller.
+// Used only when the kernel says the caller lacks CAP_FSETID and the file may
+// lose privileges; a daemon not running as root does nothing here.
+class ScopedUnprivilegedCaller {
+ public:
+  ScopedUnprivilegedCaller(uid_t uid, gid_t gid, const gid_t* groups, int ngroups);
+  ~ScopedUnprivilegedCaller();
+  ScopedUnprivilegedCaller(const ScopedUnprivilegedCaller&) = delete;
+  ScopedUnprivilegedCaller& operator=(const ScopedUnprivilegedCaller&) = delete;
+
+  bool ok() const { return ok_; }
+
+ private:
+  bool active_ = false;
+  bool ok_ = true;
+};
+
+// Whether process `pid` has CAP_FSETID in its effective set (per
+// /proc/PID/status); pid 0 (kernel-internal requests) counts as privileged.
+bool ProcessHasFsetid(pid_t pid);
+
 }  // namespace vssfs::fs
 
 #endif  // VSSFS_FS_SRC_CREDS_H_

@@ -99,20 +99,33 @@ int BackingOpenFlags(int flags, bool writeback) {
   return flags | O_CLOEXEC;
 }
 
-// Clears set-user-ID and set-group-ID bits of an open regular file, as the
-// kernel would on a write or truncate by an unprivileged caller, when the
-// kernel asks (FUSE_HANDLE_KILLPRIV_V2). The group bit goes when it means
-// set-group-ID-on-exec (group execute set) or when it alone caused the
-// request.
-int KillSuidgid(int fd) {
+// Runs `op` on this thread as the request's caller without CAP_FSETID, so
+// the backing filesystem clears set-id bits and file capabilities as it
+// would for that caller (creds.h). Returns op()'s result, or -EPERM if the
+// switch failed.
+template <typename F>
+auto AsUnprivilegedCaller(fuse_req_t req, F&& op) -> decltype(op()) {
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  std::vector<gid_t> groups(32);
+  int n = fuse_req_getgroups(req, static_cast<int>(groups.size()), groups.data());
+  if (n > static_cast<int>(groups.size())) {
+    groups.resize(static_cast<size_t>(n));
+    n = fuse_req_getgroups(req, n, groups.data());
+  }
+  ScopedUnprivilegedCaller caller(ctx->uid, ctx->gid, groups.data(), n > 0 ? n : 0);
+  if (!caller.ok()) return -EPERM;
+  return op();
+}
+
+// Whether an operation that modifies the open file `fd` (fallocate, copy
+// destination) must run as the caller: the file has set-id bits and the
+// caller lacks CAP_FSETID. The kernel flags writes, truncates and O_TRUNC
+// itself (FUSE_HANDLE_KILLPRIV_V2) but not these.
+bool MayDropSetidFor(fuse_req_t req, int fd) {
   struct stat st;
-  if (fstat(fd, &st) != 0) return -errno;
-  if (!S_ISREG(st.st_mode)) return 0;
-  mode_t mode = st.st_mode & 07777;
-  mode_t kept = mode & ~S_ISUID;
-  if ((mode & S_ISGID) && ((mode & S_IXGRP) || !(mode & S_ISUID))) kept &= ~S_ISGID;
-  if (kept != mode && fchmod(fd, kept) != 0) return -errno;
-  return 0;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return false;
+  if ((st.st_mode & (S_ISUID | S_ISGID)) == 0) return false;
+  return !ProcessHasFsetid(fuse_req_ctx(req)->pid);
 }
 
 // ---- replies: each handler below has exactly one reply statement --------
@@ -283,7 +296,7 @@ int Filesystem::GetAttr(fuse_ino_t ino, fuse_file_info* fi, struct stat* st) {
   return 0;
 }
 
-int Filesystem::SetAttr(fuse_ino_t ino, const struct stat& attr, int to_set, fuse_file_info* fi,
+int Filesystem::SetAttr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr, int to_set, fuse_file_info* fi,
                         struct stat* out) {
   if (ino == kSnapshotDirNodeId) return -EROFS;
   std::shared_ptr<Inode> inode = Get(ino);
@@ -311,11 +324,13 @@ int Filesystem::SetAttr(fuse_ino_t ino, const struct stat& attr, int to_set, fus
       if (!opened) return -errno;
       target = opened.get();
     }
-    if (ftruncate(target, attr.st_size) != 0) return -errno;
-    // With FUSE_HANDLE_KILLPRIV_V2 this bit is FATTR_KILL_SUIDGID.
-    if ((to_set & FUSE_SET_ATTR_KILL_SUID) && KillprivV2Negotiated()) {
-      if (int r = KillSuidgid(target); r != 0) return r;
-    }
+    auto truncate = [&] { return ftruncate(target, attr.st_size) == 0 ? 0 : -errno; };
+    // With FUSE_HANDLE_KILLPRIV_V2 this bit is FATTR_KILL_SUIDGID: the
+    // caller lacks CAP_FSETID.
+    int r = (to_set & FUSE_SET_ATTR_KILL_SUID) && KillprivV2Negotiated()
+                ? AsUnprivilegedCaller(req, truncate)
+                : truncate();
+    if (r != 0) return r;
   }
   if (to_set & FUSE_SET_ATTR_MODE) {
     int r = fd >= 0 ? fchmod(fd, attr.st_mode)
@@ -401,15 +416,18 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode
   return 0;
 }
 
-int Filesystem::Open(fuse_ino_t ino, fuse_file_info* fi) {
+int Filesystem::Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
-  UniqueFd fd(open(ProcPath(inode->fd.get()).path, BackingOpenFlags(fi->flags, writeback_)));
-  if (!fd) return -errno;
-  if ((fi->flags & O_TRUNC) && RequestKillsSuidgid()) {
-    if (int r = KillSuidgid(fd.get()); r != 0) return r;
-  }
-  fi->fh = static_cast<uint64_t>(fd.release());
+  auto do_open = [&] {
+    int fd = open(ProcPath(inode->fd.get()).path, BackingOpenFlags(fi->flags, writeback_));
+    return fd >= 0 ? fd : -errno;
+  };
+  // O_TRUNC by a caller without CAP_FSETID: truncate as that caller.
+  int fd = (fi->flags & O_TRUNC) && RequestKillsSuidgid() ? AsUnprivilegedCaller(req, do_open)
+                                                           : do_open();
+  if (fd < 0) return fd;
+  fi->fh = static_cast<uint64_t>(fd);
   fi->keep_cache = config_.timeout > 0;
   return 0;
 }
@@ -695,7 +713,7 @@ void OpGetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void OpSetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi) {
   Filesystem& fs = Fs(req);
   struct stat st {};
-  int r = Run([&] { return fs.SetAttr(ino, *attr, to_set, fi, &st); });
+  int r = Run([&] { return fs.SetAttr(req, ino, *attr, to_set, fi, &st); });
   ReplyErrOrAttr(req, r, st, fs.config().timeout);
 }
 
@@ -764,7 +782,7 @@ void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
 }
 
 void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  int r = Run([&] { return Fs(req).Open(ino, fi); });
+  int r = Run([&] { return Fs(req).Open(req, ino, fi); });
   if (r == 0) {
     if (fuse_reply_open(req, fi) != 0) close(static_cast<int>(fi->fh));
   } else {
@@ -785,10 +803,9 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t, fuse_bufvec* in, off_t off, fuse_fil
   out.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
   out.buf[0].fd = static_cast<int>(fi->fh);
   out.buf[0].pos = off;
-  ssize_t n = fuse_buf_copy(&out, in, static_cast<fuse_buf_copy_flags>(0));
-  if (n > 0 && RequestKillsSuidgid()) {
-    if (int r = KillSuidgid(out.buf[0].fd); r != 0) n = r;
-  }
+  auto copy = [&] { return fuse_buf_copy(&out, in, static_cast<fuse_buf_copy_flags>(0)); };
+  // FUSE_WRITE_KILL_SUIDGID: the writer lacks CAP_FSETID; write as it.
+  ssize_t n = RequestKillsSuidgid() ? AsUnprivilegedCaller(req, copy) : copy();
   if (n >= 0) {
     fuse_reply_write(req, static_cast<size_t>(n));
   } else {
@@ -890,8 +907,10 @@ void OpRemoveXattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
 
 void OpFallocate(fuse_req_t req, fuse_ino_t, int mode, off_t offset, off_t length,
                  fuse_file_info* fi) {
-  int r = fallocate(static_cast<int>(fi->fh), mode, offset, length);
-  fuse_reply_err(req, r == 0 ? 0 : errno);
+  const int fd = static_cast<int>(fi->fh);
+  auto allocate = [&] { return fallocate(fd, mode, offset, length) == 0 ? 0 : -errno; };
+  int r = MayDropSetidFor(req, fd) ? AsUnprivilegedCaller(req, allocate) : allocate();
+  fuse_reply_err(req, -r);
 }
 
 void OpLseek(fuse_req_t req, fuse_ino_t, off_t off, int whence, fuse_file_info* fi) {
@@ -907,12 +926,17 @@ void OpCopyFileRange(fuse_req_t req, fuse_ino_t, off_t off_in, fuse_file_info* f
                      off_t off_out, fuse_file_info* fi_out, size_t len, int flags) {
   loff_t in = off_in;
   loff_t out = off_out;
-  ssize_t n = copy_file_range(static_cast<int>(fi_in->fh), &in, static_cast<int>(fi_out->fh), &out,
-                              len, static_cast<unsigned>(flags));
+  const int fd_out = static_cast<int>(fi_out->fh);
+  auto copy = [&]() -> ssize_t {
+    ssize_t n = copy_file_range(static_cast<int>(fi_in->fh), &in, fd_out, &out, len,
+                                static_cast<unsigned>(flags));
+    return n >= 0 ? n : -errno;
+  };
+  ssize_t n = MayDropSetidFor(req, fd_out) ? AsUnprivilegedCaller(req, copy) : copy();
   if (n >= 0) {
     fuse_reply_write(req, static_cast<size_t>(n));
   } else {
-    fuse_reply_err(req, errno);
+    fuse_reply_err(req, static_cast<int>(-n));
   }
 }
 

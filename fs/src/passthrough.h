@@ -60,14 +60,14 @@ class Filesystem {
   // returns 0 or a negative errno and fills its out-parameters.
   int Lookup(fuse_ino_t parent, const char* name, fuse_entry_param* e);
   int GetAttr(fuse_ino_t ino, fuse_file_info* fi, struct stat* st);
-  int SetAttr(fuse_ino_t ino, const struct stat& attr, int to_set, fuse_file_info* fi,
+  int SetAttr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr, int to_set, fuse_file_info* fi,
               struct stat* out);
   int ReadLink(fuse_ino_t ino, std::string* target);
   int MakeNode(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev,
                const char* link_target, fuse_entry_param* e);
   int Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi,
              fuse_entry_param* e);
-  int Open(fuse_ino_t ino, fuse_file_info* fi);
+  int Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
   int Link(fuse_ino_t ino, fuse_ino_t parent, const char* name, fuse_entry_param* e);
   int Remove(fuse_ino_t parent, const char* name, bool directory);
   int Rename(fuse_ino_t parent, const char* name, fuse_ino_t newparent, const char* newname,
