@@ -1,13 +1,15 @@
 // Extended attributes of a backing inode reached through an O_PATH
-// descriptor, via /proc/self/fd/N (the *xattr calls follow that magic link
-// to the inode itself; f*xattr refuse O_PATH descriptors, and so does
-// Linux 6.13's getxattrat(AT_EMPTY_PATH)).
+// descriptor.
 //
-// A symlink's own attributes cannot be reached that way without a race (the
-// link would be followed). For symlinks vssfs answers as Linux does for the
-// user namespace, which is the only one file servers use on them: reads find
-// nothing (ENODATA, empty list), writes of user.* fail with EPERM, writes of
-// other namespaces with ENOTSUP.
+// Regular files and directories go through /proc/self/fd/N: the *xattr calls
+// follow that magic link to the inode itself (f*xattr refuse O_PATH
+// descriptors, and so does Linux 6.13's getxattrat(AT_EMPTY_PATH)).
+//
+// A symlink's own attributes cannot be reached that way (the link would be
+// followed). For symlinks the l*xattr calls use the symlink's current path
+// (the target of /proc/self/fd/N), checked to still name the same inode
+// before and, for reads, after the call; a concurrent rename makes the call
+// fail with ESTALE instead of touching another file.
 //
 // Thread-safety: all functions are reentrant.
 #ifndef VSSFS_FS_SRC_BACKING_XATTR_H_
@@ -20,10 +22,11 @@
 namespace vssfs::fs {
 
 // Each returns the system call's result or a negative errno.
-ssize_t BackingGetXattr(int path_fd, bool is_symlink, const char* name, void* value, size_t size);
+ssize_t BackingGetXattr(int path_fd, bool is_symlink, const char* name, void* value,
+                        size_t size);
 ssize_t BackingListXattr(int path_fd, bool is_symlink, char* list, size_t size);
-int BackingSetXattr(int path_fd, bool is_symlink, const char* name, const void* value, size_t size,
-                    int flags);
+int BackingSetXattr(int path_fd, bool is_symlink, const char* name, const void* value,
+                    size_t size, int flags);
 int BackingRemoveXattr(int path_fd, bool is_symlink, const char* name);
 
 }  // namespace vssfs::fs

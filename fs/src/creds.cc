@@ -128,14 +128,14 @@ ScopedUnprivilegedCaller::~ScopedUnprivilegedCaller() {
   ThreadSetGroups(g_daemon_groups->size(), g_daemon_groups->data());
 }
 
-bool ProcessHasFsetid(pid_t pid) {
+bool ProcessHasCapability(pid_t pid, int cap) {
   if (pid <= 0) return true;
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string line;
   while (std::getline(in, line)) {
     if (line.rfind("CapEff:", 0) == 0) {
       unsigned long long caps = std::strtoull(line.c_str() + 7, nullptr, 16);
-      return (caps >> CAP_FSETID) & 1;
+      return (caps >> cap) & 1;
     }
   }
   return false;  // Process gone: act as unprivileged (the safe side).

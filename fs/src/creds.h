@@ -67,9 +67,10 @@ class ScopedUnprivilegedCaller {
   bool ok_ = true;
 };
 
-// Whether process `pid` has CAP_FSETID in its effective set (per
-// /proc/PID/status); pid 0 (kernel-internal requests) counts as privileged.
-bool ProcessHasFsetid(pid_t pid);
+// Whether process `pid` has capability `cap` (CAP_FSETID, CAP_SYS_ADMIN, ...)
+// in its effective set, per /proc/PID/status; pid 0 (kernel-internal
+// requests) counts as privileged, a vanished process as unprivileged.
+bool ProcessHasCapability(pid_t pid, int cap);
 
 }  // namespace vssfs::fs
 

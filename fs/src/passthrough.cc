@@ -6,6 +6,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <linux/capability.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -125,7 +126,7 @@ bool MayDropSetidFor(fuse_req_t req, int fd) {
   struct stat st;
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return false;
   if ((st.st_mode & (S_ISUID | S_ISGID)) == 0) return false;
-  return !ProcessHasFsetid(fuse_req_ctx(req)->pid);
+  return !ProcessHasCapability(fuse_req_ctx(req)->pid, CAP_FSETID);
 }
 
 // ---- replies: each handler below has exactly one reply statement --------
@@ -641,16 +642,52 @@ int Filesystem::GetXattr(fuse_ino_t ino, const char* name, size_t size, std::str
   return static_cast<int>(n);
 }
 
-int Filesystem::ListXattr(fuse_ino_t ino, size_t size, std::string* list) {
+int Filesystem::ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size, std::string* list) {
   if (ino == kSnapshotDirNodeId) return 0;
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
-  list->resize(size);
-  ssize_t n =
-      BackingListXattr(inode->fd.get(), S_ISLNK(inode->type), size ? list->data() : nullptr, size);
-  if (n < 0) return static_cast<int>(n);
-  list->resize(size ? static_cast<size_t>(n) : 0);
-  return static_cast<int>(n);
+  const int fd = inode->fd.get();
+  const bool symlink = S_ISLNK(inode->type);
+  // The whole list, whatever `size` is: it may need filtering. It can grow
+  // between the two calls; retry then.
+  std::string all;
+  for (int attempt = 0;; ++attempt) {
+    ssize_t n = BackingListXattr(fd, symlink, nullptr, 0);
+    if (n <= 0) {
+      if (n < 0) return static_cast<int>(n);
+      all.clear();
+      break;
+    }
+    all.resize(static_cast<size_t>(n));
+    ssize_t m = BackingListXattr(fd, symlink, all.data(), all.size());
+    if (m >= 0) {
+      all.resize(static_cast<size_t>(m));
+      break;
+    }
+    if (m != -ERANGE || attempt == 3) return static_cast<int>(m);
+  }
+  // Linux lists trusted.* names only to CAP_SYS_ADMIN; vssfs reads them as
+  // root, so it filters them for other callers.
+  constexpr char kTrusted[] = "trusted.";
+  if (all.find(kTrusted) != std::string::npos &&
+      !ProcessHasCapability(fuse_req_ctx(req)->pid, CAP_SYS_ADMIN)) {
+    std::string kept;
+    for (size_t pos = 0; pos < all.size();) {
+      size_t end = all.find('\0', pos);
+      if (end == std::string::npos) end = all.size();
+      if (all.compare(pos, sizeof kTrusted - 1, kTrusted) != 0) {
+        kept.append(all, pos, end - pos + 1);
+      }
+      pos = end + 1;
+    }
+    all.swap(kept);
+  }
+  if (size != 0) {
+    if (all.size() > size) return -ERANGE;
+    *list = std::move(all);
+    return static_cast<int>(list->size());
+  }
+  return static_cast<int>(all.size());
 }
 
 int Filesystem::SetXattr(fuse_ino_t ino, const char* name, const char* value, size_t size,
@@ -886,7 +923,7 @@ void OpGetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
 
 void OpListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
   std::string list;
-  int r = Run([&] { return Fs(req).ListXattr(ino, size, &list); });
+  int r = Run([&] { return Fs(req).ListXattr(req, ino, size, &list); });
   if (r < 0) {
     fuse_reply_err(req, -r);
   } else if (size == 0) {

@@ -79,7 +79,7 @@ class Filesystem {
   int FsyncDir(int datasync, fuse_file_info* fi);
   int StatFs(struct statvfs* st);
   int GetXattr(fuse_ino_t ino, const char* name, size_t size, std::string* value);
-  int ListXattr(fuse_ino_t ino, size_t size, std::string* list);
+  int ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size, std::string* list);
   int SetXattr(fuse_ino_t ino, const char* name, const char* value, size_t size, int flags);
   int RemoveXattr(fuse_ino_t ino, const char* name);
   void Init(fuse_conn_info* conn);
