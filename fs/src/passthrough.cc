@@ -118,10 +118,11 @@ auto AsUnprivilegedCaller(fuse_req_t req, F&& op) -> decltype(op()) {
   return op();
 }
 
-// Whether an operation that modifies the open file `fd` (fallocate, copy
-// destination) must run as the caller: the file has set-id bits and the
-// caller lacks CAP_FSETID. The kernel flags writes, truncates and O_TRUNC
-// itself (FUSE_HANDLE_KILLPRIV_V2) but not these.
+// Whether an operation on `fd` (an open file or O_PATH descriptor) that may
+// clear set-id bits (chown, fallocate, copy destination) must run as the
+// caller: the file has set-id bits and the caller lacks CAP_FSETID. The
+// kernel flags writes, truncates and O_TRUNC itself
+// (FUSE_HANDLE_KILLPRIV_V2) but not these.
 bool MayDropSetidFor(fuse_req_t req, int fd) {
   struct stat st;
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return false;
@@ -302,6 +303,7 @@ int Filesystem::SetAttr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr,
   if (ino == kSnapshotDirNodeId) return -EROFS;
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
+  LOG_DEBUG("setattr node %llu valid %#x", static_cast<unsigned long long>(ino), to_set);
   const int path_fd = inode->fd.get();
   // The kernel passes the open file for fchmod/ftruncate/futimens; its fh is
   // a descriptor only for regular files (directory handles are registry ids).
@@ -309,12 +311,19 @@ int Filesystem::SetAttr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr,
 
   // Order as the kernel applies a combined change: owner, size, then mode
   // and times (so a chown's clearing of set-id bits cannot undo a new mode).
-  if (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+  // chown(f, -1, -1) reaches us as a bare ctime update; it still clears
+  // set-id bits and capabilities, and utimensat never sends a bare ctime.
+  if ((to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) || to_set == FUSE_SET_ATTR_CTIME) {
     uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? attr.st_uid : static_cast<uid_t>(-1);
     gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? attr.st_gid : static_cast<gid_t>(-1);
-    if (fchownat(path_fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
-      return -errno;
-    }
+    auto chown = [&] {
+      return fchownat(path_fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 ? 0
+                                                                                      : -errno;
+    };
+    // Which set-id bits a chown clears depends on the caller's groups and
+    // CAP_FSETID: let the backing filesystem decide as the caller.
+    int r = MayDropSetidFor(req, path_fd) ? AsUnprivilegedCaller(req, chown) : chown();
+    if (r != 0) return r;
     inode->caps = Inode::Caps::kUnknown;  // chown drops file capabilities.
   }
   if (to_set & FUSE_SET_ATTR_SIZE) {
