@@ -1,15 +1,12 @@
 #include "backing_xattr.h"
 
 #include <fcntl.h>
-#include <limits.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
-#include <cstring>
-#include <string>
 
 namespace vssfs::fs {
 namespace {
@@ -20,30 +17,9 @@ struct ProcPath {
   char path[32];
 };
 
-// The current path of the symlink held by `path_fd`, or a negative errno.
-int SymlinkPath(int path_fd, std::string* path) {
-  char buf[PATH_MAX];
-  ssize_t n = readlink(ProcPath(path_fd).path, buf, sizeof buf);
-  if (n < 0) return -errno;
-  if (static_cast<size_t>(n) >= sizeof buf) return -ENAMETOOLONG;
-  path->assign(buf, static_cast<size_t>(n));
-  if (path->empty() || (*path)[0] != '/') return -ESTALE;  // Unlinked.
-  return 0;
-}
-
-// 0 if `path` still names the inode held by `path_fd`, else -ESTALE.
-int SameInode(int path_fd, const std::string& path) {
-  struct stat want, got;
-  if (fstatat(path_fd, "", &want, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return -errno;
-  if (lstat(path.c_str(), &got) != 0) return -ESTALE;
-  return want.st_ino == got.st_ino && want.st_dev == got.st_dev ? 0 : -ESTALE;
-}
-
-// Runs `op(path)` on the symlink's current path with identity checks.
+// Runs `op(path)` on a symlink's path with identity checks around it.
 template <typename F>
-ssize_t OnSymlink(int path_fd, bool check_after, F&& op) {
-  std::string path;
-  if (int r = SymlinkPath(path_fd, &path); r != 0) return r;
+ssize_t OnSymlink(int path_fd, const std::string& path, bool check_after, F&& op) {
   if (int r = SameInode(path_fd, path); r != 0) return r;
   ssize_t r = op(path.c_str());
   if (r < 0) return -errno;
@@ -55,28 +31,37 @@ ssize_t OnSymlink(int path_fd, bool check_after, F&& op) {
 
 }  // namespace
 
-ssize_t BackingGetXattr(int path_fd, bool is_symlink, const char* name, void* value,
-                        size_t size) {
-  if (is_symlink) {
-    return OnSymlink(path_fd, true,
+int SameInode(int path_fd, const std::string& path) {
+  struct stat want, got;
+  if (fstatat(path_fd, "", &want, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return -errno;
+  if (lstat(path.c_str(), &got) != 0) return -ESTALE;
+  return want.st_ino == got.st_ino && want.st_dev == got.st_dev ? 0 : -ESTALE;
+}
+
+ssize_t BackingGetXattr(int path_fd, const std::string& symlink_path, const char* name,
+                        void* value, size_t size) {
+  if (!symlink_path.empty()) {
+    return OnSymlink(path_fd, symlink_path, true,
                      [&](const char* p) { return lgetxattr(p, name, value, size); });
   }
   ssize_t r = getxattr(ProcPath(path_fd).path, name, value, size);
   return r < 0 ? -errno : r;
 }
 
-ssize_t BackingListXattr(int path_fd, bool is_symlink, char* list, size_t size) {
-  if (is_symlink) {
-    return OnSymlink(path_fd, true, [&](const char* p) { return llistxattr(p, list, size); });
+ssize_t BackingListXattr(int path_fd, const std::string& symlink_path, char* list,
+                         size_t size) {
+  if (!symlink_path.empty()) {
+    return OnSymlink(path_fd, symlink_path, true,
+                     [&](const char* p) { return llistxattr(p, list, size); });
   }
   ssize_t r = listxattr(ProcPath(path_fd).path, list, size);
   return r < 0 ? -errno : r;
 }
 
-int BackingSetXattr(int path_fd, bool is_symlink, const char* name, const void* value,
-                    size_t size, int flags) {
-  if (is_symlink) {
-    return static_cast<int>(OnSymlink(path_fd, false, [&](const char* p) {
+int BackingSetXattr(int path_fd, const std::string& symlink_path, const char* name,
+                    const void* value, size_t size, int flags) {
+  if (!symlink_path.empty()) {
+    return static_cast<int>(OnSymlink(path_fd, symlink_path, false, [&](const char* p) {
       return static_cast<ssize_t>(lsetxattr(p, name, value, size, flags));
     }));
   }
@@ -84,10 +69,11 @@ int BackingSetXattr(int path_fd, bool is_symlink, const char* name, const void* 
   return r < 0 ? -errno : 0;
 }
 
-int BackingRemoveXattr(int path_fd, bool is_symlink, const char* name) {
-  if (is_symlink) {
-    return static_cast<int>(OnSymlink(
-        path_fd, false, [&](const char* p) { return static_cast<ssize_t>(lremovexattr(p, name)); }));
+int BackingRemoveXattr(int path_fd, const std::string& symlink_path, const char* name) {
+  if (!symlink_path.empty()) {
+    return static_cast<int>(OnSymlink(path_fd, symlink_path, false, [&](const char* p) {
+      return static_cast<ssize_t>(lremovexattr(p, name));
+    }));
   }
   int r = removexattr(ProcPath(path_fd).path, name);
   return r < 0 ? -errno : 0;

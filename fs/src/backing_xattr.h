@@ -6,10 +6,11 @@
 // descriptors, and so does Linux 6.13's getxattrat(AT_EMPTY_PATH)).
 //
 // A symlink's own attributes cannot be reached that way (the link would be
-// followed). For symlinks the l*xattr calls use the symlink's current path
-// (the target of /proc/self/fd/N), checked to still name the same inode
-// before and, for reads, after the call; a concurrent rename makes the call
-// fail with ESTALE instead of touching another file.
+// followed), so the l*xattr calls take a path naming the symlink, which the
+// caller finds (see Filesystem::SymlinkPath). The path is checked to name
+// the same inode as the descriptor before and, for reads, after the call: a
+// concurrent rename makes the call fail with ESTALE instead of touching
+// another file.
 //
 // Thread-safety: all functions are reentrant.
 #ifndef VSSFS_FS_SRC_BACKING_XATTR_H_
@@ -18,16 +19,23 @@
 #include <sys/types.h>
 
 #include <cstddef>
+#include <string>
 
 namespace vssfs::fs {
 
-// Each returns the system call's result or a negative errno.
-ssize_t BackingGetXattr(int path_fd, bool is_symlink, const char* name, void* value,
-                        size_t size);
-ssize_t BackingListXattr(int path_fd, bool is_symlink, char* list, size_t size);
-int BackingSetXattr(int path_fd, bool is_symlink, const char* name, const void* value,
-                    size_t size, int flags);
-int BackingRemoveXattr(int path_fd, bool is_symlink, const char* name);
+// `symlink_path` is empty for anything but a symlink. Each returns the system
+// call's result or a negative errno.
+ssize_t BackingGetXattr(int path_fd, const std::string& symlink_path, const char* name,
+                        void* value, size_t size);
+ssize_t BackingListXattr(int path_fd, const std::string& symlink_path, char* list,
+                         size_t size);
+int BackingSetXattr(int path_fd, const std::string& symlink_path, const char* name,
+                    const void* value, size_t size, int flags);
+int BackingRemoveXattr(int path_fd, const std::string& symlink_path, const char* name);
+
+// 0 if `path` names the inode held by `path_fd` (without following a final
+// symlink), else -ESTALE (or the error of fstat on the descriptor).
+int SameInode(int path_fd, const std::string& path);
 
 }  // namespace vssfs::fs
 

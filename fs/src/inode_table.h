@@ -20,7 +20,9 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <shared_mutex>
+#include <string>
 #include <unordered_map>
 
 #include "vssfs/cow_store/unique_fd.h"
@@ -43,6 +45,15 @@ struct Inode {
   // before every write, so a known absence is answered from memory.
   enum class Caps : int { kUnknown, kAbsent, kPresent };
   std::atomic<Caps> caps{Caps::kUnknown};
+  // Open file handles that may write. With the writeback cache, data of such
+  // a file may still be dirty in the kernel, not yet in the backing file.
+  std::atomic<int> open_writers{0};
+
+  // Symlinks only: where the kernel last looked the link up. A symlink's own
+  // xattrs can only be reached through a path (backing_xattr.h).
+  mutable std::mutex location_mutex;
+  std::weak_ptr<Inode> location_parent;  // Guarded by location_mutex.
+  std::string location_name;             // Guarded by location_mutex.
 };
 
 class InodeTable {

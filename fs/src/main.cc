@@ -135,6 +135,7 @@ int Main(int argc, char** argv) {
   LOG_INFO("serving %s at %s (store %s)", config.backing_dir.c_str(), config.mountpoint.c_str(),
            store.value().path().c_str());
 
+  fs.value()->SetSession(se.get(), !opts.single_thread);
   int r;
   if (opts.single_thread) {
     r = fuse_session_loop(se.get());

@@ -125,7 +125,7 @@ auto AsUnprivilegedCaller(fuse_req_t req, F&& op) -> decltype(op()) {
 // (FUSE_HANDLE_KILLPRIV_V2) but not these.
 bool MayDropSetidFor(fuse_req_t req, int fd) {
   struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) return false;
+  if (fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) return false;
   if ((st.st_mode & (S_ISUID | S_ISGID)) == 0) return false;
   return !ProcessHasCapability(fuse_req_ctx(req)->pid, CAP_FSETID);
 }
@@ -256,8 +256,39 @@ int Filesystem::LookupIn(const Inode& parent, const char* name, fuse_entry_param
   }
   std::shared_ptr<Inode> inode = inodes_->Acquire(std::move(fd), st);
   if (!inode) return -EOVERFLOW;
+  if (S_ISLNK(st.st_mode)) {
+    std::lock_guard lock(inode->location_mutex);
+    inode->location_parent = inodes_->Find(parent.nodeid);
+    inode->location_name = name;
+  }
   FillEntry(e, inode->nodeid, st);
   return 0;
+}
+
+int Filesystem::SymlinkPath(const Inode& inode, std::string* path) const {
+  path->clear();
+  if (!S_ISLNK(inode.type)) return 0;
+  // Where the kernel last looked it up, through the parent's descriptor.
+  std::shared_ptr<Inode> parent;
+  std::string name;
+  {
+    std::lock_guard lock(inode.location_mutex);
+    parent = inode.location_parent.lock();
+    name = inode.location_name;
+  }
+  if (parent) {
+    *path = std::string(ProcPath(parent->fd.get()).path) + "/" + name;
+    if (SameInode(inode.fd.get(), *path) == 0) return 0;
+  }
+  // Where the descriptor's own name is now.
+  char buf[PATH_MAX];
+  ssize_t n = readlink(ProcPath(inode.fd.get()).path, buf, sizeof buf);
+  if (n > 0 && static_cast<size_t>(n) < sizeof buf && buf[0] == '/') {
+    path->assign(buf, static_cast<size_t>(n));
+    if (SameInode(inode.fd.get(), *path) == 0) return 0;
+  }
+  path->clear();
+  return -ESTALE;
 }
 
 int Filesystem::Lookup(fuse_ino_t parent, const char* name, fuse_entry_param* e) {
@@ -311,9 +342,14 @@ int Filesystem::SetAttr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr,
 
   // Order as the kernel applies a combined change: owner, size, then mode
   // and times (so a chown's clearing of set-id bits cannot undo a new mode).
-  // chown(f, -1, -1) reaches us as a bare ctime update; it still clears
-  // set-id bits and capabilities, and utimensat never sends a bare ctime.
-  if ((to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) || to_set == FUSE_SET_ATTR_CTIME) {
+  // chown(f, -1, -1) still clears set-id bits and capabilities. It reaches
+  // us as a bare ctime update for regular files under the writeback cache,
+  // and as an empty request for other files. An empty request on a regular
+  // file is the kernel's own privilege removal before a write (its set-id
+  // part is ours to do on the WRITE), so it is left alone. utimensat never
+  // sends either.
+  if ((to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) || to_set == FUSE_SET_ATTR_CTIME ||
+      (to_set == 0 && !S_ISREG(inode->type))) {
     uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? attr.st_uid : static_cast<uid_t>(-1);
     gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? attr.st_gid : static_cast<gid_t>(-1);
     auto chown = [&] {
@@ -423,6 +459,7 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode
   FillEntry(e, inode->nodeid, st);
   fi->fh = static_cast<uint64_t>(fd.release());
   fi->keep_cache = config_.timeout > 0;
+  if ((fi->flags & O_ACCMODE) != O_RDONLY) ++inode->open_writers;
   return 0;
 }
 
@@ -439,6 +476,35 @@ int Filesystem::Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (fd < 0) return fd;
   fi->fh = static_cast<uint64_t>(fd);
   fi->keep_cache = config_.timeout > 0;
+  if ((fi->flags & O_ACCMODE) != O_RDONLY) ++inode->open_writers;
+  return 0;
+}
+
+int Filesystem::WriteBackKernelCache(const Inode& inode) {
+  if (!writeback_ || !multithreaded_ || session_ == nullptr || inode.open_writers == 0) return 0;
+  // Invalidating the file's page cache makes the kernel launder dirty pages
+  // through WRITE requests, served by the other worker threads.
+  int r = fuse_lowlevel_notify_inval_inode(session_, inode.nodeid, 0, 0);
+  return r == -ENOENT ? 0 : r;
+}
+
+void Filesystem::Release(fuse_ino_t ino, fuse_file_info* fi) {
+  UniqueFd fd(static_cast<int>(fi->fh));
+  if ((fi->flags & O_ACCMODE) != O_RDONLY) {
+    if (std::shared_ptr<Inode> inode = Get(ino)) --inode->open_writers;
+  }
+}
+
+int Filesystem::Lseek(fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi,
+                      off_t* result) {
+  // The kernel asks only for SEEK_DATA and SEEK_HOLE, and without writing
+  // back its cache first.
+  if (std::shared_ptr<Inode> inode = Get(ino)) {
+    if (int r = WriteBackKernelCache(*inode); r != 0) return r;
+  }
+  off_t r = lseek(static_cast<int>(fi->fh), off, whence);
+  if (r < 0) return -errno;
+  *result = r;
   return 0;
 }
 
@@ -639,8 +705,10 @@ int Filesystem::GetXattr(fuse_ino_t ino, const char* name, size_t size, std::str
   if (!inode) return -ESTALE;
   const bool caps = std::strcmp(name, kCapabilityXattr) == 0;
   if (caps && inode->caps == Inode::Caps::kAbsent) return -ENODATA;
+  std::string link;
+  if (int r = SymlinkPath(*inode, &link); r != 0) return r;
   value->resize(size);
-  ssize_t n = BackingGetXattr(inode->fd.get(), S_ISLNK(inode->type), name,
+  ssize_t n = BackingGetXattr(inode->fd.get(), link, name,
                               size ? value->data() : nullptr, size);
   if (caps) {
     inode->caps = n == -ENODATA ? Inode::Caps::kAbsent
@@ -656,7 +724,8 @@ int Filesystem::ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size, std::stri
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
   const int fd = inode->fd.get();
-  const bool symlink = S_ISLNK(inode->type);
+  std::string symlink;
+  if (int r = SymlinkPath(*inode, &symlink); r != 0) return r;
   // The whole list, whatever `size` is: it may need filtering. It can grow
   // between the two calls; retry then.
   std::string all;
@@ -704,8 +773,15 @@ int Filesystem::SetXattr(fuse_ino_t ino, const char* name, const char* value, si
   if (ino == kSnapshotDirNodeId) return -EROFS;
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
-  if (std::strcmp(name, kCapabilityXattr) == 0) inode->caps = Inode::Caps::kUnknown;
-  return BackingSetXattr(inode->fd.get(), S_ISLNK(inode->type), name, value, size, flags);
+  if (std::strcmp(name, kCapabilityXattr) == 0) {
+    inode->caps = Inode::Caps::kUnknown;
+    // Writes made before this call but still dirty in the kernel would drop
+    // the new capability when they reach the backing file: send them first.
+    if (int r = WriteBackKernelCache(*inode); r != 0) return r;
+  }
+  std::string link;
+  if (int r = SymlinkPath(*inode, &link); r != 0) return r;
+  return BackingSetXattr(inode->fd.get(), link, name, value, size, flags);
 }
 
 int Filesystem::RemoveXattr(fuse_ino_t ino, const char* name) {
@@ -713,7 +789,9 @@ int Filesystem::RemoveXattr(fuse_ino_t ino, const char* name) {
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
   if (std::strcmp(name, kCapabilityXattr) == 0) inode->caps = Inode::Caps::kUnknown;
-  return BackingRemoveXattr(inode->fd.get(), S_ISLNK(inode->type), name);
+  std::string link;
+  if (int r = SymlinkPath(*inode, &link); r != 0) return r;
+  return BackingRemoveXattr(inode->fd.get(), link, name);
 }
 
 // ---- C trampolines --------------------------------------------------------
@@ -819,7 +897,7 @@ void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   if (r == 0) {
     if (fuse_reply_create(req, &e, fi) != 0) {
       // The request was interrupted: nobody will release this file.
-      close(static_cast<int>(fi->fh));
+      fs.Release(e.ino, fi);
       fs.inodes().Forget(e.ino, 1);
     }
   } else {
@@ -830,7 +908,7 @@ void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
 void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   int r = Run([&] { return Fs(req).Open(req, ino, fi); });
   if (r == 0) {
-    if (fuse_reply_open(req, fi) != 0) close(static_cast<int>(fi->fh));
+    if (fuse_reply_open(req, fi) != 0) Fs(req).Release(ino, fi);
   } else {
     fuse_reply_err(req, -r);
   }
@@ -859,9 +937,8 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t, fuse_bufvec* in, off_t off, fuse_fil
   }
 }
 
-void OpRelease(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-  UniqueFd fd(static_cast<int>(fi->fh));
-  fd.reset();
+void OpRelease(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Fs(req).Release(ino, fi);
   fuse_reply_err(req, 0);
 }
 
@@ -959,12 +1036,13 @@ void OpFallocate(fuse_req_t req, fuse_ino_t, int mode, off_t offset, off_t lengt
   fuse_reply_err(req, -r);
 }
 
-void OpLseek(fuse_req_t req, fuse_ino_t, off_t off, int whence, fuse_file_info* fi) {
-  off_t r = lseek(static_cast<int>(fi->fh), off, whence);
-  if (r >= 0) {
-    fuse_reply_lseek(req, r);
+void OpLseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) {
+  off_t pos = 0;
+  int r = Run([&] { return Fs(req).Lseek(ino, off, whence, fi, &pos); });
+  if (r == 0) {
+    fuse_reply_lseek(req, pos);
   } else {
-    fuse_reply_err(req, errno);
+    fuse_reply_err(req, -r);
   }
 }
 

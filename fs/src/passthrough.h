@@ -82,7 +82,15 @@ class Filesystem {
   int ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size, std::string* list);
   int SetXattr(fuse_ino_t ino, const char* name, const char* value, size_t size, int flags);
   int RemoveXattr(fuse_ino_t ino, const char* name);
+  int Lseek(fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi, off_t* result);
+  void Release(fuse_ino_t ino, fuse_file_info* fi);
   void Init(fuse_conn_info* conn);
+  // The session, for notifications to the kernel; set once before the
+  // session loop starts.
+  void SetSession(fuse_session* se, bool multithreaded) {
+    session_ = se;
+    multithreaded_ = multithreaded;
+  }
   // Called on the first request after INIT; applies read_ahead_kb.
   void AfterInit();
   std::atomic<bool> after_init_done{false};
@@ -96,12 +104,21 @@ class Filesystem {
   int LookupIn(const Inode& parent, const char* name, fuse_entry_param* e);
   void FillEntry(fuse_entry_param* e, uint64_t nodeid, const struct stat& st) const;
   void SnapshotDirStat(struct stat* st) const;
+  // With the writeback cache, data written to a file open for writing may
+  // still be dirty in the kernel; has the kernel write it back to vssfs.
+  // Needs a multithreaded session. Returns 0 or a negative errno.
+  int WriteBackKernelCache(const Inode& inode);
+  // A backing path naming symlink `inode` (checked), or "" for other types;
+  // -ESTALE if none can be found.
+  int SymlinkPath(const Inode& inode, std::string* path) const;
   // The inode for `ino`; nullptr if unknown (reported as ESTALE).
   std::shared_ptr<Inode> Get(fuse_ino_t ino) const { return inodes_->Find(ino); }
 
   FilesystemConfig config_;
   std::unique_ptr<InodeTable> inodes_;
   bool writeback_ = false;
+  fuse_session* session_ = nullptr;
+  bool multithreaded_ = true;
   struct timespec mount_time_ {};
   std::atomic<bool> warned_cross_device_{false};
 
