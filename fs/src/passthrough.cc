@@ -768,8 +768,8 @@ int Filesystem::ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size, std::stri
   return static_cast<int>(all.size());
 }
 
-int Filesystem::SetXattr(fuse_ino_t ino, const char* name, const char* value, size_t size,
-                         int flags) {
+int Filesystem::SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value,
+                         size_t size, int flags) {
   if (ino == kSnapshotDirNodeId) return -EROFS;
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
@@ -781,7 +781,19 @@ int Filesystem::SetXattr(fuse_ino_t ino, const char* name, const char* value, si
   }
   std::string link;
   if (int r = SymlinkPath(*inode, &link); r != 0) return r;
-  return BackingSetXattr(inode->fd.get(), link, name, value, size, flags);
+  auto set = [&] { return BackingSetXattr(inode->fd.get(), link, name, value, size, flags); };
+  // Setting an access ACL clears set-group-ID when the caller is neither in
+  // the file's group nor has CAP_FSETID: let the backing filesystem decide
+  // as the caller.
+  if (std::strcmp(name, "system.posix_acl_access") == 0) {
+    struct stat st;
+    if (fstatat(inode->fd.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 &&
+        (st.st_mode & S_ISGID) &&
+        !ProcessHasCapability(fuse_req_ctx(req)->pid, CAP_FSETID)) {
+      return AsUnprivilegedCaller(req, set);
+    }
+  }
+  return set();
 }
 
 int Filesystem::RemoveXattr(fuse_ino_t ino, const char* name) {
@@ -1021,7 +1033,7 @@ void OpListXattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
 
 void OpSetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
                 int flags) {
-  fuse_reply_err(req, -Run([&] { return Fs(req).SetXattr(ino, name, value, size, flags); }));
+  fuse_reply_err(req, -Run([&] { return Fs(req).SetXattr(req, ino, name, value, size, flags); }));
 }
 
 void OpRemoveXattr(fuse_req_t req, fuse_ino_t ino, const char* name) {

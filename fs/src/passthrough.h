@@ -80,7 +80,7 @@ class Filesystem {
   int StatFs(struct statvfs* st);
   int GetXattr(fuse_ino_t ino, const char* name, size_t size, std::string* value);
   int ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size, std::string* list);
-  int SetXattr(fuse_ino_t ino, const char* name, const char* value, size_t size, int flags);
+  int SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size, int flags);
   int RemoveXattr(fuse_ino_t ino, const char* name);
   int Lseek(fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi, off_t* result);
   void Release(fuse_ino_t ino, fuse_file_info* fi);
