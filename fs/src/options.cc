@@ -97,12 +97,15 @@ Status ApplyMountOption(const std::string& item, Options* o) {
       return Invalid("option '-o " + name + "' needs a number of seconds >= 0");
     }
     (name == "timeout" ? o->timeout : o->negative_timeout) = v;
-  } else if (name == "threads" || name == "read_ahead_kb") {
+  } else if (name == "threads" || name == "read_ahead_kb" || name == "max_dirty_ratio") {
     unsigned v;
-    if (!has_value || !ParseUnsigned(value, &v) || (name == "threads" && v == 0)) {
-      return Invalid("option '-o " + name + "' needs a positive whole number");
+    if (!has_value || !ParseUnsigned(value, &v) || (name == "threads" && v == 0) ||
+        (name == "max_dirty_ratio" && v > 100)) {
+      return Invalid("option '-o " + name + "' needs a whole number" +
+                     (name == "threads" ? " > 0" : name == "max_dirty_ratio" ? " 0-100" : ""));
     }
-    (name == "threads" ? o->threads : o->read_ahead_kb) = v;
+    (name == "threads" ? o->threads
+                       : name == "read_ahead_kb" ? o->read_ahead_kb : o->max_dirty_ratio) = v;
   } else if (name == "clone_fd" && !has_value) {
     o->clone_fd = true;
   } else if (name == "no_clone_fd" && !has_value) {
@@ -245,6 +248,8 @@ std::string UsageText(const std::string& program) {
     << "  [no_]killpriv_v2        vssfs clears set-id bits and capabilities on write,\n"
     << "                          sparing the kernel a lookup per write (default on)\n"
     << "  read_ahead_kb=N         readahead window of the mount (default 1024, 0 = kernel's)\n"
+    << "  max_dirty_ratio=N       percent of the dirty-page limit the mount may use with\n"
+    << "                          the writeback cache (default 100; 0 = FUSE's strict 1%)\n"
     << "  max_write=N, max_background=N, congestion_threshold=N, [no_]splice_read,\n"
     << "  [no_]splice_write, [no_]splice_move, [no_]async_dio, readdirplus=yes|no|auto\n"
     << "                          libfuse connection tuning\n"

@@ -203,21 +203,34 @@ void Filesystem::Init(fuse_conn_info* conn) {
 }
 
 void Filesystem::AfterInit() {
-  if (after_init_done.exchange(true) || config_.read_ahead_kb == 0) return;
+  if (after_init_done.exchange(true)) return;
   // The mount's backing_dev_info is named after its device number, listed in
-  // mountinfo; reading mountinfo does not touch our own filesystem.
+  // mountinfo; reading mountinfo does not touch our own filesystem. The
+  // kernel sets these at INIT, so they are changed on the first request
+  // after it.
   std::ifstream in("/proc/self/mountinfo");
   std::string line;
+  std::string bdi;
   while (std::getline(in, line)) {
     std::istringstream fields(line);
     std::string id, parent, devno, root, mp;
     fields >> id >> parent >> devno >> root >> mp;
-    if (mp != config_.mountpoint) continue;
-    std::string path = "/sys/class/bdi/" + devno + "/read_ahead_kb";
-    std::ofstream out(path);
-    out << config_.read_ahead_kb << "\n";
+    if (mp == config_.mountpoint) bdi = "/sys/class/bdi/" + devno + "/";
+  }
+  if (bdi.empty()) return;
+  auto set = [&](const char* knob, unsigned value) {
+    std::ofstream out(bdi + knob);
+    out << value << "\n";
     out.flush();
-    if (!out) LOG_DEBUG("cannot set %s", path.c_str());
+    if (!out) LOG_DEBUG("cannot set %s%s to %u", bdi.c_str(), knob, value);
+  };
+  if (config_.read_ahead_kb != 0) set("read_ahead_kb", config_.read_ahead_kb);
+  if (writeback_ && config_.max_dirty_ratio != 0) {
+    // FUSE mounts start with a strict 1% share of the dirty-page limit (to
+    // contain untrusted daemons); vssfs is trusted and local, so its page
+    // cache may hold dirty data like a local filesystem's (Linux 6.2+).
+    set("strict_limit", 0);
+    set("max_ratio", config_.max_dirty_ratio);
   }
 }
 

@@ -36,6 +36,9 @@ struct FilesystemConfig {
   double timeout = 60.0;    // Entry and attribute cache lifetime, seconds.
   double negative_timeout = 60.0;
   unsigned read_ahead_kb = 1024;  // 0: leave the kernel's default.
+  // Share (percent) of the system's dirty-page limit the mount may use under
+  // the writeback cache; 0 keeps FUSE's strict 1%.
+  unsigned max_dirty_ratio = 100;
   // True when the store is BACKING_DIR/.vssfs (hidden, so not counted in
   // the root's link count).
   bool store_in_backing = true;

@@ -81,7 +81,8 @@ TEST_CASE("options: every bad input gets a precise message", "[fs][options]") {
   CHECK(Error({"--frobnicate", "b", "m"}) == "unknown option '--frobnicate' (see vssfs --help)");
   CHECK(Error({"-o", "frob", "b", "m"}) == "unknown option '-o frob' (see vssfs --help)");
   CHECK_THAT(Error({"-o", "timeout=abc", "b", "m"}), Catch::Contains("number of seconds"));
-  CHECK_THAT(Error({"-o", "threads=0", "b", "m"}), Catch::Contains("positive whole number"));
+  CHECK_THAT(Error({"-o", "threads=0", "b", "m"}), Catch::Contains("needs a whole number > 0"));
+  CHECK_THAT(Error({"-o", "max_dirty_ratio=101", "b", "m"}), Catch::Contains("0-100"));
   CHECK_THAT(Error({"-o", "store", "b", "m"}), Catch::Contains("needs a value"));
   CHECK_THAT(Error({"--log-level=loud", "b", "m"}), Catch::Contains("unknown log level 'loud'"));
   CHECK_THAT(Error({"b", "m", "-o"}), Catch::Contains("needs a value"));

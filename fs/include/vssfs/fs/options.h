@@ -43,6 +43,9 @@ struct Options {
   // Readahead window of the mount's backing device in KiB, 0 keeps the
   // kernel's default (-o read_ahead_kb=N).
   unsigned read_ahead_kb = 1024;
+  // Percent of the system's dirty-page limit the mount may use with the
+  // writeback cache; 0 keeps FUSE's strict 1% (-o max_dirty_ratio=N).
+  unsigned max_dirty_ratio = 100;
 
   // Options for libfuse (session, mount and connection options), in
   // "-o a,b=c" form, in the order given.
