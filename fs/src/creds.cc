@@ -46,14 +46,26 @@ bool SetFsetidEffective(bool on) {
 }
 
 // umask lives in the fs_struct shared by all threads; each worker thread
-// gets its own copy the first time it creates something.
+// gets its own copy the first time it creates something. t_umask mirrors the
+// thread's umask so that an unchanged one costs no system call.
+thread_local bool t_unshared = false;
+thread_local mode_t t_umask = 0;
+
 bool EnsurePrivateFsStruct() {
-  thread_local bool unshared = false;
-  if (!unshared) {
+  if (!t_unshared) {
     if (unshare(CLONE_FS) != 0) return false;
-    unshared = true;
+    t_umask = ::umask(0);
+    ::umask(t_umask);
+    t_unshared = true;
   }
   return true;
+}
+
+void SetThreadUmask(mode_t mask) {
+  if (mask != t_umask) {
+    ::umask(mask);
+    t_umask = mask;
+  }
 }
 
 }  // namespace
@@ -81,7 +93,8 @@ ScopedCaller::ScopedCaller(uid_t uid, gid_t gid, mode_t umask) {
     ok_ = false;
     return;
   }
-  old_umask_ = ::umask(umask);
+  old_umask_ = t_umask;
+  SetThreadUmask(umask);
   umask_set_ = true;
   if (g_switch_ids && (uid != 0 || gid != 0)) {
     // setfsuid/setfsgid act on the calling thread only and return the
@@ -101,7 +114,7 @@ ScopedCaller::~ScopedCaller() {
     setfsuid(0);
     setfsgid(0);
   }
-  if (umask_set_) ::umask(old_umask_);
+  if (umask_set_) SetThreadUmask(old_umask_);
 }
 
 ScopedUnprivilegedCaller::ScopedUnprivilegedCaller(uid_t uid, gid_t gid,

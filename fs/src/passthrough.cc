@@ -463,7 +463,9 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode
     fd.reset(openat(p->fd.get(), name, flags, mode));
     if (!fd) return -errno;
   }
-  UniqueFd path_fd(open(ProcPath(fd.get()).path, O_PATH | O_CLOEXEC));
+  // The kernel holds the parent directory's lock during create, so the
+  // name still denotes the new file.
+  UniqueFd path_fd(openat(p->fd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC));
   if (!path_fd) return -errno;
   struct stat st;
   if (fstat(fd.get(), &st) != 0) return -errno;
