@@ -3,7 +3,7 @@
 // file system) and must find no difference, as root and as an unprivileged
 // user.
 //
-// Environment: VSSFS_DIFFTEST_OPS (default 3000) sets the number of operations
+// Environment: VSSFS_DIFFTEST_OPS (default 20000) sets the number of operations
 // per run; VSSFS_DIFFTEST_SEED replaces every seed below by the given one.
 #include <sys/stat.h>
 #include <unistd.h>
@@ -26,7 +26,7 @@ using vssfs::testing::RunCommand;
 using vssfs::testing::ScopedMount;
 using vssfs::testing::TempDir;
 
-constexpr uint64_t kDefaultOps = 3000;
+constexpr uint64_t kDefaultOps = 20000;
 constexpr uid_t kNobody = 65534;
 constexpr gid_t kNogroup = 65534;
 constexpr const char* kSupplementaryGroups = "65533,100";
