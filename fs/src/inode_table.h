@@ -48,6 +48,8 @@ struct Inode {
   // Open file handles that may write. With the writeback cache, data of such
   // a file may still be dirty in the kernel, not yet in the backing file.
   std::atomic<int> open_writers{0};
+  // Serialises WRITE requests to this inode (see OpWriteBuf). A leaf lock.
+  std::mutex write_mutex;
 
   // Symlinks only: where the kernel last looked the link up. A symlink's own
   // xattrs can only be reached through a path (backing_xattr.h).

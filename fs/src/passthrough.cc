@@ -949,14 +949,21 @@ void OpRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* 
   fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
 }
 
-void OpWriteBuf(fuse_req_t req, fuse_ino_t, fuse_bufvec* in, off_t off, fuse_file_info* fi) {
+void OpWriteBuf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, fuse_file_info* fi) {
   fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));
   out.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
   out.buf[0].fd = static_cast<int>(fi->fh);
   out.buf[0].pos = off;
   auto copy = [&] { return fuse_buf_copy(&out, in, static_cast<fuse_buf_copy_flags>(0)); };
+  // Writeback sends many WRITEs for one file at once. The backing
+  // filesystem serialises them on its inode lock, whose waiters spin; a
+  // sleeping per-inode mutex here leaves the CPU to the writer that holds it.
+  std::shared_ptr<Inode> inode = Fs(req).inodes().Find(ino);
+  std::unique_lock<std::mutex> serialise;
+  if (inode) serialise = std::unique_lock(inode->write_mutex);
   // FUSE_WRITE_KILL_SUIDGID: the writer lacks CAP_FSETID; write as it.
   ssize_t n = RequestKillsSuidgid() ? AsUnprivilegedCaller(req, copy) : copy();
+  serialise = {};
   if (n >= 0) {
     fuse_reply_write(req, static_cast<size_t>(n));
   } else {
