@@ -14,7 +14,6 @@
 #include <cstring>
 #include <fstream>
 #include <new>
-#include <sstream>
 #include <vector>
 
 #include "backing_xattr.h"
@@ -22,6 +21,7 @@
 #include "creds.h"
 #include "log.h"
 #include "vssfs/cow_store/store_dir.h"
+#include "vssfs/fs/preflight.h"
 
 namespace vssfs::fs {
 
@@ -208,14 +208,9 @@ void Filesystem::AfterInit() {
   // mountinfo; reading mountinfo does not touch our own filesystem. The
   // kernel sets these at INIT, so they are changed on the first request
   // after it.
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
   std::string bdi;
-  while (std::getline(in, line)) {
-    std::istringstream fields(line);
-    std::string id, parent, devno, root, mp;
-    fields >> id >> parent >> devno >> root >> mp;
-    if (mp == config_.mountpoint) bdi = "/sys/class/bdi/" + devno + "/";
+  for (const MountEntry& m : ReadMountTable()) {
+    if (m.mountpoint == config_.mountpoint) bdi = "/sys/class/bdi/" + m.device + "/";
   }
   if (bdi.empty()) return;
   auto set = [&](const char* knob, unsigned value) {

@@ -69,14 +69,28 @@ std::string UnescapeMountinfo(const std::string& s) {
 
 }  // namespace
 
-bool IsMountPoint(const std::string& path) {
+std::vector<MountEntry> ReadMountTable() {
+  std::vector<MountEntry> table;
   std::ifstream in("/proc/self/mountinfo");
   std::string line;
   while (std::getline(in, line)) {
+    // id parent major:minor root mountpoint options [optional...] - fstype ...
     std::istringstream fields(line);
-    std::string id, parent, devno, root, mp;
-    fields >> id >> parent >> devno >> root >> mp;
-    if (UnescapeMountinfo(mp) == path) return true;
+    std::string id, parent, root, tok;
+    MountEntry e;
+    fields >> id >> parent >> e.device >> root >> e.mountpoint;
+    while (fields >> tok && tok != "-") {
+    }
+    fields >> e.fstype;
+    e.mountpoint = UnescapeMountinfo(e.mountpoint);
+    table.push_back(std::move(e));
+  }
+  return table;
+}
+
+bool IsMountPoint(const std::string& path) {
+  for (const MountEntry& e : ReadMountTable()) {
+    if (e.mountpoint == path) return true;
   }
   return false;
 }

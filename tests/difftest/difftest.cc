@@ -52,6 +52,8 @@
 #include <utility>
 #include <vector>
 
+#include "vssfs/cow_store/unique_fd.h"
+
 namespace vssfs::difftest {
 namespace {
 
@@ -110,36 +112,7 @@ std::string ErrName(int e) {
   return name ? name : StrPrintf("errno %d", e);
 }
 
-// Owns a file descriptor.
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  Fd(Fd&& other) noexcept : fd_(other.Release()) {}
-  Fd& operator=(Fd&& other) noexcept {
-    Reset(other.Release());
-    return *this;
-  }
-  ~Fd() { Reset(); }
-
-  int get() const { return fd_; }
-  bool valid() const { return fd_ >= 0; }
-  int Release() { return std::exchange(fd_, -1); }
-  void Reset(int fd = -1) {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
-  }
-  // Closes now and returns close()'s result (errno set on failure).
-  int Close() {
-    const int fd = Release();
-    return fd >= 0 ? ::close(fd) : 0;
-  }
-
- private:
-  int fd_ = -1;
-};
+using Fd = cow_store::UniqueFd;
 
 // Owns a closedir()-managed directory stream.
 struct DirCloser {
@@ -1060,7 +1033,7 @@ bool Worker::OpOpen() {
                        });
   Slot& sl = slots_[slot];
   for (int s = 0; s < 2; ++s) {
-    if (fds[s] >= 0) sl.fd[s].Reset(fds[s]);
+    if (fds[s] >= 0) sl.fd[s].reset(fds[s]);
   }
   if (sl.open()) {
     sl.path = path;
@@ -2370,7 +2343,7 @@ int RunnerMain(const Options& options, const std::string& root_a, const std::str
   ctx.side[0].root = root_a;
   ctx.side[1].root = root_b;
   for (Side& s : ctx.side) {
-    s.dir.Reset(open(s.root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    s.dir.reset(open(s.root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!s.dir.valid()) {
       Print(StrPrintf("difftest: cannot open workspace %s as uid %u: %s\n", s.root.c_str(),
                       geteuid(), strerror(errno)));
@@ -2449,7 +2422,7 @@ int MakeWorkspaces(const Options& o, std::array<Side, 2>* side) {
       if (s == 1) rmdir((*side)[0].root.c_str());
       return kExitUsage;
     }
-    sd.dir.Reset(open(sd.root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    sd.dir.reset(open(sd.root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   }
   return kExitPass;
 }
@@ -2719,7 +2692,7 @@ int RunDifftest(const Options& options_in) {
     const char go = kMsgGo;
     WriteAll(reply.get(), &go, 1);
   }
-  reply.Reset();
+  reply.reset();
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
@@ -2742,8 +2715,8 @@ int RunDifftest(const Options& options_in) {
     Print("difftest: note: A has no birth times; inode-number stability was not checked\n");
   }
   if (!options.keep) {
-    side[0].dir.Reset();
-    side[1].dir.Reset();
+    side[0].dir.reset();
+    side[1].dir.reset();
     RemoveTree(side[0].root);
     RemoveTree(side[1].root);
   }

@@ -17,22 +17,10 @@
 #include <stdexcept>
 #include <thread>
 
+#include "vssfs/fs/preflight.h"
+
 namespace vssfs::testing {
 namespace {
-
-// Unescapes the octal escapes (\040 for space, ...) used in mountinfo.
-std::string UnescapeMountinfo(const std::string& s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 3 < s.size()) {
-      out.push_back(static_cast<char>(std::stoi(s.substr(i + 1, 3), nullptr, 8)));
-      i += 3;
-    } else {
-      out.push_back(s[i]);
-    }
-  }
-  return out;
-}
 
 bool WaitChild(pid_t pid, int* status, std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -59,15 +47,9 @@ TempDir::TempDir() {
 
 TempDir::~TempDir() {
   // Detach anything still mounted below us before removing.
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
   std::vector<std::string> mounted;
-  while (std::getline(in, line)) {
-    std::istringstream fields(line);
-    std::string id, parent, devno, root, mp;
-    fields >> id >> parent >> devno >> root >> mp;
-    mp = UnescapeMountinfo(mp);
-    if (mp.rfind(path_ + "/", 0) == 0) mounted.push_back(mp);
+  for (const vssfs::fs::MountEntry& e : vssfs::fs::ReadMountTable()) {
+    if (e.mountpoint.rfind(path_ + "/", 0) == 0) mounted.push_back(e.mountpoint);
   }
   for (auto it = mounted.rbegin(); it != mounted.rend(); ++it) {
     umount2(it->c_str(), MNT_DETACH);
@@ -79,17 +61,8 @@ TempDir::~TempDir() {
 std::string TempDir::Sub(const std::string& name) const { return path_ + "/" + name; }
 
 bool IsVssfsMounted(const std::string& path) {
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream fields(line);
-    std::string id, parent, devno, root, mp, opts, tok;
-    fields >> id >> parent >> devno >> root >> mp >> opts;
-    while (fields >> tok && tok != "-") {
-    }
-    std::string fstype;
-    fields >> fstype;
-    if (UnescapeMountinfo(mp) == path && fstype == "fuse.vssfs") return true;
+  for (const vssfs::fs::MountEntry& e : vssfs::fs::ReadMountTable()) {
+    if (e.mountpoint == path && e.fstype == "fuse.vssfs") return true;
   }
   return false;
 }

@@ -37,6 +37,12 @@ class UniqueFd {
     if (fd_ >= 0) ::close(fd_);
     fd_ = fd;
   }
+  // Closes now and returns close(2)'s result (0 if there was nothing to
+  // close); for callers that must see close errors.
+  int Close() {
+    const int fd = release();
+    return fd >= 0 ? ::close(fd) : 0;
+  }
 
  private:
   int fd_ = -1;

@@ -6,6 +6,7 @@
 #define VSSFS_FS_PREFLIGHT_H_
 
 #include <string>
+#include <vector>
 
 #include "vssfs/cow_store/status.h"
 
@@ -32,6 +33,16 @@ cow_store::Result<ResolvedPaths> CheckPaths(const std::string& backing_dir,
 
 // Checks that /dev/fuse exists and can be opened for reading and writing.
 cow_store::Status CheckFuseDevice(const std::string& device = "/dev/fuse");
+
+// One line of /proc/self/mountinfo.
+struct MountEntry {
+  std::string mountpoint;  // Unescaped.
+  std::string device;      // "major:minor", also the name of its BDI in sysfs.
+  std::string fstype;      // e.g. "ext4", "fuse.vssfs".
+};
+
+// The calling process's mount table, in mountinfo order.
+std::vector<MountEntry> ReadMountTable();
 
 // True when `path` is listed as a mount point in /proc/self/mountinfo.
 bool IsMountPoint(const std::string& path);
