@@ -659,6 +659,8 @@ class Worker {
   bool OpWrite();
   bool OpRead();
   bool OpTruncate();
+  // Picks the range of a read or write on `sl` (and whether it is positional).
+  void RandIoRange(const Slot& sl, bool allow_large, bool* positional, off_t* off, size_t* len);
   bool OpSync();
   bool OpClose();
   bool OpChmod();
@@ -1044,6 +1046,20 @@ bool Worker::OpOpen() {
   return ok;
 }
 
+void Worker::RandIoRange(const Slot& sl, bool allow_large, bool* positional, off_t* off,
+                         size_t* len) {
+  *positional = true;
+  if (sl.direct()) {
+    // O_DIRECT needs aligned offsets and lengths; large ones only for writes.
+    *off = static_cast<off_t>(kAlign * rng_.Below(96));
+    *len = kAlign * (1 + rng_.Below(allow_large && rng_.Percent(3) ? 256 : 16));
+  } else {
+    *positional = rng_.Percent(60);
+    *off = RandOffset();
+    *len = RandLength();
+  }
+}
+
 bool Worker::OpWrite() {
   const int i = PickOpenSlot();
   if (i < 0) return OpOpen();
@@ -1051,14 +1067,7 @@ bool Worker::OpWrite() {
   bool positional = true;
   off_t off = 0;
   size_t len = 0;
-  if (sl.direct()) {
-    off = static_cast<off_t>(kAlign * rng_.Below(96));
-    len = kAlign * (1 + rng_.Below(rng_.Percent(3) ? 256 : 16));
-  } else {
-    positional = rng_.Percent(60);
-    off = RandOffset();
-    len = RandLength();
-  }
+  RandIoRange(sl, /*allow_large=*/true, &positional, &off, &len);
   FillData(wbuf_.get(), len);
   const std::string desc =
       positional ? StrPrintf("pwrite(%s, %zu bytes fnv=%08x, off=%lld)", SlotName(i).c_str(), len,
@@ -1081,14 +1090,7 @@ bool Worker::OpRead() {
   bool positional = true;
   off_t off = 0;
   size_t len = 0;
-  if (sl.direct()) {
-    off = static_cast<off_t>(kAlign * rng_.Below(96));
-    len = kAlign * (1 + rng_.Below(16));
-  } else {
-    positional = rng_.Percent(60);
-    off = RandOffset();
-    len = RandLength();
-  }
+  RandIoRange(sl, /*allow_large=*/false, &positional, &off, &len);
   const std::string desc = positional ? StrPrintf("pread(%s, %zu, off=%lld)", SlotName(i).c_str(),
                                                   len, static_cast<long long>(off))
                                       : StrPrintf("read(%s, %zu)", SlotName(i).c_str(), len);

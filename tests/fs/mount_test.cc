@@ -25,15 +25,7 @@ using vssfs::testing::VssfsBinary;
 
 namespace {
 
-struct Volume {
-  TempDir tmp;
-  std::string backing = tmp.Sub("backing");
-  std::string mnt = tmp.Sub("mnt");
-  Volume() {
-    mkdir(backing.c_str(), 0755);
-    mkdir(mnt.c_str(), 0755);
-  }
-};
+using Volume = vssfs::testing::VolumeDirs;
 
 void WriteFile(const std::string& path, const std::string& data) {
   std::ofstream out(path, std::ios::binary);
@@ -204,7 +196,6 @@ TEST_CASE("mount: xattrs Samba uses pass through", "[fs][mount]") {
 TEST_CASE("mount: new files belong to their creator", "[fs][mount]") {
   Volume v;
   ScopedMount m(v.backing, v.mnt, {"-o", "allow_other"});
-  REQUIRE(chmod(v.tmp.path().c_str(), 0755) == 0);
   REQUIRE(mkdir((v.mnt + "/pub").c_str(), 01777) == 0);
   REQUIRE(chmod((v.mnt + "/pub").c_str(), 01777) == 0);
   const std::string dir = v.mnt + "/pub";
@@ -235,7 +226,6 @@ TEST_CASE("mount: new files belong to their creator", "[fs][mount]") {
 TEST_CASE("mount: setgid directories pass their group on", "[fs][mount]") {
   Volume v;
   ScopedMount m(v.backing, v.mnt, {"-o", "allow_other"});
-  REQUIRE(chmod(v.tmp.path().c_str(), 0755) == 0);
   const std::string dir = v.mnt + "/team";
   REQUIRE(mkdir(dir.c_str(), 0777) == 0);
   REQUIRE(chown(dir.c_str(), 0, 100) == 0);
@@ -339,7 +329,6 @@ TEST_CASE("mount: writes and truncates by another user clear set-id bits as nati
           "[fs][mount]") {
   Volume v;
   ScopedMount m(v.backing, v.mnt, {"-o", "allow_other"});
-  REQUIRE(chmod(v.tmp.path().c_str(), 0755) == 0);
   const std::string native = v.tmp.Sub("native");
   REQUIRE(mkdir(native.c_str(), 0755) == 0);
   enum Action { kWrite, kTruncate, kOpenTrunc, kFallocate, kPunchHole, kCopyInto };

@@ -14,13 +14,7 @@ using vssfs::testing::TempDir;
 
 namespace {
 
-struct Dirs {
-  TempDir tmp;
-  Dirs() {
-    mkdir(tmp.Sub("backing").c_str(), 0755);
-    mkdir(tmp.Sub("mnt").c_str(), 0755);
-  }
-};
+using Dirs = vssfs::testing::VolumeDirs;
 
 vssfs::cow_store::Status Check(const std::string& b, const std::string& m,
                                const std::string& store = "") {

@@ -60,6 +60,13 @@ TempDir::~TempDir() {
 
 std::string TempDir::Sub(const std::string& name) const { return path_ + "/" + name; }
 
+VolumeDirs::VolumeDirs() : backing(tmp.Sub("backing")), mnt(tmp.Sub("mnt")) {
+  if (chmod(tmp.path().c_str(), 0755) != 0 || mkdir(backing.c_str(), 0755) != 0 ||
+      mkdir(mnt.c_str(), 0755) != 0) {
+    throw std::runtime_error("cannot create volume directories in " + tmp.path());
+  }
+}
+
 bool IsVssfsMounted(const std::string& path) {
   for (const vssfs::fs::MountEntry& e : vssfs::fs::ReadMountTable()) {
     if (e.mountpoint == path && e.fstype == "fuse.vssfs") return true;

@@ -29,6 +29,16 @@ class TempDir {
   std::string path_;
 };
 
+// A private TempDir holding an empty backing directory and an empty mount
+// point (both mode 0755, the TempDir itself 0755 so other users can reach
+// them), the usual starting point of a mount test.
+struct VolumeDirs {
+  VolumeDirs();
+  TempDir tmp;
+  std::string backing;  // tmp/backing
+  std::string mnt;      // tmp/mnt
+};
+
 // Runs `vssfs --foreground [args...] BACKING MOUNTPOINT` as a child process and
 // waits until the mount is live. The destructor unmounts (lazily if busy),
 // stops the daemon by PID and reaps it. Mount failure throws
