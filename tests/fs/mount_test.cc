@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
@@ -461,4 +462,61 @@ TEST_CASE("mount: works from an fstab line through mount.fuse3", "[fs][mount]") 
   CHECK(ReadFile(v.backing + "/f") == "fstab");
   CHECK(RunCommand({"umount", v.mnt}, &out) == 0);
   CHECK_FALSE(IsVssfsMounted(v.mnt));
+}
+
+TEST_CASE("mount: POSIX record locks and flock work between processes", "[fs][mount]") {
+  Volume v;
+  ScopedMount m(v.backing, v.mnt, {"-o", "allow_other"});
+  const std::string f = v.mnt + "/locked";
+  WriteFile(f, std::string(4096, 'x'));
+  int fd = open(f.c_str(), O_RDWR);
+  REQUIRE(fd >= 0);
+  struct flock lk {};
+  lk.l_type = F_WRLCK;
+  lk.l_whence = SEEK_SET;
+  lk.l_start = 100;
+  lk.l_len = 50;
+  REQUIRE(fcntl(fd, F_SETLK, &lk) == 0);
+  REQUIRE(flock(fd, LOCK_EX | LOCK_NB) == 0);
+
+  // Another process sees both locks, as Samba's smbd processes would.
+  int pipefd[2];
+  REQUIRE(pipe(pipefd) == 0);
+  pid_t child = fork();
+  if (child == 0) {
+    close(pipefd[0]);
+    int cfd = open(f.c_str(), O_RDWR);
+    int result[5] = {cfd >= 0, 0, 0, 0, 0};
+    struct flock want {};
+    want.l_type = F_WRLCK;
+    want.l_whence = SEEK_SET;
+    want.l_start = 120;
+    want.l_len = 10;
+    result[1] = fcntl(cfd, F_SETLK, &want) == -1 && (errno == EAGAIN || errno == EACCES);
+    struct flock probe = want;
+    result[2] = fcntl(cfd, F_GETLK, &probe) == 0 && probe.l_type == F_WRLCK &&
+                probe.l_pid == getppid() && probe.l_start == 100 && probe.l_len == 50;
+    want.l_start = 200;  // Outside the locked range.
+    result[3] = fcntl(cfd, F_SETLK, &want) == 0;
+    result[4] = flock(cfd, LOCK_SH | LOCK_NB) == -1 && errno == EWOULDBLOCK;
+    if (write(pipefd[1], result, sizeof result) != sizeof result) _exit(2);
+    _exit(0);
+  }
+  close(pipefd[1]);
+  int result[5] = {};
+  REQUIRE(read(pipefd[0], result, sizeof result) == sizeof result);
+  close(pipefd[0]);
+  int status = 0;
+  waitpid(child, &status, 0);
+  CHECK(result[0] == 1);  // opened
+  CHECK(result[1] == 1);  // conflicting record lock refused
+  CHECK(result[2] == 1);  // F_GETLK names the holder and its range
+  CHECK(result[3] == 1);  // a disjoint range can be locked
+  CHECK(result[4] == 1);  // flock conflict
+  // Closing releases: now the other process could lock.
+  close(fd);
+  fd = open(f.c_str(), O_RDWR);
+  REQUIRE(fd >= 0);
+  CHECK(flock(fd, LOCK_EX | LOCK_NB) == 0);
+  close(fd);
 }
