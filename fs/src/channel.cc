@@ -8,7 +8,9 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 
 namespace vssfs::fs {
 namespace {
@@ -20,14 +22,52 @@ std::atomic<bool> g_init_pending{true};
 std::atomic<bool> g_killpriv_v2{false};
 thread_local bool t_kill_suidgid = false;
 
+// A WRITE request's payload follows the in-header and fuse_write_in. The
+// hook reads everything after those 80 bytes into a page-aligned buffer of
+// its own, so a WRITE's payload lands on a page boundary (direct I/O can
+// then take it as it is); for every other request it moves the bytes back
+// behind the header in libfuse's buffer.
+constexpr size_t kWriteHeader = sizeof(fuse_in_header) + sizeof(fuse_write_in);
+
+struct FreeDeleter {
+  void operator()(char* p) const { std::free(p); }
+};
+thread_local std::unique_ptr<char, FreeDeleter> t_scratch;
+thread_local size_t t_scratch_size = 0;
+thread_local const char* t_payload = nullptr;
+
 ssize_t ReadHook(int fd, void* buf, size_t len, void*) {
-  ssize_t n = ::read(fd, buf, len);
+  t_kill_suidgid = false;
+  t_payload = nullptr;
+  ssize_t n;
+  if (len <= kWriteHeader) {
+    n = ::read(fd, buf, len);
+  } else {
+    if (t_scratch_size < len - kWriteHeader) {
+      void* p = nullptr;
+      if (posix_memalign(&p, 4096, len - kWriteHeader) != 0) {
+        errno = ENOMEM;
+        return -1;
+      }
+      t_scratch.reset(static_cast<char*>(p));
+      t_scratch_size = len - kWriteHeader;
+    }
+    iovec iov[2] = {{buf, kWriteHeader}, {t_scratch.get(), len - kWriteHeader}};
+    n = ::readv(fd, iov, 2);
+  }
   if (n < static_cast<ssize_t>(sizeof(fuse_in_header))) return n;
   fuse_in_header in;
   std::memcpy(&in, buf, sizeof in);
+  if (static_cast<size_t>(n) > kWriteHeader) {
+    if (in.opcode == FUSE_WRITE) {
+      t_payload = t_scratch.get();
+    } else {
+      std::memcpy(static_cast<char*>(buf) + kWriteHeader, t_scratch.get(),
+                  static_cast<size_t>(n) - kWriteHeader);
+    }
+  }
   const char* arg = static_cast<const char*>(buf) + sizeof in;
   const size_t arglen = static_cast<size_t>(n) - sizeof in;
-  t_kill_suidgid = false;
   switch (in.opcode) {
     case FUSE_WRITE:
       if (arglen >= sizeof(fuse_write_in)) {
@@ -96,5 +136,7 @@ int InstallChannel(fuse_session* se, bool killpriv_v2) {
 bool KillprivV2Negotiated() { return g_killpriv_v2; }
 
 bool RequestKillsSuidgid() { return t_kill_suidgid; }
+
+const char* WritePayload() { return t_payload; }
 
 }  // namespace vssfs::fs

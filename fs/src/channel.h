@@ -35,6 +35,11 @@ bool KillprivV2Negotiated();
 // the filesystem to clear set-id bits.
 bool RequestKillsSuidgid();
 
+// The payload of the WRITE request being processed on this thread, on a page
+// boundary; nullptr for a WRITE without data. (The copy that libfuse's
+// buffer would hold behind the header is not there: handlers must use this.)
+const char* WritePayload();
+
 }  // namespace vssfs::fs
 
 #endif  // VSSFS_FS_SRC_CHANNEL_H_

@@ -50,6 +50,11 @@ struct Inode {
   std::atomic<int> open_writers{0};
   // Serialises WRITE requests to this inode (see OpWriteBuf). A leaf lock.
   std::mutex write_mutex;
+  // O_DIRECT descriptor for large aligned writes, opened on first use;
+  // guarded by write_mutex. direct_unsupported: the backing filesystem
+  // refused O_DIRECT for this file.
+  cow_store::UniqueFd direct_fd;
+  bool direct_unsupported = false;
 
   // Symlinks only: where the kernel last looked the link up. A symlink's own
   // xattrs can only be reached through a path (backing_xattr.h).

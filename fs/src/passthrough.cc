@@ -944,20 +944,64 @@ void OpRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* 
   fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
 }
 
+// Writes of at least this size, page-aligned in offset and length, go to the
+// backing file with O_DIRECT: they come from writeback of whole pages, and
+// skipping the backing page cache saves a copy and a second cached copy of
+// the data (the mount's page cache has it).
+constexpr size_t kDirectWriteMin = 256 << 10;
+constexpr size_t kPage = 4096;
+
+// Writes `len` bytes at `data` (page-aligned) with O_DIRECT; -EAGAIN when
+// direct I/O is not possible for this file. Caller holds inode.write_mutex.
+ssize_t DirectWrite(Inode& inode, const char* data, size_t len, off_t off) {
+  if (inode.direct_unsupported) return -EAGAIN;
+  if (!inode.direct_fd) {
+    char path[32];
+    std::snprintf(path, sizeof path, "/proc/self/fd/%d", inode.fd.get());
+    inode.direct_fd.reset(open(path, O_WRONLY | O_DIRECT | O_CLOEXEC));
+    if (!inode.direct_fd) {
+      inode.direct_unsupported = true;
+      return -EAGAIN;
+    }
+  }
+  ssize_t n = pwrite(inode.direct_fd.get(), data, len, off);
+  if (n < 0 && errno == EINVAL) {
+    inode.direct_unsupported = true;
+    return -EAGAIN;
+  }
+  return n < 0 ? -errno : n;
+}
+
 void OpWriteBuf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, fuse_file_info* fi) {
-  fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));
+  // The channel put the payload on a page boundary (channel.h).
+  fuse_bufvec src = *in;
+  const char* payload = WritePayload();
+  if (payload != nullptr && !(src.buf[0].flags & FUSE_BUF_IS_FD)) {
+    src.buf[0].mem = const_cast<char*>(payload);
+  }
+  const size_t len = fuse_buf_size(&src);
+  fuse_bufvec out = FUSE_BUFVEC_INIT(len);
   out.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
   out.buf[0].fd = static_cast<int>(fi->fh);
   out.buf[0].pos = off;
-  auto copy = [&] { return fuse_buf_copy(&out, in, static_cast<fuse_buf_copy_flags>(0)); };
   // Writeback sends many WRITEs for one file at once. The backing
   // filesystem serialises them on its inode lock, whose waiters spin; a
   // sleeping per-inode mutex here leaves the CPU to the writer that holds it.
   std::shared_ptr<Inode> inode = Fs(req).inodes().Find(ino);
   std::unique_lock<std::mutex> serialise;
   if (inode) serialise = std::unique_lock(inode->write_mutex);
+  const bool direct = inode && payload != nullptr && len >= kDirectWriteMin &&
+                      len % kPage == 0 && off % static_cast<off_t>(kPage) == 0 &&
+                      src.count == 1 && src.buf[0].mem == payload;
+  auto write = [&]() -> ssize_t {
+    if (direct) {
+      ssize_t n = DirectWrite(*inode, payload, len, off);
+      if (n != -EAGAIN) return n;
+    }
+    return fuse_buf_copy(&out, &src, static_cast<fuse_buf_copy_flags>(0));
+  };
   // FUSE_WRITE_KILL_SUIDGID: the writer lacks CAP_FSETID; write as it.
-  ssize_t n = RequestKillsSuidgid() ? AsUnprivilegedCaller(req, copy) : copy();
+  ssize_t n = RequestKillsSuidgid() ? AsUnprivilegedCaller(req, write) : write();
   serialise = {};
   if (n >= 0) {
     fuse_reply_write(req, static_cast<size_t>(n));
