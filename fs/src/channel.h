@@ -10,7 +10,9 @@
 // the INIT reply when the kernel offers it, and records the per-request
 // kill flags of WRITE and OPEN requests for the handler that runs on the
 // same worker thread (libfuse processes each request on the thread that
-// read it; splice reception is therefore turned off).
+// read it; splice reception is therefore turned off). It also receives each
+// request's body into a page-aligned buffer of its own, so that a WRITE's
+// payload sits on a page boundary for direct I/O (WritePayload()).
 //
 // Thread-safety: the hooks run concurrently on all worker threads; state is
 // atomic or thread-local.
