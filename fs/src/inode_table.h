@@ -55,6 +55,14 @@ struct Inode {
   // refused O_DIRECT for this file.
   cow_store::UniqueFd direct_fd;
   bool direct_unsupported = false;
+  // O_DIRECT descriptor for large aligned reads, opened on first use under
+  // read_mutex (a leaf lock); -1 after the filesystem refused O_DIRECT.
+  std::mutex read_mutex;
+  std::atomic<int> direct_read_fd{-2};
+  ~Inode() {
+    int fd = direct_read_fd.load();
+    if (fd >= 0) ::close(fd);
+  }
 
   // Symlinks only: where the kernel last looked the link up. A symlink's own
   // xattrs can only be reached through a path (backing_xattr.h).

@@ -936,29 +936,72 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   }
 }
 
-void OpRead(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
-  fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
-  buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
-  buf.buf[0].fd = static_cast<int>(fi->fh);
-  buf.buf[0].pos = off;
-  fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+// Reads and writes of at least this size, page-aligned in offset and length,
+// use O_DIRECT on the backing file: they come from readahead and from
+// writeback of whole pages, and the mount's page cache already holds the
+// data, so the backing page cache would only keep a second copy (and cost a
+// copy each way).
+constexpr size_t kDirectIoMin = 256 << 10;
+constexpr size_t kPage = 4096;
+
+// Reads with O_DIRECT. Returns the count read, or -EAGAIN to fall back to a
+// buffered read.
+ssize_t DirectRead(Inode& inode, char* buf, size_t len, off_t off) {
+  int fd = inode.direct_read_fd.load();
+  if (fd == -2) {
+    std::lock_guard lock(inode.read_mutex);
+    fd = inode.direct_read_fd.load();
+    if (fd == -2) {
+      fd = open(ProcPath(inode.fd.get()).path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+      if (fd < 0) fd = -1;
+      inode.direct_read_fd = fd;
+    }
+  }
+  if (fd < 0) return -EAGAIN;
+  ssize_t n = pread(fd, buf, len, off);
+  return n < 0 ? (errno == EINVAL ? -EAGAIN : -errno) : n;
 }
 
-// Writes of at least this size, page-aligned in offset and length, go to the
-// backing file with O_DIRECT: they come from writeback of whole pages, and
-// skipping the backing page cache saves a copy and a second cached copy of
-// the data (the mount's page cache has it).
-constexpr size_t kDirectWriteMin = 256 << 10;
-constexpr size_t kPage = 4096;
+struct FreeDeleter {
+  void operator()(char* p) const { std::free(p); }
+};
+
+void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  // Large aligned reads (readahead) go direct into a page-aligned buffer.
+  thread_local std::unique_ptr<char, FreeDeleter> t_buf;
+  thread_local size_t t_size = 0;
+  ssize_t n = -EAGAIN;
+  if (size >= kDirectIoMin && size % kPage == 0 && off % static_cast<off_t>(kPage) == 0) {
+    if (t_size < size) {
+      void* p = nullptr;
+      if (posix_memalign(&p, kPage, size) == 0) {
+        t_buf.reset(static_cast<char*>(p));
+        t_size = size;
+      }
+    }
+    std::shared_ptr<Inode> inode = Fs(req).inodes().Find(ino);
+    if (inode && t_size >= size) n = DirectRead(*inode, t_buf.get(), size, off);
+  }
+  if (n >= 0) {
+    fuse_reply_buf(req, t_buf.get(), static_cast<size_t>(n));
+  } else if (n != -EAGAIN) {
+    fuse_reply_err(req, static_cast<int>(-n));
+  } else {
+    fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+    buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+    buf.buf[0].fd = static_cast<int>(fi->fh);
+    buf.buf[0].pos = off;
+    fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+  }
+}
+
 
 // Writes `len` bytes at `data` (page-aligned) with O_DIRECT; -EAGAIN when
 // direct I/O is not possible for this file. Caller holds inode.write_mutex.
 ssize_t DirectWrite(Inode& inode, const char* data, size_t len, off_t off) {
   if (inode.direct_unsupported) return -EAGAIN;
   if (!inode.direct_fd) {
-    char path[32];
-    std::snprintf(path, sizeof path, "/proc/self/fd/%d", inode.fd.get());
-    inode.direct_fd.reset(open(path, O_WRONLY | O_DIRECT | O_CLOEXEC));
+    inode.direct_fd.reset(open(ProcPath(inode.fd.get()).path, O_WRONLY | O_DIRECT | O_CLOEXEC));
     if (!inode.direct_fd) {
       inode.direct_unsupported = true;
       return -EAGAIN;
@@ -990,7 +1033,7 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, fuse
   std::shared_ptr<Inode> inode = Fs(req).inodes().Find(ino);
   std::unique_lock<std::mutex> serialise;
   if (inode) serialise = std::unique_lock(inode->write_mutex);
-  const bool direct = inode && payload != nullptr && len >= kDirectWriteMin &&
+  const bool direct = inode && payload != nullptr && len >= kDirectIoMin &&
                       len % kPage == 0 && off % static_cast<off_t>(kPage) == 0 &&
                       src.count == 1 && src.buf[0].mem == payload;
   auto write = [&]() -> ssize_t {
