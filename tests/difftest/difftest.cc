@@ -125,6 +125,23 @@ struct FreeDeleter {
   void operator()(char* p) const { free(p); }
 };
 using AlignedBuffer = std::unique_ptr<char, FreeDeleter>;
+
+// The entry names of directory `rel` under `dir` in readdir order, without
+// "." and ".."; empty if it cannot be listed.
+std::vector<std::string> ListNames(int dir, const std::string& rel) {
+  std::vector<std::string> names;
+  const int fd = openat(dir, rel.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return names;
+  DirPtr d{fdopendir(fd)};
+  if (!d) {
+    close(fd);
+    return names;
+  }
+  while (dirent* e = readdir(d.get())) {
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
+  }
+  return names;
+}
 AlignedBuffer AllocAligned(size_t n) {
   void* p = aligned_alloc(kAlign, (n + kAlign - 1) / kAlign * kAlign);
   if (p == nullptr) abort();
@@ -740,18 +757,7 @@ std::string Worker::RandPath(bool allow_special) {
     // Walk down entries that exist on A, so that most ops hit something.
     const int depth = 1 + static_cast<int>(rng_.Below(4));
     for (int i = 0; i < depth; ++i) {
-      std::vector<std::string> names;
-      const int fd = openat(Dir(0), p.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-      if (fd >= 0) {
-        if (DirPtr d{fdopendir(fd)}) {
-          while (dirent* e = readdir(d.get())) {
-            if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
-              names.emplace_back(e->d_name);
-          }
-        } else {
-          close(fd);
-        }
-      }
+      std::vector<std::string> names = ListNames(Dir(0), p);
       if (names.empty()) {
         p += "/" + RandName(i);
         break;
@@ -1924,18 +1930,7 @@ void Worker::CollectTree(const std::string& rel, int depth,
   struct stat st;
   if (fstatat(Dir(0), rel.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return;
   if (S_ISDIR(st.st_mode)) {
-    std::vector<std::string> names;
-    const int fd = openat(Dir(0), rel.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd >= 0) {
-      if (DirPtr d{fdopendir(fd)}) {
-        while (dirent* e = readdir(d.get())) {
-          if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
-            names.emplace_back(e->d_name);
-        }
-      } else {
-        close(fd);
-      }
-    }
+    std::vector<std::string> names = ListNames(Dir(0), rel);
     std::sort(names.begin(), names.end());
     for (const auto& name : names) CollectTree(rel + "/" + name, depth + 1, out);
   }
