@@ -1275,10 +1275,25 @@ bool Worker::OpUtimens() {
   return Both(StrPrintf("utimensat(%s, %s, %s)", Quote(path).c_str(), times_name.c_str(),
                         AtFlagsName(flags).c_str()),
               [&](int s) {
+                // The result is read through a descriptor taken before the
+                // call: resolving the path again could traverse a symlink
+                // whose atime was just set, and the traversal itself updates
+                // atime natively (relatime) but not through the mount's
+                // cached symlink.
+                Fd target(openat(Dir(s), path.c_str(),
+                                 O_PATH | O_CLOEXEC |
+                                     ((flags & AT_SYMLINK_NOFOLLOW) ? O_NOFOLLOW : 0)));
                 Outcome o =
                     Result(utimensat(Dir(s), path.c_str(), null_times ? nullptr : times, flags));
-                o.data = StatSummaryAt(ctx_->side[s], path, flags, set(o, null_times, 0),
-                                       set(o, null_times, 1));
+                if (target.valid()) {
+                  struct stat st;
+                  if (fstatat(target.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0) {
+                    o.data = FormatAttr(FromStat(st), set(o, null_times, 0), set(o, null_times, 1));
+                  }
+                } else {
+                  o.data = StatSummaryAt(ctx_->side[s], path, flags, set(o, null_times, 0),
+                                         set(o, null_times, 1));
+                }
                 return o;
               });
 }
