@@ -11,12 +11,6 @@
 namespace vssfs::fs {
 namespace {
 
-// "/proc/self/fd/N" for `fd`.
-struct ProcPath {
-  explicit ProcPath(int fd) { std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd); }
-  char path[32];
-};
-
 // Runs `op(path)` on a symlink's path with identity checks around it.
 template <typename F>
 ssize_t OnSymlink(int path_fd, const std::string& path, bool check_after, F&& op) {

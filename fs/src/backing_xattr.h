@@ -19,9 +19,17 @@
 #include <sys/types.h>
 
 #include <cstddef>
+#include <cstdio>
 #include <string>
 
 namespace vssfs::fs {
+
+// "/proc/self/fd/N" for `fd`: opening it reopens an O_PATH descriptor with
+// real access modes, and path-based calls through it reach the inode itself.
+struct ProcPath {
+  explicit ProcPath(int fd) { std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd); }
+  char path[32];
+};
 
 // `symlink_path` is empty for anything but a symlink. Each returns the system
 // call's result or a negative errno.

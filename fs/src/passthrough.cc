@@ -54,11 +54,6 @@ int Run(F&& body) noexcept {
   }
 }
 
-// "/proc/self/fd/N": reopens an O_PATH descriptor with real access modes.
-struct ProcPath {
-  explicit ProcPath(int fd) { std::snprintf(path, sizeof path, "/proc/self/fd/%d", fd); }
-  char path[32];
-};
 
 bool IsDotOrDotDot(const char* name) {
   return name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'));
