@@ -101,7 +101,13 @@ Result<StoreDir> StoreDir::Open(const std::string& path) {
         std::strcmp(magic, kFormatMagic) != 0) {
       return Status::Error(EPROTO, path + "/" + kFormatFile + " is not a vssfs store format file");
     }
-    if (version != kStoreFormatVersion) {
+    if (version == 1) {
+      // Version 1 stores hold no snapshot data: upgrading is rewriting FORMAT.
+      std::string content =
+          std::string(kFormatMagic) + " " + std::to_string(kStoreFormatVersion) + "\n";
+      Status s = WriteFileAtomically(store.dir_fd_.get(), kFormatFile, content);
+      if (!s.ok()) return s;
+    } else if (version != kStoreFormatVersion) {
       return Status::Error(EPROTO, "store " + path + " has format version " +
                                        std::to_string(version) + "; this vssfs reads version " +
                                        std::to_string(kStoreFormatVersion));

@@ -20,7 +20,7 @@ TEST_CASE("StoreDir creates the store with a format file", "[cow_store]") {
   struct stat st;
   REQUIRE(stat(tmp.Sub("store").c_str(), &st) == 0);
   CHECK((st.st_mode & 0777) == 0700);
-  CHECK(vssfs::testing::ReadFile(tmp.Sub("store/FORMAT")) == "vssfs-store 1\n");
+  CHECK(vssfs::testing::ReadFile(tmp.Sub("store/FORMAT")) == "vssfs-store 2\n");
   CHECK(vssfs::testing::ReadFile(tmp.Sub("store/lock")) == std::to_string(getpid()) + "\n");
 }
 
@@ -82,4 +82,18 @@ TEST_CASE("StoreDir reports a path it cannot create", "[cow_store]") {
   REQUIRE_FALSE(store.ok());
   CHECK(store.status().error() == ENOENT);
   CHECK_THAT(store.status().message(), Catch::Contains("create store directory"));
+}
+
+TEST_CASE("StoreDir upgrades a version-1 store (no snapshot data) to the current version",
+          "[cow_store]") {
+  TempDir tmp;
+  REQUIRE(mkdir(tmp.Sub("store").c_str(), 0700) == 0);
+  {
+    std::ofstream f(tmp.Sub("store/FORMAT"));
+    f << "vssfs-store 1\n";
+  }
+  auto store = StoreDir::Open(tmp.Sub("store"));
+  REQUIRE(store.ok());
+  CHECK(vssfs::testing::ReadFile(tmp.Sub("store/FORMAT")) ==
+        "vssfs-store " + std::to_string(vssfs::cow_store::kStoreFormatVersion) + "\n");
 }

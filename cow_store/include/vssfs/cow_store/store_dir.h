@@ -25,7 +25,7 @@ namespace vssfs::cow_store {
 // Name of the default store directory inside the backing directory.
 inline constexpr char kDefaultStoreName[] = ".vssfs";
 // Version of the store layout this build reads and writes.
-inline constexpr int kStoreFormatVersion = 1;
+inline constexpr int kStoreFormatVersion = 2;
 
 class StoreDir {
  public:
