@@ -1,0 +1,97 @@
+// The control channel between `vssctl` and a running vssfs daemon.
+//
+// Each mounted volume listens on a Unix stream socket,
+// ControlSocketPath(mountpoint): $VSSFS_RUN_DIR (default /run/vssfs) in a
+// directory of mode 0700, and only peers with uid 0 are served, so the
+// channel is root-only by default. A request is the command's arguments
+// (NUL-separated, ended by shutting down the write side); the reply is the
+// exit status, the standard output text and the standard error text.
+//
+// Volume is what the daemon offers to commands (implemented by fs); the
+// commands themselves (RunCommand) live here, so vssctl and the daemon share
+// one definition of every command, its output and its exit status.
+//
+// Thread-safety: ControlServer serves one request at a time on its own
+// thread; Volume methods are called from that thread only.
+#ifndef VSSFS_SNAPSHOT_CTL_CONTROL_H_
+#define VSSFS_SNAPSHOT_CTL_CONTROL_H_
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "vssfs/cow_store/status.h"
+#include "vssfs/cow_store/store.h"
+#include "vssfs/cow_store/unique_fd.h"
+
+namespace vssfs::snapshot_ctl {
+
+// vssctl exit statuses (documented in `vssctl --help` and the README).
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailed = 1;      // The operation failed (message says why).
+inline constexpr int kExitUsage = 2;       // Bad command, option or argument.
+inline constexpr int kExitNotFound = 3;    // No such snapshot, or no daemon for the mount.
+inline constexpr int kExitPermission = 4;  // Not allowed (the channel is root-only).
+inline constexpr int kExitProblems = 5;    // fsck found problems.
+inline constexpr int kExitExists = 6;      // The object already exists.
+
+// A mounted volume, as commands see it.
+class Volume {
+ public:
+  virtual ~Volume() = default;
+  // See fs/src/passthrough.h for the guarantees (cut, syncfs, naming).
+  virtual cow_store::Result<cow_store::SnapshotInfo> CreateSnapshot(
+      const std::string& name, std::optional<cow_store::Guid> guid) = 0;
+  virtual cow_store::Result<cow_store::GcResult> DeleteSnapshot(const std::string& key) = 0;
+  virtual cow_store::Store& store() = 0;
+  virtual std::string MountPoint() const = 0;
+};
+
+struct CommandResult {
+  int exit_code = kExitOk;
+  std::string out;
+  std::string err;
+};
+
+// Runs one command (args as after "vssctl [-m MOUNT]": e.g. {"snapshot",
+// "create", "--json"}) against `volume`.
+CommandResult RunCommand(Volume& volume, const std::vector<std::string>& args);
+
+// Maps an errno from a failed operation to an exit status.
+int ExitCodeFor(int error);
+
+// The control socket of the volume mounted at `mountpoint` (absolute,
+// canonical path).
+std::string ControlSocketPath(const std::string& mountpoint);
+
+class ControlServer {
+ public:
+  // Binds the socket (replacing a stale one) and starts serving `volume`
+  // (borrowed; must outlive the server). Errors: EADDRINUSE when another
+  // daemon answers on the path, errno from socket calls.
+  static cow_store::Result<std::unique_ptr<ControlServer>> Start(const std::string& path,
+                                                                 Volume* volume);
+  // Stops serving (waits for a request in progress) and removes the socket.
+  ~ControlServer();
+
+ private:
+  ControlServer() = default;
+  void Serve();
+
+  std::string path_;
+  Volume* volume_ = nullptr;
+  cow_store::UniqueFd listen_fd_;
+  cow_store::UniqueFd stop_fd_;  // eventfd: written to stop.
+  std::thread thread_;
+};
+
+// Client side: sends `args` to the daemon at `path`. Errors: ENOENT /
+// ECONNREFUSED when no daemon listens, EACCES, EIO on a broken reply.
+cow_store::Result<CommandResult> CallDaemon(const std::string& path,
+                                            const std::vector<std::string>& args);
+
+}  // namespace vssfs::snapshot_ctl
+
+#endif  // VSSFS_SNAPSHOT_CTL_CONTROL_H_

@@ -1,0 +1,374 @@
+#include "commands.h"
+
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <ctime>
+
+#include "vssfs/snapshot_ctl/control.h"
+
+namespace vssfs::snapshot_ctl {
+
+using cow_store::Result;
+using cow_store::SnapshotInfo;
+using cow_store::Status;
+
+namespace {
+
+constexpr char kTopHelp[] =
+    "Usage: vssctl [-m MOUNT] [--json] COMMAND ...\n"
+    "\n"
+    "Controls running vssfs daemons over their local control socket (root only).\n"
+    "\n"
+    "Commands:\n"
+    "  snapshot create [--name NAME] [--guid GUID]   take a snapshot of the volume\n"
+    "  snapshot list                                 list snapshots\n"
+    "  snapshot show SNAPSHOT                        show one snapshot\n"
+    "  snapshot delete SNAPSHOT...                   delete snapshots, free their blocks\n"
+    "  df                                            space used by snapshots\n"
+    "  fsck [--repair] [--store DIR]                 check the block store\n"
+    "  mounts                                        list mounted vssfs volumes\n"
+    "\n"
+    "SNAPSHOT is a name, an id (#3 or 3) or a GUID.\n"
+    "\n"
+    "Options:\n"
+    "  -m, --mount MOUNT   the volume mounted at MOUNT (default: the only vssfs mount)\n"
+    "  --json              machine-readable output\n"
+    "  -h, --help          this help; COMMAND --help for a command's\n"
+    "  -V, --version       print the version\n"
+    "\n"
+    "Exit status: 0 success, 1 operation failed, 2 usage error, 3 no such snapshot\n"
+    "or no daemon for the mount, 4 permission denied, 5 fsck found problems,\n"
+    "6 already exists.\n";
+
+constexpr char kSnapshotHelp[] =
+    "Usage: vssctl [-m MOUNT] [--json] snapshot create|list|show|delete ...\n"
+    "\n"
+    "  create [--name NAME] [--guid GUID]\n"
+    "      Takes a snapshot of the whole volume: flushes writes that completed\n"
+    "      before the request, then records the instant (O(1): nothing is copied).\n"
+    "      The default NAME is @GMT-YYYY.MM.DD-HH.MM.SS (UTC), the format Samba's\n"
+    "      vfs_shadow_copy2 reads; a second snapshot in the same second waits for\n"
+    "      the next second. The snapshot appears at MOUNT/.snapshot/NAME.\n"
+    "  list\n"
+    "      All snapshots, oldest first.\n"
+    "  show SNAPSHOT\n"
+    "      One snapshot's id, name, GUID, creation time and state.\n"
+    "  delete SNAPSHOT...\n"
+    "      Deletes snapshots; blocks no other snapshot needs are freed.\n";
+
+constexpr char kDfHelp[] =
+    "Usage: vssctl [-m MOUNT] [--json] df\n"
+    "\n"
+    "Space used by snapshots: preserved data (logical), stored once after\n"
+    "deduplication, zero blocks (not stored), pack files on disk, catalogue.\n";
+
+constexpr char kFsckHelp[] =
+    "Usage: vssctl [-m MOUNT] [--json] fsck [--repair]\n"
+    "       vssctl [--json] fsck [--repair] --store DIR    (volume not mounted)\n"
+    "\n"
+    "Checks the block store: every block is read and its XXH3-128 hash compared\n"
+    "with its catalogue key; reference counts are recounted; records naming\n"
+    "missing blocks, orphan pack space and index inconsistencies are reported.\n"
+    "With --repair, counts and indexes are fixed, orphan space is freed and\n"
+    "snapshots that lost data are marked damaged (their damaged files read EIO).\n"
+    "Exit status 5 when problems were found (and not all repaired).\n";
+
+std::string Pad(const std::string& s, size_t n) {
+  return s.size() >= n ? s + " " : s + std::string(n - s.size(), ' ');
+}
+
+std::string SnapshotJson(const SnapshotInfo& s) {
+  char id[32];
+  std::snprintf(id, sizeof id, "%" PRIu64, s.id);
+  return std::string("{\"id\":") + id + ",\"name\":" + JsonString(s.name) +
+         ",\"guid\":" + JsonString(s.guid.ToString()) +
+         ",\"created\":" + JsonString(FormatTime(s.created_ns)) +
+         ",\"created_ns\":" + std::to_string(s.created_ns) +
+         ",\"intact\":" + (s.intact ? "true" : "false") + ",\"damage\":" + JsonString(s.damage) +
+         "}";
+}
+
+CommandResult Fail(int code, const std::string& message) {
+  CommandResult r;
+  r.exit_code = code;
+  r.err = "vssctl: " + message + "\n";
+  return r;
+}
+
+CommandResult FromStatus(const Status& s) { return Fail(ExitCodeFor(s.error()), s.message()); }
+
+}  // namespace
+
+int ExitCodeFor(int error) {
+  switch (error) {
+    case 0:
+      return kExitOk;
+    case ENOENT:
+    case ECONNREFUSED:
+      return kExitNotFound;
+    case EACCES:
+    case EPERM:
+      return kExitPermission;
+    case EINVAL:
+      return kExitUsage;
+    case EEXIST:
+      return kExitExists;
+    default:
+      return kExitFailed;
+  }
+}
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out.push_back(static_cast<char>(c));
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string FormatTime(int64_t ns) {
+  time_t t = static_cast<time_t>(ns / 1000000000);
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &tm);
+  return buf;
+}
+
+std::string HumanBytes(uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 5) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+  return buf;
+}
+
+std::string FsckText(const cow_store::FsckReport& r, bool json) {
+  if (json) {
+    std::string out = "{\"clean\":" + std::string(r.clean() ? "true" : "false") +
+                      ",\"blocks_checked\":" + std::to_string(r.blocks_checked) +
+                      ",\"records_checked\":" + std::to_string(r.records_checked) +
+                      ",\"problems\":[";
+    for (size_t i = 0; i < r.problems.size(); ++i) {
+      out += (i ? "," : "") + JsonString(r.problems[i]);
+    }
+    out += "],\"repairs\":[";
+    for (size_t i = 0; i < r.repairs.size(); ++i) {
+      out += (i ? "," : "") + JsonString(r.repairs[i]);
+    }
+    return out + "]}\n";
+  }
+  std::string out = "checked " + std::to_string(r.blocks_checked) + " blocks, " +
+                    std::to_string(r.records_checked) + " records: " +
+                    (r.clean() ? "clean\n" : std::to_string(r.problems.size()) + " problems\n");
+  for (const std::string& p : r.problems) out += "  problem: " + p + "\n";
+  for (const std::string& p : r.repairs) out += "  repaired: " + p + "\n";
+  return out;
+}
+
+bool WantsHelp(const std::vector<std::string>& args) {
+  for (const std::string& a : args) {
+    if (a == "-h" || a == "--help") return true;
+  }
+  return false;
+}
+
+std::string HelpFor(const std::vector<std::string>& words) {
+  if (words.empty()) return kTopHelp;
+  if (words[0] == "snapshot") return kSnapshotHelp;
+  if (words[0] == "df") return kDfHelp;
+  if (words[0] == "fsck") return kFsckHelp;
+  return kTopHelp;
+}
+
+CommandResult RunCommand(Volume& volume, const std::vector<std::string>& all_args) {
+  bool json = false;
+  std::vector<std::string> args;
+  for (const std::string& a : all_args) {
+    if (a == "--json") {
+      json = true;
+    } else {
+      args.push_back(a);
+    }
+  }
+  CommandResult r;
+  if (args.empty() || WantsHelp(args)) {
+    r.out = HelpFor(args);
+    return r;
+  }
+  cow_store::Store& store = volume.store();
+  const std::string& cmd = args[0];
+  const std::string sub = args.size() > 1 ? args[1] : "";
+
+  if (cmd == "snapshot" && sub == "create") {
+    std::string name;
+    std::optional<cow_store::Guid> guid;
+    for (size_t i = 2; i < args.size(); ++i) {
+      if (args[i] == "--name" && i + 1 < args.size()) {
+        name = args[++i];
+        if (!cow_store::ValidSnapshotName(name)) {
+          return Fail(kExitUsage, "invalid snapshot name '" + name +
+                                      "' (1-255 bytes, no '/', not '.' or '..')");
+        }
+      } else if (args[i] == "--guid" && i + 1 < args.size()) {
+        guid = cow_store::Guid::Parse(args[++i]);
+        if (!guid) return Fail(kExitUsage, "invalid GUID '" + args[i] + "'");
+      } else {
+        return Fail(kExitUsage, "snapshot create: unexpected argument '" + args[i] + "'");
+      }
+    }
+    Result<SnapshotInfo> info = volume.CreateSnapshot(name, guid);
+    if (!info.ok()) return FromStatus(info.status());
+    const std::string path = volume.MountPoint() + "/.snapshot/" + info.value().name;
+    if (json) {
+      std::string j = SnapshotJson(info.value());
+      j.pop_back();
+      r.out = j + ",\"path\":" + JsonString(path) + "}\n";
+    } else {
+      r.out = "created snapshot " + info.value().name + " (#" + std::to_string(info.value().id) +
+              ", " + info.value().guid.ToString() + ")\n  " + path + "\n";
+    }
+    return r;
+  }
+  if (cmd == "snapshot" && sub == "list") {
+    if (args.size() > 2) return Fail(kExitUsage, "snapshot list takes no arguments");
+    Result<std::vector<SnapshotInfo>> all = store.ListSnapshots();
+    if (!all.ok()) return FromStatus(all.status());
+    if (json) {
+      r.out = "[";
+      for (size_t i = 0; i < all.value().size(); ++i) {
+        r.out += (i ? "," : "") + SnapshotJson(all.value()[i]);
+      }
+      r.out += "]\n";
+      return r;
+    }
+    r.out = Pad("ID", 6) + Pad("NAME", 26) + Pad("CREATED", 24) + Pad("GUID", 38) + "STATE\n";
+    for (const SnapshotInfo& s : all.value()) {
+      r.out += Pad(std::to_string(s.id), 6) + Pad(s.name, 26) + Pad(FormatTime(s.created_ns), 24) +
+               Pad(s.guid.ToString(), 38) + (s.intact ? "ok" : "DAMAGED") + "\n";
+    }
+    return r;
+  }
+  if (cmd == "snapshot" && sub == "show") {
+    if (args.size() != 3) return Fail(kExitUsage, "usage: snapshot show SNAPSHOT");
+    Result<SnapshotInfo> s = store.FindSnapshot(args[2]);
+    if (!s.ok()) return FromStatus(s.status());
+    const std::string path = volume.MountPoint() + "/.snapshot/" + s.value().name;
+    if (json) {
+      std::string j = SnapshotJson(s.value());
+      j.pop_back();
+      r.out = j + ",\"path\":" + JsonString(path) + "}\n";
+    } else {
+      r.out = "id:       " + std::to_string(s.value().id) + "\nname:     " + s.value().name +
+              "\nguid:     " + s.value().guid.ToString() +
+              "\ncreated:  " + FormatTime(s.value().created_ns) + "\npath:     " + path +
+              "\nstate:    " + (s.value().intact ? "ok" : "DAMAGED: " + s.value().damage) + "\n";
+    }
+    return r;
+  }
+  if (cmd == "snapshot" && sub == "delete") {
+    if (args.size() < 3) return Fail(kExitUsage, "usage: snapshot delete SNAPSHOT...");
+    std::string jitems;
+    for (size_t i = 2; i < args.size(); ++i) {
+      Result<cow_store::GcResult> gc = volume.DeleteSnapshot(args[i]);
+      if (!gc.ok()) {
+        CommandResult f = FromStatus(gc.status());
+        f.out = r.out;
+        return f;
+      }
+      if (json) {
+        jitems += std::string(jitems.empty() ? "" : ",") + "{\"snapshot\":" + JsonString(args[i]) +
+                  ",\"blocks_freed\":" + std::to_string(gc.value().blocks_freed) +
+                  ",\"bytes_freed\":" + std::to_string(gc.value().bytes_freed) + "}";
+      } else {
+        r.out += "deleted " + args[i] + ": freed " + std::to_string(gc.value().blocks_freed) +
+                 " blocks (" + HumanBytes(gc.value().bytes_freed) + ")\n";
+      }
+    }
+    if (json) r.out = "[" + jitems + "]\n";
+    return r;
+  }
+  if (cmd == "df") {
+    Result<cow_store::SpaceUsage> u = store.Usage();
+    if (!u.ok()) return FromStatus(u.status());
+    const auto& v = u.value();
+    const uint64_t logical = v.referenced_bytes + v.zero_bytes;
+    const uint64_t dedup =
+        v.referenced_bytes > v.stored_bytes ? v.referenced_bytes - v.stored_bytes : 0;
+    if (json) {
+      r.out = "{\"snapshots\":" + std::to_string(v.snapshots) +
+              ",\"block_size\":" + std::to_string(v.block_size) +
+              ",\"preserved_bytes\":" + std::to_string(logical) +
+              ",\"stored_blocks\":" + std::to_string(v.stored_blocks) +
+              ",\"stored_bytes\":" + std::to_string(v.stored_bytes) +
+              ",\"dedup_saved_bytes\":" + std::to_string(dedup) +
+              ",\"zero_saved_bytes\":" + std::to_string(v.zero_bytes) +
+              ",\"pack_disk_bytes\":" + std::to_string(v.pack_bytes) +
+              ",\"catalog_disk_bytes\":" + std::to_string(v.catalog_bytes) +
+              ",\"kept_files\":" + std::to_string(v.kept_files) + "}\n";
+    } else {
+      r.out = "snapshots:          " + std::to_string(v.snapshots) +
+              "\nblock size:         " + HumanBytes(v.block_size) +
+              "\npreserved data:     " + HumanBytes(logical) +
+              "\nstored (deduped):   " + HumanBytes(v.stored_bytes) + " in " +
+              std::to_string(v.stored_blocks) + " blocks" +
+              "\ndedup savings:      " + HumanBytes(dedup) +
+              "\nzero-block savings: " + HumanBytes(v.zero_bytes) +
+              "\npack files on disk: " + HumanBytes(v.pack_bytes) +
+              "\ncatalogue on disk:  " + HumanBytes(v.catalog_bytes) +
+              "\nkept files:         " + std::to_string(v.kept_files) + "\n";
+    }
+    return r;
+  }
+  if (cmd == "fsck") {
+    bool repair = false;
+    for (size_t i = 1; i < args.size(); ++i) {
+      if (args[i] == "--repair") {
+        repair = true;
+      } else {
+        return Fail(kExitUsage, "fsck: unexpected argument '" + args[i] + "'");
+      }
+    }
+    Result<cow_store::FsckReport> report = store.Fsck(repair, nullptr);
+    if (!report.ok()) return FromStatus(report.status());
+    r.out = FsckText(report.value(), json);
+    const bool fixed = repair && report.value().repairs.size() >= report.value().problems.size();
+    r.exit_code = report.value().clean() || fixed ? kExitOk : kExitProblems;
+    return r;
+  }
+  if (cmd == "snapshot") {
+    return Fail(kExitUsage, sub.empty()
+                                ? "snapshot: missing subcommand (create, list, show, delete)"
+                                : "snapshot: unknown subcommand '" + sub + "'");
+  }
+  return Fail(kExitUsage, "unknown command '" + cmd + "' (see vssctl --help)");
+}
+
+}  // namespace vssfs::snapshot_ctl

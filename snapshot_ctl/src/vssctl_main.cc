@@ -1,0 +1,170 @@
+// vssctl: the command-line client of vssfs daemons (see `vssctl --help`).
+#include <limits.h>
+#include <stdlib.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "commands.h"
+#include "vssfs/cow_store/store.h"
+#include "vssfs/cow_store/store_dir.h"
+#include "vssfs/snapshot_ctl/control.h"
+
+namespace vssfs::snapshot_ctl {
+namespace {
+
+// Mount points of vssfs volumes, from /proc/self/mounts (octal escapes
+// decoded).
+std::vector<std::string> VssfsMounts() {
+  std::vector<std::string> out;
+  std::ifstream in("/proc/self/mounts");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string dev, mnt, type;
+    fields >> dev >> mnt >> type;
+    if (type != "fuse.vssfs") continue;
+    std::string decoded;
+    for (size_t i = 0; i < mnt.size(); ++i) {
+      if (mnt[i] == '\\' && i + 3 < mnt.size()) {
+        decoded.push_back(static_cast<char>(std::stoi(mnt.substr(i + 1, 3), nullptr, 8)));
+        i += 3;
+      } else {
+        decoded.push_back(mnt[i]);
+      }
+    }
+    out.push_back(decoded);
+  }
+  return out;
+}
+
+int Usage(const std::string& message) {
+  std::cerr << "vssctl: " << message << " (see vssctl --help)\n";
+  return kExitUsage;
+}
+
+int OfflineFsck(const std::string& dir, bool repair, bool json) {
+  cow_store::Result<cow_store::StoreDir> sd = cow_store::StoreDir::Open(dir);
+  if (!sd.ok()) {
+    std::cerr << "vssctl: " << sd.status().message() << "\n";
+    return sd.status().error() == EBUSY ? kExitFailed : ExitCodeFor(sd.status().error());
+  }
+  cow_store::Result<std::unique_ptr<cow_store::Store>> store =
+      cow_store::Store::Open(sd.value().fd(), sd.value().path(), {});
+  if (!store.ok()) {
+    std::cerr << "vssctl: " << store.status().message() << "\n";
+    return kExitFailed;
+  }
+  cow_store::Result<cow_store::FsckReport> report = store.value()->Fsck(
+      repair, [](const std::string& line) { std::cerr << "fsck: " << line << "\n"; });
+  if (!report.ok()) {
+    std::cerr << "vssctl: " << report.status().message() << "\n";
+    return kExitFailed;
+  }
+  std::cout << FsckText(report.value(), json);
+  const bool fixed = repair && report.value().repairs.size() >= report.value().problems.size();
+  return report.value().clean() || fixed ? kExitOk : kExitProblems;
+}
+
+int Main(int argc, char** argv) {
+  std::string mount;
+  bool json = false;
+  std::vector<std::string> args;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (args.empty() && (a == "-m" || a == "--mount")) {
+      if (i + 1 >= argc) return Usage(a + " needs a mount point");
+      mount = argv[++i];
+    } else if (args.empty() && a.rfind("--mount=", 0) == 0) {
+      mount = a.substr(8);
+    } else if (a == "--json") {
+      json = true;
+    } else if (args.empty() && (a == "-V" || a == "--version")) {
+      std::cout << "vssctl " << VSSFS_VERSION << "\n";
+      return kExitOk;
+    } else {
+      args.push_back(a);
+    }
+  }
+  if (args.empty() || WantsHelp(args)) {
+    std::vector<std::string> words;
+    for (const std::string& a : args) {
+      if (!a.empty() && a[0] != '-') words.push_back(a);
+    }
+    std::cout << HelpFor(words);
+    return args.empty() && !WantsHelp(args) ? kExitUsage : kExitOk;
+  }
+  if (args[0] == "mounts") {
+    std::vector<std::string> mounts = VssfsMounts();
+    if (json) {
+      std::cout << "[";
+      for (size_t i = 0; i < mounts.size(); ++i)
+        std::cout << (i ? "," : "") << JsonString(mounts[i]);
+      std::cout << "]\n";
+    } else {
+      for (const std::string& m : mounts) std::cout << m << "\n";
+    }
+    return kExitOk;
+  }
+  if (args[0] == "fsck") {
+    bool repair = false;
+    std::string store;
+    for (size_t i = 1; i < args.size(); ++i) {
+      if (args[i] == "--repair") {
+        repair = true;
+      } else if (args[i] == "--store" && i + 1 < args.size()) {
+        store = args[++i];
+      } else {
+        return Usage("fsck: unexpected argument '" + args[i] + "'");
+      }
+    }
+    if (!store.empty()) return OfflineFsck(store, repair, json);
+  }
+  if (mount.empty()) {
+    std::vector<std::string> mounts = VssfsMounts();
+    if (mounts.empty()) {
+      std::cerr << "vssctl: no vssfs volume is mounted\n";
+      return kExitNotFound;
+    }
+    if (mounts.size() > 1) {
+      std::cerr << "vssctl: several vssfs volumes are mounted; choose one with -m:\n";
+      for (const std::string& m : mounts) std::cerr << "  " << m << "\n";
+      return kExitUsage;
+    }
+    mount = mounts[0];
+  }
+  char resolved[PATH_MAX];
+  if (realpath(mount.c_str(), resolved) == nullptr) {
+    std::cerr << "vssctl: " << mount << ": " << std::strerror(errno) << "\n";
+    return kExitNotFound;
+  }
+  if (json) args.push_back("--json");
+  cow_store::Result<CommandResult> result = CallDaemon(ControlSocketPath(resolved), args);
+  if (!result.ok()) {
+    const int err = result.status().error();
+    if (err == ENOENT || err == ECONNREFUSED) {
+      std::cerr << "vssctl: no vssfs daemon serves " << resolved << "\n";
+      return kExitNotFound;
+    }
+    if (err == EACCES) {
+      std::cerr << "vssctl: permission denied: the control socket serves root only\n";
+      return kExitPermission;
+    }
+    std::cerr << "vssctl: " << result.status().message() << "\n";
+    return kExitFailed;
+  }
+  std::cout << result.value().out;
+  std::cerr << result.value().err;
+  return result.value().exit_code;
+}
+
+}  // namespace
+}  // namespace vssfs::snapshot_ctl
+
+int main(int argc, char** argv) { return vssfs::snapshot_ctl::Main(argc, argv); }
