@@ -24,6 +24,7 @@
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "vssfs/cow_store/unique_fd.h"
 
@@ -63,6 +64,21 @@ struct Inode {
     int fd = direct_read_fd.load();
     if (fd >= 0) ::close(fd);
   }
+
+  // Copy-on-write state (cow.h): what is already preserved for the latest
+  // snapshot `cow_epoch` (0: nothing loaded). Guarded by cow_mutex, which is
+  // taken after write_mutex.
+  std::mutex cow_mutex;
+  uint64_t cow_epoch = 0;
+  bool cow_inode = false;    // Attributes preserved (a record at >= cow_epoch).
+  bool cow_listing = false;  // Directory entries preserved.
+  uint64_t cow_size = 0;     // Size at the snapshot's instant, once cow_inode.
+  std::vector<uint64_t> cow_blocks;  // Bitset of blocks with a record.
+  // The latest snapshot when vssfs created this inode: no snapshot up to it
+  // contains the inode, so nothing of it needs preserving while that is
+  // still the latest. kNoEpoch when unknown.
+  static constexpr uint64_t kNoEpoch = UINT64_MAX;
+  std::atomic<uint64_t> born{kNoEpoch};
 
   // Symlinks only: where the kernel last looked the link up. A symlink's own
   // xattrs can only be reached through a path (backing_xattr.h).

@@ -81,6 +81,15 @@ int Main(int argc, char** argv) {
 
   cow_store::Result<cow_store::StoreDir> store = cow_store::StoreDir::Open(paths.value().store_dir);
   if (!store.ok()) return Fail(store.status().message());
+  cow_store::StoreOptions store_options;
+  store_options.block_size = opts.block_size;
+  {
+    // Opened here to report problems on the terminal; LMDB must not cross
+    // fork(), so it is opened again after going into the background.
+    cow_store::Result<std::unique_ptr<cow_store::Store>> probe =
+        cow_store::Store::Open(store.value().fd(), store.value().path(), store_options);
+    if (!probe.ok()) return Fail(probe.status().message());
+  }
 
   FuseArgs args;
   args.Add(argv[0]);
@@ -133,6 +142,29 @@ int Main(int argc, char** argv) {
     }
     LogToSyslog();
   }
+  cow_store::Result<std::unique_ptr<cow_store::Store>> block_store =
+      cow_store::Store::Open(store.value().fd(), store.value().path(), store_options);
+  if (cow_store::Status s = block_store.ok() ? fs.value()->AttachStore(block_store.value().get())
+                                             : block_store.status();
+      !s.ok()) {
+    LOG_ERROR("cannot open the block store: %s", s.message().c_str());
+    fuse_session_unmount(se.get());
+    fuse_remove_signal_handlers(se.get());
+    return 1;
+  }
+  std::unique_ptr<snapshot_ctl::ControlServer> control;
+  {
+    cow_store::Result<std::unique_ptr<snapshot_ctl::ControlServer>> server =
+        snapshot_ctl::ControlServer::Start(snapshot_ctl::ControlSocketPath(config.mountpoint),
+                                           fs.value().get());
+    if (!server.ok()) {
+      LOG_ERROR("cannot start the control socket: %s", server.status().message().c_str());
+      fuse_session_unmount(se.get());
+      fuse_remove_signal_handlers(se.get());
+      return 1;
+    }
+    control = std::move(server.value());
+  }
   LOG_INFO("serving %s at %s (store %s)", config.backing_dir.c_str(), config.mountpoint.c_str(),
            store.value().path().c_str());
 
@@ -148,6 +180,7 @@ int Main(int argc, char** argv) {
     fuse_loop_cfg_set_idle_threads(loop.get(), opts.threads);
     r = fuse_session_loop_mt(se.get(), loop.get());
   }
+  control.reset();  // No snapshot operation runs past this point.
   fuse_session_unmount(se.get());
   fuse_remove_signal_handlers(se.get());
   LOG_INFO("unmounted %s", config.mountpoint.c_str());

@@ -102,10 +102,20 @@ Status ApplyMountOption(const std::string& item, Options* o) {
     if (!has_value || !ParseUnsigned(value, &v) || (name == "threads" && v == 0) ||
         (name == "max_dirty_ratio" && v > 100)) {
       return Invalid("option '-o " + name + "' needs a whole number" +
-                     (name == "threads" ? " > 0" : name == "max_dirty_ratio" ? " 0-100" : ""));
+                     (name == "threads"           ? " > 0"
+                      : name == "max_dirty_ratio" ? " 0-100"
+                                                  : ""));
     }
-    (name == "threads" ? o->threads
-                       : name == "read_ahead_kb" ? o->read_ahead_kb : o->max_dirty_ratio) = v;
+    (name == "threads"         ? o->threads
+     : name == "read_ahead_kb" ? o->read_ahead_kb
+                               : o->max_dirty_ratio) = v;
+  } else if (name == "block_size") {
+    unsigned v;
+    if (!has_value || !ParseUnsigned(value, &v) || v < 4096 || v > (16u << 20) ||
+        (v & (v - 1)) != 0) {
+      return Invalid("option '-o block_size' needs a power of two from 4096 to 16777216");
+    }
+    o->block_size = v;
   } else if (name == "clone_fd" && !has_value) {
     o->clone_fd = true;
   } else if (name == "no_clone_fd" && !has_value) {
@@ -250,6 +260,8 @@ std::string UsageText(const std::string& program) {
     << "  read_ahead_kb=N         readahead window of the mount (default 1024, 0 = kernel's)\n"
     << "  max_dirty_ratio=N       percent of the dirty-page limit the mount may use with\n"
     << "                          the writeback cache (default 100; 0 = FUSE's strict 1%)\n"
+    << "  block_size=N            snapshot block size in bytes for a new store (default\n"
+    << "                          65536; an existing store keeps its own)\n"
     << "  max_write=N, max_background=N, congestion_threshold=N, [no_]splice_read,\n"
     << "  [no_]splice_write, [no_]splice_move, [no_]async_dio, readdirplus=yes|no|auto\n"
     << "                          libfuse connection tuning\n"

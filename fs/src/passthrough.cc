@@ -3,17 +3,19 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/capability.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <linux/capability.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <new>
+#include <set>
 #include <vector>
 
 #include "backing_xattr.h"
@@ -54,7 +56,6 @@ int Run(F&& body) noexcept {
   }
 }
 
-
 bool IsDotOrDotDot(const char* name) {
   return name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'));
 }
@@ -70,7 +71,7 @@ Reserved ReservedName(fuse_ino_t parent, const char* name) {
 
 // The errno for creating an entry called `name` in `parent`, or 0.
 int CheckNewName(fuse_ino_t parent, const char* name) {
-  if (parent == kSnapshotDirNodeId) return -EROFS;
+  if (parent >= kReservedNodeIdBase) return -EROFS;
   switch (ReservedName(parent, name)) {
     case Reserved::kStore:
       return -EPERM;
@@ -150,7 +151,10 @@ void ReplyErrOrAttr(fuse_req_t req, int r, const struct stat& st, double timeout
 struct Filesystem::DirHandle {
   std::mutex mutex;  // Serialises readdir calls on one handle.
   std::unique_ptr<DIR, int (*)(DIR*)> dir{nullptr, closedir};
-  bool virtual_only = false;  // The .snapshot directory: no backing DIR.
+  // .snapshot and snapshot directories: no backing DIR; the entries are
+  // read at opendir.
+  bool virtual_only = false;
+  std::vector<SnapshotView::Listed> entries;
   bool is_root = false;
   off_t offset = 0;                // Offset the DIR stream is positioned at.
   struct dirent* entry = nullptr;  // Read but not yet returned.
@@ -167,6 +171,151 @@ Result<std::unique_ptr<Filesystem>> Filesystem::Create(const FilesystemConfig& c
   fs->inodes_ = std::make_unique<InodeTable>(std::move(root), st);
   clock_gettime(CLOCK_REALTIME, &fs->mount_time_);
   return fs;
+}
+
+Status Filesystem::AttachStore(cow_store::Store* store) {
+  const FilesystemConfig& config = config_;
+  store_ = store;
+  struct stat st;
+  if (fstat(inodes_->root()->fd.get(), &st) != 0)
+    return Status::FromErrno(errno, "stat backing root");
+  Filesystem* fs = this;
+  fs->mount_fd_.reset(open(config.backing_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fs->mount_fd_)
+    return Status::FromErrno(errno, "open backing directory " + config.backing_dir);
+  // Kept files must live on the backing filesystem (they are hard links).
+  const std::string hidden = config.backing_dir + "/" + cow_store::kDefaultStoreName;
+  if (mkdir(hidden.c_str(), 0700) != 0 && errno != EEXIST) {
+    return Status::FromErrno(errno, "create " + hidden);
+  }
+  const std::string keep = hidden + "/keep";
+  if (mkdir(keep.c_str(), 0700) != 0 && errno != EEXIST) {
+    return Status::FromErrno(errno, "create " + keep);
+  }
+  fs->keep_fd_.reset(open(keep.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fs->keep_fd_) return Status::FromErrno(errno, "open " + keep);
+  std::string root_handle;
+  if (int r = HandleAt(fs->mount_fd_.get(), "", AT_EMPTY_PATH, &root_handle); r != 0) {
+    return Status::FromErrno(-r,
+                             "file handle of the backing directory (the backing filesystem "
+                             "must support file handles)");
+  }
+  fs->cow_ = std::make_unique<CowEngine>(store, fs->mount_fd_.get(), fs->keep_fd_.get(), st.st_ino);
+  fs->snaps_ =
+      std::make_unique<SnapshotView>(fs->cow_.get(), st.st_ino, root_handle, config.timeout);
+  fs->ReconcileKept();
+  return Status();
+}
+
+void Filesystem::ReconcileKept() {
+  cow_store::Result<std::vector<std::pair<cow_store::Ino, std::string>>> kept = store_->ListKept();
+  if (!kept.ok()) {
+    LOG_ERROR("cannot list kept files: %s", kept.status().message().c_str());
+    return;
+  }
+  std::set<std::string> names;
+  for (const auto& [ino, handle] : kept.value()) {
+    std::string name = CowEngine::KeepName(ino);
+    names.insert(name);
+    struct stat st;
+    if (fstatat(keep_fd_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) continue;
+    // Crashed between recording and linking: the file still has its name.
+    UniqueFd fd = OpenByHandle(mount_fd_.get(), handle, O_PATH | O_NOFOLLOW);
+    if (!fd || linkat(fd.get(), "", keep_fd_.get(), name.c_str(), AT_EMPTY_PATH) != 0) {
+      LOG_ERROR("kept file for inode %llu is gone (%s); snapshots showing it read ESTALE",
+                static_cast<unsigned long long>(ino), std::strerror(errno));
+    }
+  }
+  UniqueFd dup_fd(dup(keep_fd_.get()));
+  DIR* d = dup_fd ? fdopendir(dup_fd.get()) : nullptr;
+  if (d == nullptr) return;
+  dup_fd.release();
+  std::vector<std::string> stale;
+  while (dirent* de = readdir(d)) {
+    if (de->d_name[0] == '.') continue;
+    if (!names.count(de->d_name)) stale.emplace_back(de->d_name);
+  }
+  closedir(d);
+  for (const std::string& name : stale) {
+    if (unlinkat(keep_fd_.get(), name.c_str(), 0) != 0 && errno == EISDIR) {
+      unlinkat(keep_fd_.get(), name.c_str(), AT_REMOVEDIR);
+    }
+  }
+  if (!stale.empty()) LOG_INFO("removed %zu kept files no snapshot needs", stale.size());
+}
+
+void Filesystem::InvalidateSnapshotDir(const std::string& name) {
+  if (session_ == nullptr) return;
+  fuse_lowlevel_notify_inval_inode(session_, kSnapshotDirNodeId, 0, 0);
+  fuse_lowlevel_notify_inval_entry(session_, kSnapshotDirNodeId, name.c_str(), name.size());
+}
+
+Result<cow_store::SnapshotInfo> Filesystem::CreateSnapshot(const std::string& name,
+                                                           std::optional<cow_store::Guid> guid) {
+  // Every write that completed before this request: out of the kernel's
+  // writeback cache into the backing files, then onto stable storage.
+  UniqueFd mnt(open(config_.mountpoint.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!mnt) return Status::FromErrno(errno, "open mount point " + config_.mountpoint);
+  if (syncfs(mnt.get()) != 0) return Status::FromErrno(errno, "syncfs " + config_.mountpoint);
+  if (syncfs(mount_fd_.get()) != 0) return Status::FromErrno(errno, "syncfs backing directory");
+  for (int attempt = 0;; ++attempt) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    const int64_t ns = int64_t{now.tv_sec} * 1000000000 + now.tv_nsec;
+    const std::string chosen = name.empty() ? cow_store::DefaultSnapshotName(ns) : name;
+    Result<cow_store::SnapshotInfo> info = Status::Error(EIO, "not taken");
+    {
+      auto cut = cow_->Cut();
+      info = store_->CreateSnapshot(chosen, guid, ns);
+    }
+    if (!info.ok() && info.status().error() == EEXIST && name.empty() && attempt < 3) {
+      // Two default-named snapshots in one second: the second waits for the
+      // next second so that names stay unique and in @GMT format.
+      struct timespec wait = {0, 1000000000 - now.tv_nsec};
+      nanosleep(&wait, nullptr);
+      continue;
+    }
+    if (info.ok()) {
+      snaps_->Refresh();
+      InvalidateSnapshotDir(chosen);
+      LOG_INFO("snapshot %s (#%llu) taken", chosen.c_str(),
+               static_cast<unsigned long long>(info.value().id));
+    }
+    return info;
+  }
+}
+
+Result<cow_store::GcResult> Filesystem::DeleteSnapshot(const std::string& key) {
+  Result<cow_store::SnapshotInfo> info = store_->FindSnapshot(key);
+  if (!info.ok()) return info.status();
+  Result<cow_store::GcResult> gc = Status::Error(EIO, "not deleted");
+  {
+    auto readers = snaps_->LockForDelete();
+    std::unique_lock<std::shared_mutex> cut;
+    // Deleting the latest snapshot changes which epoch writers preserve for.
+    if (info.value().id == store_->LatestSnapshot()) cut = cow_->Cut();
+    gc = store_->DeleteSnapshot(info.value().id);
+    snaps_->RefreshLocked();
+  }
+  if (!gc.ok()) return gc;
+  for (cow_store::Ino ino : gc.value().released) {
+    std::string name = CowEngine::KeepName(ino);
+    if (unlinkat(keep_fd_.get(), name.c_str(), 0) != 0 && errno != ENOENT) {
+      LOG_WARN("cannot remove kept file %s: %s", name.c_str(), std::strerror(errno));
+    }
+  }
+  InvalidateSnapshotDir(info.value().name);
+  LOG_INFO("snapshot %s deleted (%llu blocks freed)", info.value().name.c_str(),
+           static_cast<unsigned long long>(gc.value().blocks_freed));
+  return gc;
+}
+
+void Filesystem::Forget(fuse_ino_t ino, uint64_t n) {
+  if (SnapshotView::IsSnapshotNode(ino)) {
+    snaps_->Forget(ino, n);
+  } else {
+    inodes_->Forget(ino, n);
+  }
 }
 
 void Filesystem::Init(fuse_conn_info* conn) {
@@ -295,7 +444,11 @@ int Filesystem::SymlinkPath(const Inode& inode, std::string* path) const {
 }
 
 int Filesystem::Lookup(fuse_ino_t parent, const char* name, fuse_entry_param* e) {
-  if (parent == kSnapshotDirNodeId) return -ENOENT;
+  if (parent == kSnapshotDirNodeId) {
+    if (IsDotOrDotDot(name)) return -ENOENT;
+    return snaps_->LookupSnapshot(name, e);
+  }
+  if (SnapshotView::IsSnapshotNode(parent)) return snaps_->Lookup(parent, name, e);
   switch (ReservedName(parent, name)) {
     case Reserved::kStore:
       return -ENOENT;
@@ -318,6 +471,7 @@ int Filesystem::GetAttr(fuse_ino_t ino, fuse_file_info* fi, struct stat* st) {
     SnapshotDirStat(st);
     return 0;
   }
+  if (SnapshotView::IsSnapshotNode(ino)) return snaps_->GetAttr(ino, st);
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
   // fi->fh is a descriptor only for regular files (directory handles are
@@ -332,11 +486,16 @@ int Filesystem::GetAttr(fuse_ino_t ino, fuse_file_info* fi, struct stat* st) {
   return 0;
 }
 
-int Filesystem::SetAttr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr, int to_set, fuse_file_info* fi,
-                        struct stat* out) {
-  if (ino == kSnapshotDirNodeId) return -EROFS;
+int Filesystem::SetAttr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr, int to_set,
+                        fuse_file_info* fi, struct stat* out) {
+  if (ino >= kReservedNodeIdBase) return -EROFS;
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
+  CowEngine::Epoch epoch = cow_->Enter();
+  if (int r = cow_->PreserveInode(epoch, inode.get(), inode->fd.get(), inode->backing_ino);
+      r != 0) {
+    return r;
+  }
   LOG_DEBUG("setattr node %llu valid %#x", static_cast<unsigned long long>(ino), to_set);
   const int path_fd = inode->fd.get();
   // The kernel passes the open file for fchmod/ftruncate/futimens; its fh is
@@ -356,8 +515,7 @@ int Filesystem::SetAttr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr,
     uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? attr.st_uid : static_cast<uid_t>(-1);
     gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? attr.st_gid : static_cast<gid_t>(-1);
     auto chown = [&] {
-      return fchownat(path_fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 ? 0
-                                                                                      : -errno;
+      return fchownat(path_fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 ? 0 : -errno;
     };
     // Which set-id bits a chown clears depends on the caller's groups and
     // CAP_FSETID: let the backing filesystem decide as the caller.
@@ -366,6 +524,14 @@ int Filesystem::SetAttr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr,
     inode->caps = Inode::Caps::kUnknown;  // chown drops file capabilities.
   }
   if (to_set & FUSE_SET_ATTR_SIZE) {
+    std::unique_lock serialise(inode->write_mutex);
+    if (S_ISREG(inode->type)) {
+      if (int r =
+              cow_->PreserveData(epoch, *inode, static_cast<uint64_t>(attr.st_size), UINT64_MAX);
+          r != 0) {
+        return r;
+      }
+    }
     UniqueFd opened;
     int target = fd;
     if (target < 0) {
@@ -407,6 +573,7 @@ int Filesystem::SetAttr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr,
 }
 
 int Filesystem::ReadLink(fuse_ino_t ino, std::string* target) {
+  if (SnapshotView::IsSnapshotNode(ino)) return snaps_->ReadLink(ino, target);
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
   char buf[PATH_MAX + 1];
@@ -422,6 +589,8 @@ int Filesystem::MakeNode(fuse_req_t req, fuse_ino_t parent, const char* name, mo
   if (int r = CheckNewName(parent, name); r != 0) return r;
   std::shared_ptr<Inode> p = Get(parent);
   if (!p) return -ESTALE;
+  CowEngine::Epoch epoch = cow_->Enter();
+  if (int r = PreserveParent(epoch, *p); r != 0) return r;
   const fuse_ctx* ctx = fuse_req_ctx(req);
   {
     ScopedCaller caller(ctx->uid, ctx->gid, ctx->umask);
@@ -436,7 +605,9 @@ int Filesystem::MakeNode(fuse_req_t req, fuse_ino_t parent, const char* name, mo
     }
     if (r != 0) return -errno;
   }
-  return LookupIn(*p, name, e);
+  int r = LookupIn(*p, name, e);
+  if (r == 0 && epoch.active()) MarkBorn(e->ino, epoch);
+  return r;
 }
 
 int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
@@ -445,13 +616,33 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode
   std::shared_ptr<Inode> p = Get(parent);
   if (!p) return -ESTALE;
   const fuse_ctx* ctx = fuse_req_ctx(req);
+  CowEngine::Epoch epoch = cow_->Enter();
+  if (int r = PreserveParent(epoch, *p); r != 0) return r;
   UniqueFd fd;
+  bool created = true;
   {
     ScopedCaller caller(ctx->uid, ctx->gid, ctx->umask);
     if (!caller.ok()) return -EPERM;
-    int flags = BackingOpenFlags(fi->flags, writeback_) | O_CREAT | (fi->flags & O_EXCL);
+    // With snapshots, create exclusively: an existing file (a name made
+    // behind the kernel's back) must go through the open path, which
+    // preserves what O_TRUNC would destroy.
+    const int excl = epoch.active() ? O_EXCL : (fi->flags & O_EXCL);
+    int flags = BackingOpenFlags(fi->flags, writeback_) | O_CREAT | excl;
     fd.reset(openat(p->fd.get(), name, flags, mode));
-    if (!fd) return -errno;
+    if (!fd && errno == EEXIST && epoch.active() && !(fi->flags & O_EXCL)) created = false;
+    if (!fd && created) return -errno;
+  }
+  if (!created) {
+    fuse_entry_param existing{};
+    if (int r = LookupIn(*p, name, &existing); r != 0) return r;
+    std::shared_ptr<Inode> inode = Get(existing.ino);
+    int r = inode ? OpenLive(req, *inode, epoch, fi) : -ESTALE;
+    if (r != 0) {
+      inodes_->Forget(existing.ino, 1);
+      return r;
+    }
+    *e = existing;
+    return 0;
   }
   // The kernel holds the parent directory's lock during create, so the
   // name still denotes the new file.
@@ -461,6 +652,7 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode
   if (fstat(fd.get(), &st) != 0) return -errno;
   std::shared_ptr<Inode> inode = inodes_->Acquire(std::move(path_fd), st);
   if (!inode) return -EOVERFLOW;
+  if (epoch.active()) inode->born = epoch.latest();
   FillEntry(e, inode->nodeid, st);
   fi->fh = static_cast<uint64_t>(fd.release());
   fi->keep_cache = config_.timeout > 0;
@@ -469,15 +661,33 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode
 }
 
 int Filesystem::Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  if (SnapshotView::IsSnapshotNode(ino)) {
+    int r = snaps_->Open(ino, fi->flags, &fi->fh);
+    fi->keep_cache = r == 0 && config_.timeout > 0;
+    return r;
+  }
+  if (ino == kSnapshotDirNodeId) return -EISDIR;
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
+  CowEngine::Epoch epoch = cow_->Enter();
+  return OpenLive(req, *inode, epoch, fi);
+}
+
+int Filesystem::OpenLive(fuse_req_t req, Inode& inode_ref, const CowEngine::Epoch& epoch,
+                         fuse_file_info* fi) {
+  Inode* inode = &inode_ref;
   auto do_open = [&] {
     int fd = open(ProcPath(inode->fd.get()).path, BackingOpenFlags(fi->flags, writeback_));
     return fd >= 0 ? fd : -errno;
   };
+  std::unique_lock<std::mutex> serialise;
+  if ((fi->flags & O_TRUNC) && S_ISREG(inode->type) && epoch.active()) {
+    serialise = std::unique_lock(inode->write_mutex);
+    if (int r = cow_->PreserveData(epoch, *inode, 0, UINT64_MAX); r != 0) return r;
+  }
   // O_TRUNC by a caller without CAP_FSETID: truncate as that caller.
   int fd = (fi->flags & O_TRUNC) && RequestKillsSuidgid() ? AsUnprivilegedCaller(req, do_open)
-                                                           : do_open();
+                                                          : do_open();
   if (fd < 0) return fd;
   fi->fh = static_cast<uint64_t>(fd);
   fi->keep_cache = config_.timeout > 0;
@@ -494,14 +704,25 @@ int Filesystem::WriteBackKernelCache(const Inode& inode) {
 }
 
 void Filesystem::Release(fuse_ino_t ino, fuse_file_info* fi) {
+  if (SnapshotView::IsSnapshotNode(ino)) {
+    snaps_->Release(fi->fh);
+    return;
+  }
   UniqueFd fd(static_cast<int>(fi->fh));
   if ((fi->flags & O_ACCMODE) != O_RDONLY) {
     if (std::shared_ptr<Inode> inode = Get(ino)) --inode->open_writers;
   }
 }
 
-int Filesystem::Lseek(fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi,
-                      off_t* result) {
+int Filesystem::Lseek(fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi, off_t* result) {
+  if (SnapshotView::IsSnapshotNode(ino)) {
+    // Snapshot files are reported as all data.
+    struct stat st;
+    if (int r = snaps_->GetAttr(ino, &st); r != 0) return r;
+    if (off < 0 || off >= st.st_size) return -ENXIO;
+    *result = whence == SEEK_DATA ? off : st.st_size;
+    return 0;
+  }
   // The kernel asks only for SEEK_DATA and SEEK_HOLE, and without writing
   // back its cache first.
   if (std::shared_ptr<Inode> inode = Get(ino)) {
@@ -516,9 +737,16 @@ int Filesystem::Lseek(fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi,
 int Filesystem::Link(fuse_ino_t ino, fuse_ino_t parent, const char* name, fuse_entry_param* e) {
   if (int r = CheckNewName(parent, name); r != 0) return r;
   if (ino == kSnapshotDirNodeId) return -EPERM;
+  if (SnapshotView::IsSnapshotNode(ino)) return -EXDEV;
   std::shared_ptr<Inode> inode = Get(ino);
   std::shared_ptr<Inode> p = Get(parent);
   if (!inode || !p) return -ESTALE;
+  CowEngine::Epoch epoch = cow_->Enter();
+  if (int r = PreserveParent(epoch, *p); r != 0) return r;
+  if (int r = cow_->PreserveInode(epoch, inode.get(), inode->fd.get(), inode->backing_ino);
+      r != 0) {
+    return r;
+  }
   // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, link through /proc.
   if (linkat(inode->fd.get(), "", p->fd.get(), name, AT_EMPTY_PATH) != 0) {
     if (errno != ENOENT || linkat(AT_FDCWD, ProcPath(inode->fd.get()).path, p->fd.get(), name,
@@ -530,7 +758,7 @@ int Filesystem::Link(fuse_ino_t ino, fuse_ino_t parent, const char* name, fuse_e
 }
 
 int Filesystem::Remove(fuse_ino_t parent, const char* name, bool directory) {
-  if (parent == kSnapshotDirNodeId) return -EROFS;
+  if (parent >= kReservedNodeIdBase) return -EROFS;
   switch (ReservedName(parent, name)) {
     case Reserved::kStore:
       return -ENOENT;
@@ -541,13 +769,47 @@ int Filesystem::Remove(fuse_ino_t parent, const char* name, bool directory) {
   }
   std::shared_ptr<Inode> p = Get(parent);
   if (!p) return -ESTALE;
+  CowEngine::Epoch epoch = cow_->Enter();
+  if (epoch.active()) {
+    if (int r = PreserveParent(epoch, *p); r != 0) return r;
+    if (int r = PreserveVictim(epoch, *p, name, /*loses_name=*/true); r != 0) return r;
+  }
   if (unlinkat(p->fd.get(), name, directory ? AT_REMOVEDIR : 0) != 0) return -errno;
   return 0;
 }
 
+int Filesystem::PreserveParent(const CowEngine::Epoch& epoch, Inode& dir) {
+  if (!epoch.active()) return 0;
+  if (int r = cow_->PreserveListing(epoch, &dir, dir.fd.get(), dir.backing_ino); r != 0) return r;
+  return cow_->PreserveInode(epoch, &dir, dir.fd.get(), dir.backing_ino);
+}
+
+int Filesystem::PreserveVictim(const CowEngine::Epoch& epoch, Inode& dir, const char* name,
+                               bool loses_name) {
+  UniqueFd fd(openat(dir.fd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) return errno == ENOENT ? 0 : -errno;  // The call itself will fail.
+  struct stat st;
+  if (fstatat(fd.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return -errno;
+  if (st.st_dev != inodes_->dev()) return 0;
+  std::shared_ptr<Inode> inode = inodes_->Find(inodes_->NodeIdFor(st.st_ino));
+  if (!CowEngine::Needed(epoch, inode.get())) return 0;
+  if (int r = cow_->PreserveInode(epoch, inode.get(), fd.get(), st.st_ino); r != 0) return r;
+  if (!loses_name) return 0;
+  if (S_ISDIR(st.st_mode)) {
+    // Its (empty) listing and attributes are all a snapshot needs of it.
+    return cow_->PreserveListing(epoch, inode.get(), fd.get(), st.st_ino);
+  }
+  if (st.st_nlink == 1) return cow_->Keep(epoch, fd.get(), st.st_ino);
+  return 0;
+}
+
+void Filesystem::MarkBorn(uint64_t nodeid, const CowEngine::Epoch& epoch) {
+  if (std::shared_ptr<Inode> inode = Get(nodeid)) inode->born = epoch.latest();
+}
+
 int Filesystem::Rename(fuse_ino_t parent, const char* name, fuse_ino_t newparent,
                        const char* newname, unsigned flags) {
-  if (parent == kSnapshotDirNodeId || newparent == kSnapshotDirNodeId) return -EROFS;
+  if (parent >= kReservedNodeIdBase || newparent >= kReservedNodeIdBase) return -EROFS;
   Reserved from = ReservedName(parent, name);
   Reserved to = ReservedName(newparent, newname);
   if (from == Reserved::kStore) return -ENOENT;
@@ -556,6 +818,17 @@ int Filesystem::Rename(fuse_ino_t parent, const char* name, fuse_ino_t newparent
   std::shared_ptr<Inode> p = Get(parent);
   std::shared_ptr<Inode> np = Get(newparent);
   if (!p || !np) return -ESTALE;
+  CowEngine::Epoch epoch = cow_->Enter();
+  if (epoch.active()) {
+    if (int r = PreserveParent(epoch, *p); r != 0) return r;
+    if (np.get() != p.get()) {
+      if (int r = PreserveParent(epoch, *np); r != 0) return r;
+    }
+    if (int r = PreserveVictim(epoch, *p, name, false); r != 0) return r;
+    if (int r = PreserveVictim(epoch, *np, newname, !(flags & RENAME_EXCHANGE)); r != 0) {
+      return r;
+    }
+  }
   if (renameat2(p->fd.get(), name, np->fd.get(), newname, flags) != 0) return -errno;
   return 0;
 }
@@ -570,6 +843,12 @@ int Filesystem::OpenDir(fuse_ino_t ino, fuse_file_info* fi) {
   auto h = std::make_shared<DirHandle>();
   if (ino == kSnapshotDirNodeId) {
     h->virtual_only = true;
+    h->entries.push_back(SnapshotView::Listed{".", kSnapshotDirNodeId, S_IFDIR});
+    h->entries.push_back(SnapshotView::Listed{"..", FUSE_ROOT_ID, S_IFDIR});
+    if (int r = snaps_->ListSnapshotNames(&h->entries); r != 0) return r;
+  } else if (SnapshotView::IsSnapshotNode(ino)) {
+    h->virtual_only = true;
+    if (int r = snaps_->List(ino, &h->entries); r != 0) return r;
   } else {
     std::shared_ptr<Inode> inode = Get(ino);
     if (!inode) return -ESTALE;
@@ -609,13 +888,14 @@ int Filesystem::ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offse
   };
 
   if (h->virtual_only) {
-    // The empty .snapshot directory: ".", "..".
-    static const char* const kNames[] = {".", ".."};
-    for (off_t i = offset; i < 2; ++i) {
+    // Entries were read at opendir. No lookup is counted (ino 0 in
+    // readdirplus entries): the kernel looks names up itself.
+    for (off_t i = offset; i >= 0 && static_cast<size_t>(i) < h->entries.size(); ++i) {
+      const SnapshotView::Listed& l = h->entries[static_cast<size_t>(i)];
       fuse_entry_param e{};
-      e.attr.st_mode = S_IFDIR;
-      e.attr.st_ino = i == 0 ? kSnapshotDirNodeId : inodes_->root()->backing_ino;
-      if (!add(kNames[i], e, i + 1)) break;
+      e.attr.st_mode = l.type;
+      e.attr.st_ino = l.nodeid;
+      if (!add(l.name.c_str(), e, i + 1)) break;
     }
     out->resize(size - rem);
     return 0;
@@ -706,6 +986,7 @@ int Filesystem::StatFs(struct statvfs* st) {
 
 int Filesystem::GetXattr(fuse_ino_t ino, const char* name, size_t size, std::string* value) {
   if (ino == kSnapshotDirNodeId) return -ENODATA;
+  if (SnapshotView::IsSnapshotNode(ino)) return snaps_->GetXattr(ino, name, size, value);
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
   const bool caps = std::strcmp(name, kCapabilityXattr) == 0;
@@ -713,8 +994,7 @@ int Filesystem::GetXattr(fuse_ino_t ino, const char* name, size_t size, std::str
   std::string link;
   if (int r = SymlinkPath(*inode, &link); r != 0) return r;
   value->resize(size);
-  ssize_t n = BackingGetXattr(inode->fd.get(), link, name,
-                              size ? value->data() : nullptr, size);
+  ssize_t n = BackingGetXattr(inode->fd.get(), link, name, size ? value->data() : nullptr, size);
   if (caps) {
     inode->caps = n == -ENODATA ? Inode::Caps::kAbsent
                                 : (n >= 0 ? Inode::Caps::kPresent : Inode::Caps::kUnknown);
@@ -726,6 +1006,7 @@ int Filesystem::GetXattr(fuse_ino_t ino, const char* name, size_t size, std::str
 
 int Filesystem::ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size, std::string* list) {
   if (ino == kSnapshotDirNodeId) return 0;
+  if (SnapshotView::IsSnapshotNode(ino)) return snaps_->ListXattr(ino, size, list);
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
   const int fd = inode->fd.get();
@@ -775,9 +1056,14 @@ int Filesystem::ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size, std::stri
 
 int Filesystem::SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value,
                          size_t size, int flags) {
-  if (ino == kSnapshotDirNodeId) return -EROFS;
+  if (ino >= kReservedNodeIdBase) return -EROFS;
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
+  CowEngine::Epoch epoch = cow_->Enter();
+  if (int r = cow_->PreserveInode(epoch, inode.get(), inode->fd.get(), inode->backing_ino);
+      r != 0) {
+    return r;
+  }
   if (std::strcmp(name, kCapabilityXattr) == 0) {
     inode->caps = Inode::Caps::kUnknown;
     // Writes made before this call but still dirty in the kernel would drop
@@ -793,8 +1079,7 @@ int Filesystem::SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const
   if (std::strcmp(name, "system.posix_acl_access") == 0) {
     struct stat st;
     if (fstatat(inode->fd.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 &&
-        (st.st_mode & S_ISGID) &&
-        !ProcessHasCapability(fuse_req_ctx(req)->pid, CAP_FSETID)) {
+        (st.st_mode & S_ISGID) && !ProcessHasCapability(fuse_req_ctx(req)->pid, CAP_FSETID)) {
       return AsUnprivilegedCaller(req, set);
     }
   }
@@ -802,13 +1087,79 @@ int Filesystem::SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const
 }
 
 int Filesystem::RemoveXattr(fuse_ino_t ino, const char* name) {
-  if (ino == kSnapshotDirNodeId) return -EROFS;
+  if (ino >= kReservedNodeIdBase) return -EROFS;
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
+  CowEngine::Epoch epoch = cow_->Enter();
+  if (int r = cow_->PreserveInode(epoch, inode.get(), inode->fd.get(), inode->backing_ino);
+      r != 0) {
+    return r;
+  }
   if (std::strcmp(name, kCapabilityXattr) == 0) inode->caps = Inode::Caps::kUnknown;
   std::string link;
   if (int r = SymlinkPath(*inode, &link); r != 0) return r;
   return BackingRemoveXattr(inode->fd.get(), link, name);
+}
+
+int Filesystem::Read(fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi, std::string* out) {
+  if (!SnapshotView::IsSnapshotNode(ino)) return -EISDIR;
+  return snaps_->Read(ino, fi->fh, size, off, out);
+}
+
+int Filesystem::PreserveForWrite(const CowEngine::Epoch& epoch, Inode* inode, off_t off,
+                                 size_t len) {
+  if (!epoch.active()) return 0;
+  if (inode == nullptr) return -EROFS;  // A snapshot file, or unknown.
+  return cow_->PreserveData(epoch, *inode, static_cast<uint64_t>(off), len);
+}
+
+int Filesystem::Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+                          fuse_file_info* fi) {
+  if (ino >= kReservedNodeIdBase) return -EROFS;
+  const int fd = static_cast<int>(fi->fh);
+  std::shared_ptr<Inode> inode = Get(ino);
+  CowEngine::Epoch epoch = cow_->Enter();
+  std::unique_lock<std::mutex> serialise;
+  if (inode) serialise = std::unique_lock(inode->write_mutex);
+  if (epoch.active()) {
+    if (!inode) return -ESTALE;
+    uint64_t from = 0, len = 0;  // What the call may change.
+    if (mode & (FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE)) {
+      from = static_cast<uint64_t>(offset);
+      len = UINT64_MAX;  // Shifts everything after it.
+    } else if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
+      from = static_cast<uint64_t>(offset);
+      len = static_cast<uint64_t>(length);
+    }
+    int r = len > 0 ? cow_->PreserveData(epoch, *inode, from, len)
+                    : cow_->PreserveInode(epoch, inode.get(), inode->fd.get(), inode->backing_ino);
+    if (r != 0) return r;
+  }
+  auto allocate = [&] { return fallocate(fd, mode, offset, length) == 0 ? 0 : -errno; };
+  return MayDropSetidFor(req, fd) ? AsUnprivilegedCaller(req, allocate) : allocate();
+}
+
+ssize_t Filesystem::CopyFileRange(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+                                  fuse_file_info* fi_in, fuse_ino_t ino_out, off_t off_out,
+                                  fuse_file_info* fi_out, size_t len, int flags) {
+  if (ino_out >= kReservedNodeIdBase) return -EROFS;
+  // A snapshot source has no backing descriptor: the kernel then copies
+  // through read and write.
+  if (ino_in >= kReservedNodeIdBase) return -EXDEV;
+  loff_t in = off_in;
+  loff_t out = off_out;
+  const int fd_out = static_cast<int>(fi_out->fh);
+  std::shared_ptr<Inode> inode = Get(ino_out);
+  CowEngine::Epoch epoch = cow_->Enter();
+  std::unique_lock<std::mutex> serialise;
+  if (inode) serialise = std::unique_lock(inode->write_mutex);
+  if (int r = PreserveForWrite(epoch, inode.get(), off_out, len); r != 0) return r;
+  auto copy = [&]() -> ssize_t {
+    ssize_t n = copy_file_range(static_cast<int>(fi_in->fh), &in, fd_out, &out, len,
+                                static_cast<unsigned>(flags));
+    return n >= 0 ? n : -errno;
+  };
+  return MayDropSetidFor(req, fd_out) ? AsUnprivilegedCaller(req, copy) : copy();
 }
 
 // ---- C trampolines --------------------------------------------------------
@@ -834,12 +1185,12 @@ void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
 }
 
 void OpForget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup) {
-  Fs(req).inodes().Forget(ino, nlookup);
+  Fs(req).Forget(ino, nlookup);
   fuse_reply_none(req);
 }
 
 void OpForgetMulti(fuse_req_t req, size_t count, fuse_forget_data* forgets) {
-  for (size_t i = 0; i < count; ++i) Fs(req).inodes().Forget(forgets[i].ino, forgets[i].nlookup);
+  for (size_t i = 0; i < count; ++i) Fs(req).Forget(forgets[i].ino, forgets[i].nlookup);
   fuse_reply_none(req);
 }
 
@@ -915,7 +1266,7 @@ void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
     if (fuse_reply_create(req, &e, fi) != 0) {
       // The request was interrupted: nobody will release this file.
       fs.Release(e.ino, fi);
-      fs.inodes().Forget(e.ino, 1);
+      fs.Forget(e.ino, 1);
     }
   } else {
     fuse_reply_err(req, -r);
@@ -962,6 +1313,16 @@ struct FreeDeleter {
 };
 
 void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
+  if (ino >= kReservedNodeIdBase) {
+    std::string data;
+    int r = Run([&] { return Fs(req).Read(ino, size, off, fi, &data); });
+    if (r == 0) {
+      fuse_reply_buf(req, data.data(), data.size());
+    } else {
+      fuse_reply_err(req, -r);
+    }
+    return;
+  }
   // Large aligned reads (readahead) go direct into a page-aligned buffer.
   thread_local std::unique_ptr<char, FreeDeleter> t_buf;
   thread_local size_t t_size = 0;
@@ -989,7 +1350,6 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
     fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
   }
 }
-
 
 // Writes `len` bytes at `data` (page-aligned) with O_DIRECT; -EAGAIN when
 // direct I/O is not possible for this file. Caller holds inode.write_mutex.
@@ -1025,12 +1385,16 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, fuse
   // Writeback sends many WRITEs for one file at once. The backing
   // filesystem serialises them on its inode lock, whose waiters spin; a
   // sleeping per-inode mutex here leaves the CPU to the writer that holds it.
-  std::shared_ptr<Inode> inode = Fs(req).inodes().Find(ino);
+  Filesystem& fs = Fs(req);
+  std::shared_ptr<Inode> inode = ino >= kReservedNodeIdBase ? nullptr : fs.inodes().Find(ino);
+  CowEngine::Epoch epoch = fs.cow().Enter();
   std::unique_lock<std::mutex> serialise;
   if (inode) serialise = std::unique_lock(inode->write_mutex);
-  const bool direct = inode && payload != nullptr && len >= kDirectIoMin &&
-                      len % kPage == 0 && off % static_cast<off_t>(kPage) == 0 &&
-                      src.count == 1 && src.buf[0].mem == payload;
+  // Old blocks first, durably, then the overwrite (invariant 4).
+  const int preserved = Run([&] { return fs.PreserveForWrite(epoch, inode.get(), off, len); });
+  const bool direct = inode && payload != nullptr && len >= kDirectIoMin && len % kPage == 0 &&
+                      off % static_cast<off_t>(kPage) == 0 && src.count == 1 &&
+                      src.buf[0].mem == payload;
   auto write = [&]() -> ssize_t {
     if (direct) {
       ssize_t n = DirectWrite(*inode, payload, len, off);
@@ -1039,7 +1403,9 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, fuse
     return fuse_buf_copy(&out, &src, static_cast<fuse_buf_copy_flags>(0));
   };
   // FUSE_WRITE_KILL_SUIDGID: the writer lacks CAP_FSETID; write as it.
-  ssize_t n = RequestKillsSuidgid() ? AsUnprivilegedCaller(req, write) : write();
+  ssize_t n = preserved != 0          ? preserved
+              : RequestKillsSuidgid() ? AsUnprivilegedCaller(req, write)
+                                      : write();
   serialise = {};
   if (n >= 0) {
     fuse_reply_write(req, static_cast<size_t>(n));
@@ -1053,10 +1419,13 @@ void OpRelease(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   fuse_reply_err(req, 0);
 }
 
-void OpFsync(fuse_req_t req, fuse_ino_t, int datasync, fuse_file_info* fi) {
-  int fd = static_cast<int>(fi->fh);
-  int r = datasync ? fdatasync(fd) : fsync(fd);
-  fuse_reply_err(req, r == 0 ? 0 : errno);
+void OpFsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info* fi) {
+  int r = 0;
+  if (ino < kReservedNodeIdBase) {
+    int fd = static_cast<int>(fi->fh);
+    r = (datasync ? fdatasync(fd) : fsync(fd)) == 0 ? 0 : errno;
+  }
+  fuse_reply_err(req, r);
 }
 
 void OpOpenDir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -1139,12 +1508,9 @@ void OpRemoveXattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
   fuse_reply_err(req, -Run([&] { return Fs(req).RemoveXattr(ino, name); }));
 }
 
-void OpFallocate(fuse_req_t req, fuse_ino_t, int mode, off_t offset, off_t length,
+void OpFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
                  fuse_file_info* fi) {
-  const int fd = static_cast<int>(fi->fh);
-  auto allocate = [&] { return fallocate(fd, mode, offset, length) == 0 ? 0 : -errno; };
-  int r = MayDropSetidFor(req, fd) ? AsUnprivilegedCaller(req, allocate) : allocate();
-  fuse_reply_err(req, -r);
+  fuse_reply_err(req, -Run([&] { return Fs(req).Fallocate(req, ino, mode, offset, length, fi); }));
 }
 
 void OpLseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi) {
@@ -1157,17 +1523,14 @@ void OpLseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence, fuse_file_in
   }
 }
 
-void OpCopyFileRange(fuse_req_t req, fuse_ino_t, off_t off_in, fuse_file_info* fi_in, fuse_ino_t,
-                     off_t off_out, fuse_file_info* fi_out, size_t len, int flags) {
-  loff_t in = off_in;
-  loff_t out = off_out;
-  const int fd_out = static_cast<int>(fi_out->fh);
-  auto copy = [&]() -> ssize_t {
-    ssize_t n = copy_file_range(static_cast<int>(fi_in->fh), &in, fd_out, &out, len,
-                                static_cast<unsigned>(flags));
-    return n >= 0 ? n : -errno;
-  };
-  ssize_t n = MayDropSetidFor(req, fd_out) ? AsUnprivilegedCaller(req, copy) : copy();
+void OpCopyFileRange(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, fuse_file_info* fi_in,
+                     fuse_ino_t ino_out, off_t off_out, fuse_file_info* fi_out, size_t len,
+                     int flags) {
+  ssize_t n = Run([&]() -> int {
+    ssize_t r =
+        Fs(req).CopyFileRange(req, ino_in, off_in, fi_in, ino_out, off_out, fi_out, len, flags);
+    return static_cast<int>(std::min<ssize_t>(r, INT32_MAX & ~4095));
+  });
   if (n >= 0) {
     fuse_reply_write(req, static_cast<size_t>(n));
   } else {

@@ -21,12 +21,17 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
+#include "cow.h"
 #include "inode_table.h"
+#include "snapshot_view.h"
 #include "vssfs/cow_store/status.h"
+#include "vssfs/cow_store/store.h"
 #include "vssfs/cow_store/unique_fd.h"
+#include "vssfs/snapshot_ctl/control.h"
 
 namespace vssfs::fs {
 
@@ -47,10 +52,26 @@ struct FilesystemConfig {
   struct fuse_conn_info_opts* conn_opts = nullptr;
 };
 
-class Filesystem {
+class Filesystem : public snapshot_ctl::Volume {
  public:
   // Opens the backing root. Errors: ENOENT/ENOTDIR/EACCES from open(2).
   static cow_store::Result<std::unique_ptr<Filesystem>> Create(const FilesystemConfig& config);
+  // Connects the block store (borrowed; must outlive the Filesystem) before
+  // the session loop starts: opens the keep directory (BACKING/.vssfs/keep,
+  // created if absent) and reconciles kept files with the store.
+  cow_store::Status AttachStore(cow_store::Store* store);
+
+  // ---- snapshots (called from the control thread, never a FUSE worker) ----
+  // Takes a snapshot: flushes the kernel's writeback cache (syncfs on the
+  // mount) and the backing filesystem, then cuts. `name` empty: the
+  // @GMT-... name of the current second (waiting for the next second if a
+  // snapshot already has it).
+  cow_store::Result<cow_store::SnapshotInfo> CreateSnapshot(
+      const std::string& name, std::optional<cow_store::Guid> guid) override;
+  // Deletes a snapshot (by name, id or GUID) and frees what it alone held.
+  cow_store::Result<cow_store::GcResult> DeleteSnapshot(const std::string& key) override;
+  std::string MountPoint() const override { return config_.mountpoint; }
+  cow_store::Store& store() override { return *store_; }
 
   // The handler table for fuse_session_new(); userdata must be this object.
   static const fuse_lowlevel_ops& Operations();
@@ -63,8 +84,8 @@ class Filesystem {
   // returns 0 or a negative errno and fills its out-parameters.
   int Lookup(fuse_ino_t parent, const char* name, fuse_entry_param* e);
   int GetAttr(fuse_ino_t ino, fuse_file_info* fi, struct stat* st);
-  int SetAttr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr, int to_set, fuse_file_info* fi,
-              struct stat* out);
+  int SetAttr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr, int to_set,
+              fuse_file_info* fi, struct stat* out);
   int ReadLink(fuse_ino_t ino, std::string* target);
   int MakeNode(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t rdev,
                const char* link_target, fuse_entry_param* e);
@@ -83,10 +104,22 @@ class Filesystem {
   int StatFs(struct statvfs* st);
   int GetXattr(fuse_ino_t ino, const char* name, size_t size, std::string* value);
   int ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size, std::string* list);
-  int SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size, int flags);
+  int SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
+               int flags);
   int RemoveXattr(fuse_ino_t ino, const char* name);
   int Lseek(fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi, off_t* result);
   void Release(fuse_ino_t ino, fuse_file_info* fi);
+  int Read(fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi, std::string* out);
+  int Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
+                fuse_file_info* fi);
+  ssize_t CopyFileRange(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, fuse_file_info* fi_in,
+                        fuse_ino_t ino_out, off_t off_out, fuse_file_info* fi_out, size_t len,
+                        int flags);
+  // Preserves what a WRITE of [off, off+len) to `ino` will overwrite; the
+  // caller holds inode.write_mutex and `epoch`.
+  int PreserveForWrite(const CowEngine::Epoch& epoch, Inode* inode, off_t off, size_t len);
+  CowEngine& cow() { return *cow_; }
+  void Forget(fuse_ino_t ino, uint64_t n);
   void Init(fuse_conn_info* conn);
   // The session, for notifications to the kernel; set once before the
   // session loop starts.
@@ -117,8 +150,30 @@ class Filesystem {
   // The inode for `ino`; nullptr if unknown (reported as ESTALE).
   std::shared_ptr<Inode> Get(fuse_ino_t ino) const { return inodes_->Find(ino); }
 
+  // Opens a live file (the body of Open). With O_TRUNC and snapshots, the
+  // file's data is preserved first.
+  int OpenLive(fuse_req_t req, Inode& inode, const CowEngine::Epoch& epoch, fuse_file_info* fi);
+  // Preserves a directory's entries and attributes before they change.
+  int PreserveParent(const CowEngine::Epoch& epoch, Inode& dir);
+  // Preserves the object `name` in `dir` before a request changes it;
+  // `loses_name`: the request removes or replaces that name (a directory's
+  // entries are preserved, a file's last link is kept).
+  int PreserveVictim(const CowEngine::Epoch& epoch, Inode& dir, const char* name, bool loses_name);
+  // Records that `nodeid` was created in this epoch (nothing to preserve).
+  void MarkBorn(uint64_t nodeid, const CowEngine::Epoch& epoch);
+  // Kept files and the store agree after a crash: missing keep links are
+  // restored, links no record names are removed.
+  void ReconcileKept();
+  // Drops kernel caches of the .snapshot listing and of `name` in it.
+  void InvalidateSnapshotDir(const std::string& name);
+
   FilesystemConfig config_;
   std::unique_ptr<InodeTable> inodes_;
+  cow_store::Store* store_ = nullptr;
+  cow_store::UniqueFd mount_fd_;  // O_RDONLY backing root, for handles.
+  cow_store::UniqueFd keep_fd_;   // BACKING/.vssfs/keep
+  std::unique_ptr<CowEngine> cow_;
+  std::unique_ptr<SnapshotView> snaps_;
   bool writeback_ = false;
   fuse_session* session_ = nullptr;
   bool multithreaded_ = true;

@@ -46,6 +46,8 @@ struct Options {
   // Percent of the system's dirty-page limit the mount may use with the
   // writeback cache; 0 keeps FUSE's strict 1% (-o max_dirty_ratio=N).
   unsigned max_dirty_ratio = 100;
+  // Block size of a new store (-o block_size=N); existing stores keep theirs.
+  unsigned block_size = 65536;
 
   // Options for libfuse (session, mount and connection options), in
   // "-o a,b=c" form, in the order given.

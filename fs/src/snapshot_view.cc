@@ -1,0 +1,422 @@
+#include "snapshot_view.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "backing_xattr.h"
+#include "log.h"
+#include "vssfs/cow_store/store_dir.h"
+
+namespace vssfs::fs {
+
+using cow_store::BlockLocation;
+using cow_store::DirEntry;
+using cow_store::Ino;
+using cow_store::InodeMeta;
+using cow_store::SnapId;
+using cow_store::UniqueFd;
+
+namespace {
+
+constexpr int kSnapShift = 40;
+constexpr uint64_t kInoMask = (uint64_t{1} << kSnapShift) - 1;
+constexpr SnapId kMaxSnap = (uint64_t{1} << (63 - kSnapShift)) - 1;
+
+int ErrnoOf(const cow_store::Status& s) { return s.ok() ? 0 : -s.error(); }
+
+bool IsReservedRootName(const char* name) {
+  return std::strcmp(name, cow_store::kDefaultStoreName) == 0 ||
+         std::strcmp(name, ".snapshot") == 0;
+}
+
+}  // namespace
+
+SnapshotView::SnapshotView(CowEngine* cow, ino_t root_ino, std::string root_handle, double timeout)
+    : cow_(cow), root_ino_(root_ino), root_handle_(std::move(root_handle)), timeout_(timeout) {
+  Refresh();
+}
+
+uint64_t SnapshotView::NodeId(SnapId snap, Ino ino) {
+  if (snap == 0 || snap > kMaxSnap || ino > kInoMask) return 0;
+  return kReservedNodeIdBase | (snap << kSnapShift) | ino;
+}
+
+void SnapshotView::Refresh() {
+  std::unique_lock lock(snapshots_mutex_);
+  RefreshLocked();
+}
+
+void SnapshotView::RefreshLocked() {
+  cow_store::Result<std::vector<cow_store::SnapshotInfo>> all = cow_->store().ListSnapshots();
+  live_.clear();
+  if (!all.ok()) {
+    LOG_ERROR("cannot list snapshots: %s", all.status().message().c_str());
+    return;
+  }
+  for (const auto& s : all.value()) live_.insert(s.id);
+}
+
+std::shared_ptr<SnapshotView::Node> SnapshotView::Find(uint64_t nodeid) {
+  std::lock_guard lock(nodes_mutex_);
+  auto it = nodes_.find(nodeid);
+  return it == nodes_.end() ? nullptr : it->second;
+}
+
+void SnapshotView::Forget(uint64_t node, uint64_t n) {
+  std::lock_guard lock(nodes_mutex_);
+  auto it = nodes_.find(node);
+  if (it == nodes_.end()) return;
+  if (it->second->nlookup <= n) {
+    nodes_.erase(it);
+  } else {
+    it->second->nlookup -= n;
+  }
+}
+
+void SnapshotView::FillStat(uint64_t nodeid, const InodeMeta& m, struct stat* st) const {
+  *st = {};
+  st->st_ino = nodeid;
+  st->st_mode = m.mode;
+  st->st_nlink = m.nlink;
+  st->st_uid = m.uid;
+  st->st_gid = m.gid;
+  st->st_rdev = m.rdev;
+  st->st_size = static_cast<off_t>(m.size);
+  st->st_blksize = 4096;
+  st->st_blocks = static_cast<blkcnt_t>(m.blocks);
+  st->st_atim = m.atime;
+  st->st_mtim = m.mtime;
+  st->st_ctim = m.ctime;
+}
+
+int SnapshotView::Resolve(const Node& n, bool with_xattrs, InodeMeta* meta) {
+  std::shared_lock stripe(cow_->Stripe(n.ino));
+  cow_store::Result<std::unique_ptr<cow_store::ReadView>> view = cow_->store().BeginRead();
+  if (!view.ok()) return ErrnoOf(view.status());
+  cow_store::Result<std::optional<InodeMeta>> rec = view.value()->FindInode(n.ino, n.snap);
+  if (!rec.ok()) return ErrnoOf(rec.status());
+  if (rec.value()) {
+    *meta = std::move(*rec.value());
+    return 0;
+  }
+  UniqueFd fd = OpenByHandle(cow_->mount_fd(), n.handle, O_PATH | O_NOFOLLOW);
+  if (!fd) return errno == ESTALE ? -ESTALE : -errno;
+  if (with_xattrs) return ReadLiveMeta(fd.get(), meta);
+  struct stat st;
+  if (fstatat(fd.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return -errno;
+  *meta = InodeMeta{};
+  meta->mode = st.st_mode;
+  meta->uid = st.st_uid;
+  meta->gid = st.st_gid;
+  meta->nlink = st.st_nlink;
+  meta->size = static_cast<uint64_t>(st.st_size);
+  meta->blocks = static_cast<uint64_t>(st.st_blocks);
+  meta->rdev = st.st_rdev;
+  meta->atime = st.st_atim;
+  meta->mtime = st.st_mtim;
+  meta->ctime = st.st_ctim;
+  return 0;
+}
+
+int SnapshotView::Entries(const Node& n, std::vector<DirEntry>* out) {
+  out->clear();
+  std::shared_lock stripe(cow_->Stripe(n.ino));
+  cow_store::Result<std::unique_ptr<cow_store::ReadView>> view = cow_->store().BeginRead();
+  if (!view.ok()) return ErrnoOf(view.status());
+  cow_store::Result<std::optional<SnapId>> listing = view.value()->FindListing(n.ino, n.snap);
+  if (!listing.ok()) return ErrnoOf(listing.status());
+  if (listing.value()) {
+    return ErrnoOf(view.value()->ListEntries(n.ino, *listing.value(), "", [&](const DirEntry& d) {
+      out->push_back(d);
+      return true;
+    }));
+  }
+  UniqueFd fd = OpenByHandle(cow_->mount_fd(), n.handle, O_PATH | O_DIRECTORY);
+  if (!fd) return -errno;
+  return ReadLiveListing(fd.get(), n.ino == root_ino_, out);
+}
+
+int SnapshotView::Enter(SnapId snap, Ino ino, mode_t type, const std::string& handle,
+                        uint64_t parent, fuse_entry_param* e) {
+  const uint64_t id = NodeId(snap, ino);
+  if (id == 0) return -EOVERFLOW;
+  std::shared_ptr<Node> node;
+  {
+    std::lock_guard lock(nodes_mutex_);
+    std::shared_ptr<Node>& slot = nodes_[id];
+    if (!slot) {
+      slot = std::make_shared<Node>();
+      slot->snap = snap;
+      slot->ino = ino;
+      slot->type = type;
+      slot->handle = handle;
+      slot->parent = parent;
+    }
+    ++slot->nlookup;
+    node = slot;
+  }
+  InodeMeta meta;
+  int r = Resolve(*node, false, &meta);
+  if (r != 0) {
+    Forget(id, 1);
+    return r;
+  }
+  *e = fuse_entry_param{};
+  e->ino = id;
+  FillStat(id, meta, &e->attr);
+  e->attr_timeout = timeout_;
+  e->entry_timeout = timeout_;
+  return 0;
+}
+
+int SnapshotView::LookupSnapshot(const char* name, fuse_entry_param* e) {
+  std::shared_lock lock(snapshots_mutex_);
+  cow_store::Result<std::vector<cow_store::SnapshotInfo>> all = cow_->store().ListSnapshots();
+  if (!all.ok()) return ErrnoOf(all.status());
+  for (const auto& s : all.value()) {
+    if (s.name == name && SnapshotExists(s.id)) {
+      return Enter(s.id, root_ino_, S_IFDIR, root_handle_, kSnapshotDirNodeId, e);
+    }
+  }
+  return -ENOENT;
+}
+
+int SnapshotView::ListSnapshotNames(std::vector<Listed>* out) {
+  std::shared_lock lock(snapshots_mutex_);
+  cow_store::Result<std::vector<cow_store::SnapshotInfo>> all = cow_->store().ListSnapshots();
+  if (!all.ok()) return ErrnoOf(all.status());
+  for (const auto& s : all.value()) {
+    if (SnapshotExists(s.id)) out->push_back(Listed{s.name, NodeId(s.id, root_ino_), S_IFDIR});
+  }
+  return 0;
+}
+
+int SnapshotView::Lookup(uint64_t parent, const char* name, fuse_entry_param* e) {
+  std::shared_lock lock(snapshots_mutex_);
+  std::shared_ptr<Node> p = Find(parent);
+  if (!p || !SnapshotExists(p->snap)) return -ESTALE;
+  if (!S_ISDIR(p->type)) return -ENOTDIR;
+  if (p->ino == root_ino_ && IsReservedRootName(name)) return -ENOENT;
+  Ino ino = 0;
+  mode_t type = 0;
+  std::string handle;
+  {
+    std::shared_lock stripe(cow_->Stripe(p->ino));
+    cow_store::Result<std::unique_ptr<cow_store::ReadView>> view = cow_->store().BeginRead();
+    if (!view.ok()) return ErrnoOf(view.status());
+    cow_store::Result<std::optional<SnapId>> listing = view.value()->FindListing(p->ino, p->snap);
+    if (!listing.ok()) return ErrnoOf(listing.status());
+    if (listing.value()) {
+      cow_store::Result<std::optional<DirEntry>> de =
+          view.value()->LookupEntry(p->ino, *listing.value(), name);
+      if (!de.ok()) return ErrnoOf(de.status());
+      if (!de.value()) return -ENOENT;
+      ino = de.value()->ino;
+      type = DTTOIF(de.value()->type);
+      handle = std::move(de.value()->handle);
+    } else {
+      UniqueFd dir = OpenByHandle(cow_->mount_fd(), p->handle, O_PATH | O_DIRECTORY);
+      if (!dir) return -errno;
+      UniqueFd fd(openat(dir.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC));
+      if (!fd) return -errno;
+      struct stat st;
+      if (fstatat(fd.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return -errno;
+      ino = st.st_ino;
+      type = st.st_mode & S_IFMT;
+      if (int r = HandleAt(fd.get(), "", AT_EMPTY_PATH, &handle); r != 0) return r;
+    }
+  }
+  return Enter(p->snap, ino, type, handle, parent, e);
+}
+
+int SnapshotView::GetAttr(uint64_t node, struct stat* st) {
+  std::shared_lock lock(snapshots_mutex_);
+  std::shared_ptr<Node> n = Find(node);
+  if (!n || !SnapshotExists(n->snap)) return -ESTALE;
+  InodeMeta meta;
+  if (int r = Resolve(*n, false, &meta); r != 0) return r;
+  FillStat(node, meta, st);
+  return 0;
+}
+
+int SnapshotView::ReadLink(uint64_t node, std::string* target) {
+  std::shared_lock lock(snapshots_mutex_);
+  std::shared_ptr<Node> n = Find(node);
+  if (!n || !SnapshotExists(n->snap)) return -ESTALE;
+  if (!S_ISLNK(n->type)) return -EINVAL;
+  InodeMeta meta;
+  if (int r = Resolve(*n, true, &meta); r != 0) return r;
+  *target = meta.symlink;
+  return 0;
+}
+
+int SnapshotView::List(uint64_t node, std::vector<Listed>* out) {
+  std::shared_lock lock(snapshots_mutex_);
+  std::shared_ptr<Node> n = Find(node);
+  if (!n || !SnapshotExists(n->snap)) return -ESTALE;
+  if (!S_ISDIR(n->type)) return -ENOTDIR;
+  std::vector<DirEntry> entries;
+  if (int r = Entries(*n, &entries); r != 0) return r;
+  out->clear();
+  out->push_back(Listed{".", node, S_IFDIR});
+  out->push_back(Listed{"..", n->parent != 0 ? n->parent : node, S_IFDIR});
+  for (const DirEntry& d : entries) {
+    uint64_t id = NodeId(n->snap, d.ino);
+    if (id == 0) continue;
+    out->push_back(Listed{d.name, id, static_cast<mode_t>(DTTOIF(d.type))});
+  }
+  return 0;
+}
+
+int SnapshotView::Open(uint64_t node, int flags, uint64_t* fh) {
+  if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)) return -EROFS;
+  std::shared_lock lock(snapshots_mutex_);
+  std::shared_ptr<Node> n = Find(node);
+  if (!n || !SnapshotExists(n->snap)) return -ESTALE;
+  if (S_ISDIR(n->type)) return -EISDIR;
+  InodeMeta meta;
+  if (int r = Resolve(*n, false, &meta); r != 0) return r;
+  auto f = std::make_shared<File>();
+  f->snap = n->snap;
+  f->ino = n->ino;
+  f->size = meta.size;
+  f->handle = n->handle;
+  std::lock_guard flock(files_mutex_);
+  *fh = next_file_++;
+  files_.emplace(*fh, std::move(f));
+  return 0;
+}
+
+void SnapshotView::Release(uint64_t fh) {
+  std::lock_guard lock(files_mutex_);
+  files_.erase(fh);
+}
+
+int SnapshotView::Read(uint64_t node, uint64_t fh, size_t size, off_t off, std::string* out) {
+  (void)node;
+  std::shared_ptr<File> f;
+  {
+    std::lock_guard lock(files_mutex_);
+    auto it = files_.find(fh);
+    if (it == files_.end()) return -EBADF;
+    f = it->second;
+  }
+  std::shared_lock lock(snapshots_mutex_);
+  if (!SnapshotExists(f->snap)) return -ESTALE;
+  out->clear();
+  const uint64_t start = static_cast<uint64_t>(off);
+  if (start >= f->size || size == 0) return 0;
+  const uint64_t end = std::min<uint64_t>(f->size, start + size);
+  out->assign(static_cast<size_t>(end - start), '\0');
+  const uint64_t bs = cow_->store().block_size();
+
+  std::shared_lock stripe(cow_->Stripe(f->ino));
+  cow_store::Result<std::unique_ptr<cow_store::ReadView>> view = cow_->store().BeginRead();
+  if (!view.ok()) return ErrnoOf(view.status());
+  // Runs of live blocks are read with one pread each.
+  uint64_t live_lo = 0, live_hi = 0;
+  auto flush_live = [&]() -> int {
+    if (live_hi <= live_lo) return 0;
+    {
+      std::lock_guard fl(f->mutex);
+      if (!f->live_tried) {
+        f->live_tried = true;
+        f->live_fd = OpenByHandle(cow_->mount_fd(), f->handle, O_RDONLY | O_NOATIME);
+        if (!f->live_fd && errno == EPERM) {
+          f->live_fd = OpenByHandle(cow_->mount_fd(), f->handle, O_RDONLY);
+        }
+      }
+      if (!f->live_fd) return -EIO;
+    }
+    uint64_t pos = live_lo;
+    while (pos < live_hi) {
+      ssize_t n = pread(f->live_fd.get(), out->data() + (pos - start), live_hi - pos,
+                        static_cast<off_t>(pos));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return -errno;
+      }
+      if (n == 0) break;  // Zeros beyond the live end (cannot normally happen).
+      pos += static_cast<uint64_t>(n);
+    }
+    live_lo = live_hi = 0;
+    return 0;
+  };
+  std::string block;
+  for (uint64_t b = start / bs; b * bs < end; ++b) {
+    const uint64_t lo = std::max(start, b * bs);
+    const uint64_t hi = std::min(end, (b + 1) * bs);
+    cow_store::Result<BlockLocation> loc = view.value()->FindBlock(f->ino, b, f->snap);
+    if (!loc.ok()) return ErrnoOf(loc.status());
+    if (loc.value().kind == BlockLocation::Kind::kLive) {
+      if (live_hi == lo) {
+        live_hi = hi;
+      } else {
+        if (int r = flush_live(); r != 0) return r;
+        live_lo = lo;
+        live_hi = hi;
+      }
+      continue;
+    }
+    if (int r = flush_live(); r != 0) return r;
+    if (loc.value().kind == BlockLocation::Kind::kZero) continue;
+    const uint64_t len = loc.value().length;
+    if (lo == b * bs && hi - lo == len) {
+      if (cow_store::Status s = cow_->store().ReadBlock(loc.value(), out->data() + (lo - start));
+          !s.ok()) {
+        return ErrnoOf(s);
+      }
+      continue;
+    }
+    block.resize(len);
+    if (cow_store::Status s = cow_->store().ReadBlock(loc.value(), block.data()); !s.ok()) {
+      return ErrnoOf(s);
+    }
+    const uint64_t from = lo - b * bs;
+    if (from < len) {
+      std::memcpy(out->data() + (lo - start), block.data() + from,
+                  static_cast<size_t>(std::min(hi - lo, len - from)));
+    }
+  }
+  return flush_live();
+}
+
+int SnapshotView::GetXattr(uint64_t node, const char* name, size_t size, std::string* value) {
+  std::shared_lock lock(snapshots_mutex_);
+  std::shared_ptr<Node> n = Find(node);
+  if (!n || !SnapshotExists(n->snap)) return -ESTALE;
+  InodeMeta meta;
+  if (int r = Resolve(*n, true, &meta); r != 0) return r;
+  for (const auto& [k, v] : meta.xattrs) {
+    if (k != name) continue;
+    if (size == 0) return static_cast<int>(v.size());
+    if (v.size() > size) return -ERANGE;
+    *value = v;
+    return static_cast<int>(v.size());
+  }
+  return -ENODATA;
+}
+
+int SnapshotView::ListXattr(uint64_t node, size_t size, std::string* list) {
+  std::shared_lock lock(snapshots_mutex_);
+  std::shared_ptr<Node> n = Find(node);
+  if (!n || !SnapshotExists(n->snap)) return -ESTALE;
+  InodeMeta meta;
+  if (int r = Resolve(*n, true, &meta); r != 0) return r;
+  std::string all;
+  for (const auto& [k, v] : meta.xattrs) {
+    all.append(k);
+    all.push_back('\0');
+  }
+  if (size == 0) return static_cast<int>(all.size());
+  if (all.size() > size) return -ERANGE;
+  *list = std::move(all);
+  return static_cast<int>(list->size());
+}
+
+}  // namespace vssfs::fs
