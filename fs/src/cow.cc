@@ -126,23 +126,24 @@ int ReadLiveMeta(int fd, InodeMeta* meta) {
   meta->atime = st.st_atim;
   meta->mtime = st.st_mtim;
   meta->ctime = st.st_ctim;
+  // A symlink's xattrs can only be reached through a path: its current one.
+  std::string link;
   if (S_ISLNK(st.st_mode)) {
     char buf[PATH_MAX + 1];
     ssize_t n = readlinkat(fd, "", buf, sizeof buf);
     if (n < 0) return -errno;
     meta->symlink.assign(buf, static_cast<size_t>(n));
-    return 0;  // Symlinks carry no xattrs vssfs can reach by descriptor.
-  }
-  if (S_ISSOCK(st.st_mode) || S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) {
-    // Through /proc these would open the device; xattrs of special files
-    // are read by path below all the same (no open happens).
+    n = readlink(ProcPath(fd).path, buf, sizeof buf);
+    if (n <= 0 || static_cast<size_t>(n) >= sizeof buf || buf[0] != '/') return 0;
+    link.assign(buf, static_cast<size_t>(n));
+    if (SameInode(fd, link) != 0) return 0;  // Nameless: it can carry none we can read.
   }
   std::string list;
   for (int attempt = 0; attempt < 4; ++attempt) {
-    ssize_t n = BackingListXattr(fd, "", nullptr, 0);
+    ssize_t n = BackingListXattr(fd, link, nullptr, 0);
     if (n < 0) return n == -ENOTSUP ? 0 : static_cast<int>(n);
     list.resize(static_cast<size_t>(n));
-    n = BackingListXattr(fd, "", list.data(), list.size());
+    n = BackingListXattr(fd, link, list.data(), list.size());
     if (n >= 0) {
       list.resize(static_cast<size_t>(n));
       break;
@@ -157,11 +158,11 @@ int ReadLiveMeta(int fd, InodeMeta* meta) {
     if (name.empty()) continue;
     std::string value;
     for (int attempt = 0; attempt < 4; ++attempt) {
-      ssize_t n = BackingGetXattr(fd, "", name.c_str(), nullptr, 0);
+      ssize_t n = BackingGetXattr(fd, link, name.c_str(), nullptr, 0);
       if (n == -ENODATA) break;
       if (n < 0) return static_cast<int>(n);
       value.resize(static_cast<size_t>(n));
-      n = BackingGetXattr(fd, "", name.c_str(), value.data(), value.size());
+      n = BackingGetXattr(fd, link, name.c_str(), value.data(), value.size());
       if (n >= 0) {
         value.resize(static_cast<size_t>(n));
         meta->xattrs.emplace_back(name, value);

@@ -70,15 +70,18 @@ struct Inode {
   // taken after write_mutex.
   std::mutex cow_mutex;
   uint64_t cow_epoch = 0;
-  bool cow_inode = false;    // Attributes preserved (a record at >= cow_epoch).
-  bool cow_listing = false;  // Directory entries preserved.
-  uint64_t cow_size = 0;     // Size at the snapshot's instant, once cow_inode.
+  bool cow_inode = false;            // Attributes preserved (a record at >= cow_epoch).
+  bool cow_listing = false;          // Directory entries preserved.
+  uint64_t cow_size = 0;             // Size at the snapshot's instant, once cow_inode.
   std::vector<uint64_t> cow_blocks;  // Bitset of blocks with a record.
   // The latest snapshot when vssfs created this inode: no snapshot up to it
   // contains the inode, so nothing of it needs preserving while that is
   // still the latest. kNoEpoch when unknown.
   static constexpr uint64_t kNoEpoch = UINT64_MAX;
   std::atomic<uint64_t> born{kNoEpoch};
+  // The inode lost its last name but lives on as a kept file for snapshots:
+  // its backing link count is one more than the live tree's.
+  std::atomic<bool> kept{false};
 
   // Symlinks only: where the kernel last looked the link up. A symlink's own
   // xattrs can only be reached through a path (backing_xattr.h).

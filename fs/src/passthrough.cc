@@ -480,6 +480,7 @@ int Filesystem::GetAttr(fuse_ino_t ino, fuse_file_info* fi, struct stat* st) {
               ? fstat(static_cast<int>(fi->fh), st)
               : fstatat(inode->fd.get(), "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
   if (r != 0) return -errno;
+  if (inode->kept && st->st_nlink > 0) --st->st_nlink;  // The keep link is not a name.
   if (ino == FUSE_ROOT_ID && !config_.store_in_backing) {
     ++st->st_nlink;  // .snapshot is shown; a hidden store would cancel it.
   }
@@ -799,7 +800,10 @@ int Filesystem::PreserveVictim(const CowEngine::Epoch& epoch, Inode& dir, const 
     // Its (empty) listing and attributes are all a snapshot needs of it.
     return cow_->PreserveListing(epoch, inode.get(), fd.get(), st.st_ino);
   }
-  if (st.st_nlink == 1) return cow_->Keep(epoch, fd.get(), st.st_ino);
+  if (st.st_nlink == 1) {
+    if (int r = cow_->Keep(epoch, fd.get(), st.st_ino); r != 0) return r;
+    if (inode) inode->kept = true;
+  }
   return 0;
 }
 
