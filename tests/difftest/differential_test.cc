@@ -1,7 +1,10 @@
 // Differential tests: vssfs-difftest runs the same random operations on a
 // plain directory and on a live vssfs mount (of another directory on the same
 // file system) and must find no difference, as root and as an unprivileged
-// user.
+// user. The snapshot model tests also take and delete snapshots between
+// batches and compare every live snapshot with a copy of the plain
+// directory made at its instant (contents, attributes, xattrs, links),
+// again after a remount, then run fsck.
 //
 // Environment: VSSFS_DIFFTEST_OPS (default 20000) sets the number of operations
 // per run; VSSFS_DIFFTEST_SEED replaces every seed below by the given one.
@@ -83,8 +86,11 @@ void MakeDir(const std::string& path) {
   REQUIRE(chmod(path.c_str(), 0755) == 0);
 }
 
-// One fresh mount, one run of vssfs-difftest on native/ vs mnt/.
-void RunDifftest(uint64_t seed, bool unprivileged) {
+// One fresh mount, one run of vssfs-difftest on native/ vs mnt/. With
+// `snapshots`, the run also takes and deletes snapshots and compares each
+// with a copy of native/ made at its instant; after a remount, the
+// remaining snapshots are compared again.
+void RunDifftest(uint64_t seed, bool unprivileged, bool snapshots = false) {
   const uint64_t ops = EnvNumber("VSSFS_DIFFTEST_OPS", kDefaultOps);
   TempDir tmp;
   SearchableParents parents(tmp.path());
@@ -103,6 +109,11 @@ void RunDifftest(uint64_t seed, bool unprivileged) {
     argv.insert(argv.end(), {"--uid", std::to_string(kNobody), "--gid", std::to_string(kNogroup),
                              "--groups", kSupplementaryGroups});
   }
+  const std::string models = tmp.Sub("models");
+  if (snapshots) {
+    argv.insert(argv.end(), {"--vssctl", VSSFS_VSSCTL_BINARY, "--mount", mnt, "--models", models,
+                             "--keep-snapshots"});
+  }
   argv.push_back(native);
   argv.push_back(mnt);
   std::string output;
@@ -112,6 +123,19 @@ void RunDifftest(uint64_t seed, bool unprivileged) {
                << output);
   REQUIRE(rc == 0);
   mount.Unmount();
+  if (!snapshots) return;
+  // The snapshots survive a remount unchanged, and the store checks clean.
+  ScopedMount again(backing, mnt, {"-o", "allow_other"});
+  std::string verify;
+  const int vrc = RunCommand(
+      {VSSFS_DIFFTEST_BINARY, "--verify-snapshots", "--mount", mnt, "--models", models}, &verify);
+  INFO("after remount:\n" << verify);
+  REQUIRE(vrc == 0);
+  std::string fsck;
+  const int frc = RunCommand({VSSFS_VSSCTL_BINARY, "-m", mnt, "fsck"}, &fsck);
+  INFO("vssctl fsck:\n" << fsck);
+  REQUIRE(frc == 0);
+  again.Unmount();
 }
 
 }  // namespace
@@ -137,4 +161,22 @@ TEST_CASE("difftest: random seed as root and as uid 65534", "[fs][difftest]") {
   WARN("difftest random seed: " << seed << " (rerun with VSSFS_DIFFTEST_SEED=" << seed << ")");
   SECTION("root") { RunDifftest(seed, /*unprivileged=*/false); }
   SECTION("uid 65534") { RunDifftest(seed, /*unprivileged=*/true); }
+}
+
+TEST_CASE("snapshots: every snapshot equals a copy of the tree at its instant", "[fs][snapshot]") {
+  REQUIRE(geteuid() == 0);
+  for (uint64_t seed : Seeds({7, 4242})) {
+    SECTION("seed " + std::to_string(seed)) {
+      RunDifftest(seed, /*unprivileged=*/false, /*snapshots=*/true);
+    }
+  }
+}
+
+TEST_CASE("snapshots: model test with operations as uid 65534 and a random seed",
+          "[fs][snapshot]") {
+  REQUIRE(geteuid() == 0);
+  static const uint64_t seed = Seeds({RandomSeed()}).front();
+  WARN("snapshot model random seed: " << seed << " (rerun with VSSFS_DIFFTEST_SEED=" << seed
+                                      << ")");
+  SECTION("uid 65534") { RunDifftest(seed, /*unprivileged=*/true, /*snapshots=*/true); }
 }

@@ -41,6 +41,7 @@
 #include <cstring>
 #include <ctime>
 #include <deque>
+#include <fstream>
 #include <functional>
 #include <iterator>
 #include <map>
@@ -1134,8 +1135,7 @@ bool Worker::OpTruncate() {
     return true;
   };
   // Sets A's mtime to B's (fd or path of each side).
-  auto align_mtime = [](int fd_a, int fd_b, const std::string& path_a,
-                        const std::string& path_b) {
+  auto align_mtime = [](int fd_a, int fd_b, const std::string& path_a, const std::string& path_b) {
     struct stat b;
     int r = fd_b >= 0 ? fstat(fd_b, &b) : stat(path_b.c_str(), &b);
     if (r != 0) return;
@@ -1165,8 +1165,7 @@ bool Worker::OpTruncate() {
   return Both(StrPrintf("truncate(%s, %lld)", Quote(path).c_str(), static_cast<long long>(len)),
               [&](int s) {
                 struct stat before;
-                int64_t old_size =
-                    stat(Full(s, path).c_str(), &before) == 0 ? before.st_size : -2;
+                int64_t old_size = stat(Full(s, path).c_str(), &before) == 0 ? before.st_size : -2;
                 Outcome o = Result(truncate(Full(s, path).c_str(), len));
                 o.data = StatSummaryAt(ctx_->side[s], path, 0);
                 if (same_size_mtime(old_size, &o) && s == 1) {
@@ -1272,30 +1271,29 @@ bool Worker::OpUtimens() {
   const int flags = v >= 55 && v < 70 ? AT_SYMLINK_NOFOLLOW : 0;
   const std::string times_name =
       null_times ? "NULL" : "{" + TimeName(times[0]) + ", " + TimeName(times[1]) + "}";
-  return Both(StrPrintf("utimensat(%s, %s, %s)", Quote(path).c_str(), times_name.c_str(),
-                        AtFlagsName(flags).c_str()),
-              [&](int s) {
-                // The result is read through a descriptor taken before the
-                // call: resolving the path again could traverse a symlink
-                // whose atime was just set, and the traversal itself updates
-                // atime natively (relatime) but not through the mount's
-                // cached symlink.
-                Fd target(openat(Dir(s), path.c_str(),
-                                 O_PATH | O_CLOEXEC |
-                                     ((flags & AT_SYMLINK_NOFOLLOW) ? O_NOFOLLOW : 0)));
-                Outcome o =
-                    Result(utimensat(Dir(s), path.c_str(), null_times ? nullptr : times, flags));
-                if (target.valid()) {
-                  struct stat st;
-                  if (fstatat(target.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0) {
-                    o.data = FormatAttr(FromStat(st), set(o, null_times, 0), set(o, null_times, 1));
-                  }
-                } else {
-                  o.data = StatSummaryAt(ctx_->side[s], path, flags, set(o, null_times, 0),
-                                         set(o, null_times, 1));
-                }
-                return o;
-              });
+  return Both(
+      StrPrintf("utimensat(%s, %s, %s)", Quote(path).c_str(), times_name.c_str(),
+                AtFlagsName(flags).c_str()),
+      [&](int s) {
+        // The result is read through a descriptor taken before the
+        // call: resolving the path again could traverse a symlink
+        // whose atime was just set, and the traversal itself updates
+        // atime natively (relatime) but not through the mount's
+        // cached symlink.
+        Fd target(openat(Dir(s), path.c_str(),
+                         O_PATH | O_CLOEXEC | ((flags & AT_SYMLINK_NOFOLLOW) ? O_NOFOLLOW : 0)));
+        Outcome o = Result(utimensat(Dir(s), path.c_str(), null_times ? nullptr : times, flags));
+        if (target.valid()) {
+          struct stat st;
+          if (fstatat(target.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0) {
+            o.data = FormatAttr(FromStat(st), set(o, null_times, 0), set(o, null_times, 1));
+          }
+        } else {
+          o.data = StatSummaryAt(ctx_->side[s], path, flags, set(o, null_times, 0),
+                                 set(o, null_times, 1));
+        }
+        return o;
+      });
 }
 
 bool Worker::OpMkdir() {
@@ -2312,6 +2310,161 @@ bool TreeChecker::Xattrs(const std::string& rel) {
 }
 
 // ---------------------------------------------------------------------------
+// Snapshot model.
+
+// Runs argv, collecting stdout and stderr in *output. Returns the exit
+// status, or -1 when it could not run.
+int RunProgram(const std::vector<std::string>& argv, std::string* output) {
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) return -1;
+  fflush(stdout);
+  const pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    dup2(out[1], 1);
+    dup2(out[1], 2);
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
+    _exit(127);
+  }
+  close(out[1]);
+  output->clear();
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(out[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR)) {
+    if (n > 0) output->append(buf, static_cast<size_t>(n));
+  }
+  close(out[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+class Snapper {
+ public:
+  Snapper(const Options& o, const Side& a, const Side& b)
+      : o_(o), a_root_(a.root), rng_(o.seed ^ 0x5eed) {
+    char* mount = realpath(o.mount.c_str(), nullptr);
+    mount_ = mount ? mount : o.mount;
+    free(mount);
+    rel_ = b.root.rfind(mount_ + "/", 0) == 0 ? b.root.substr(mount_.size() + 1) : "";
+    models_ = o.models.empty() ? a.root + "-models" : o.models;
+  }
+
+  // Setup problems (DIR_B not inside MNT, no models directory).
+  std::string Prepare() {
+    if (rel_.empty()) return "DIR_B is not inside the mount " + mount_ + "\n";
+    if (mkdir(models_.c_str(), 0700) != 0 && errno != EEXIST) {
+      return "cannot create " + models_ + ": " + strerror(errno) + "\n";
+    }
+    return "";
+  }
+
+  // One step at a tree check: maybe snapshot, maybe delete, then compare all.
+  std::string Step() {
+    if (SplitMix(&rng_) % 100 < o_.snapshot_percent) {
+      if (std::string r = Take(); !r.empty()) return r;
+    }
+    if (live_.size() > 3 && SplitMix(&rng_) % 100 < 40) {
+      const size_t i = SplitMix(&rng_) % live_.size();
+      if (std::string r = Delete(i); !r.empty()) return r;
+    }
+    return CompareAll();
+  }
+
+  std::string CompareAll() {
+    for (auto& m : live_) {
+      const std::string report = m->checker->Check();
+      if (!report.empty()) return "snapshot " + m->name + " differs from its model: " + report;
+    }
+    return "";
+  }
+
+  // Deletes every snapshot and model unless they are to be kept.
+  std::string Finish() {
+    if (o_.keep_snapshots) {
+      Print(StrPrintf("difftest: %zu snapshots kept with their models in %s\n", live_.size(),
+                      models_.c_str()));
+      return "";
+    }
+    while (!live_.empty()) {
+      if (std::string r = Delete(live_.size() - 1); !r.empty()) return r;
+    }
+    rmdir(models_.c_str());
+    return "";
+  }
+
+  size_t taken() const { return taken_; }
+  size_t deleted() const { return deleted_; }
+
+ private:
+  struct Model {
+    std::string name;
+    Side model;
+    Side snap;
+    std::unique_ptr<TreeChecker> checker;
+  };
+
+  std::string Take() {
+    const std::string name = a_root_.substr(a_root_.rfind('/') + 1) + StrPrintf("-s%zu", ++taken_);
+    std::string out;
+    int rc = RunProgram({o_.vssctl, "-m", mount_, "snapshot", "create", "--name", name}, &out);
+    if (rc != 0) return "vssctl snapshot create failed (" + std::to_string(rc) + "): " + out;
+    const std::string model = models_ + "/" + name;
+    rc = RunProgram({"cp", "-a", "--", a_root_, model}, &out);
+    if (rc != 0) return "cp -a of the model failed: " + out;
+    {
+      std::ofstream f(models_ + "/" + name + ".path");
+      f << rel_ << "\n";
+    }
+    Add(name, model, mount_ + "/.snapshot/" + name + "/" + rel_);
+    if (o_.verbose) Print("difftest: took snapshot " + name + "\n");
+    return "";
+  }
+
+  std::string Delete(size_t i) {
+    std::string out;
+    const std::string name = live_[i]->name;
+    int rc = RunProgram({o_.vssctl, "-m", mount_, "snapshot", "delete", name}, &out);
+    if (rc != 0) return "vssctl snapshot delete failed (" + std::to_string(rc) + "): " + out;
+    struct stat st;
+    if (lstat(live_[i]->snap.root.c_str(), &st) == 0) {
+      return "snapshot " + name + " is still visible after delete\n";
+    }
+    RemoveTree(live_[i]->model.root);
+    unlink((models_ + "/" + name + ".path").c_str());
+    live_.erase(live_.begin() + static_cast<ptrdiff_t>(i));
+    ++deleted_;
+    if (o_.verbose) Print("difftest: deleted snapshot " + name + "\n");
+    return "";
+  }
+
+ public:
+  void Add(const std::string& name, const std::string& model, const std::string& snap) {
+    auto m = std::make_unique<Model>();
+    m->name = name;
+    m->model.root = model;
+    m->snap.root = snap;
+    m->checker = std::make_unique<TreeChecker>(&m->model, &m->snap);
+    live_.push_back(std::move(m));
+  }
+
+ private:
+  const Options& o_;
+  std::string a_root_;
+  uint64_t rng_;
+  std::string mount_;
+  std::string rel_;
+  std::string models_;
+  size_t taken_ = 0;
+  size_t deleted_ = 0;
+  std::vector<std::unique_ptr<Model>> live_;
+};
+
+// ---------------------------------------------------------------------------
 // Runner process.
 
 constexpr char kMsgCheck = 'C';  // runner -> checker: quiescent, please check
@@ -2465,6 +2618,16 @@ std::string Usage() {
          "                  access statfs fallocate lseek copy_file_range xattr acl flock\n"
          "                  lock stat readdir rmtree\n"
          "  --verbose       print every operation\n"
+         "  --vssctl PATH --mount MNT\n"
+         "                  snapshot model: at tree checks take snapshots of the vssfs\n"
+         "                  volume at MNT (holding DIR_B) with PATH (vssctl), copy DIR_A\n"
+         "                  as each one's model, delete some, and compare every live\n"
+         "                  snapshot with its model at every check\n"
+         "  --snapshot-percent P  chance of a snapshot per check (default 40)\n"
+         "  --models DIR    where models are kept (default DIR_A/dt-<seed>-models)\n"
+         "  --keep-snapshots  leave snapshots and models (for --verify-snapshots)\n"
+         "  --verify-snapshots --mount MNT --models DIR\n"
+         "                  only compare the kept snapshots with their models\n"
          "Exit status: 0 pass, 1 mismatch, 2 usage or set-up error.\n";
 }
 
@@ -2486,7 +2649,8 @@ ParseResult ParseArgs(const std::vector<std::string>& args, Options* o, std::str
     const bool takes_value = arg == "--seed" || arg == "--ops" || arg == "--threads" ||
                              arg == "--uid" || arg == "--gid" || arg == "--groups" ||
                              arg == "--check-every" || arg == "--stall-timeout" ||
-                             arg == "--exclude-ops";
+                             arg == "--exclude-ops" || arg == "--vssctl" || arg == "--mount" ||
+                             arg == "--models" || arg == "--snapshot-percent";
     const size_t eq = arg.find('=');
     if (arg.rfind("--", 0) == 0 && eq != std::string::npos) {
       value = arg.substr(eq + 1);
@@ -2504,6 +2668,19 @@ ParseResult ParseArgs(const std::vector<std::string>& args, Options* o, std::str
       o->verbose = true;
     } else if (arg == "--keep") {
       o->keep = true;
+    } else if (arg == "--vssctl") {
+      o->vssctl = value;
+    } else if (arg == "--mount") {
+      o->mount = value;
+    } else if (arg == "--models") {
+      o->models = value;
+    } else if (arg == "--snapshot-percent") {
+      if (!number(arg, value, &n) || n > 100) return ParseResult::kError;
+      o->snapshot_percent = static_cast<unsigned>(n);
+    } else if (arg == "--keep-snapshots") {
+      o->keep_snapshots = true;
+    } else if (arg == "--verify-snapshots") {
+      o->verify_only = true;
     } else if (arg == "--seed") {
       if (!number(arg, value, &o->seed)) return ParseResult::kError;
       o->seed_given = true;
@@ -2583,6 +2760,17 @@ ParseResult ParseArgs(const std::vector<std::string>& args, Options* o, std::str
     return ParseResult::kError;
   }
   o->drop_privileges = have_uid;
+  if (!o->verify_only && !o->vssctl.empty() != !o->mount.empty()) {
+    *error = "--vssctl and --mount go together";
+    return ParseResult::kError;
+  }
+  if (o->verify_only) {
+    if (o->mount.empty() || o->models.empty() || !positional.empty()) {
+      *error = "--verify-snapshots needs --mount and --models and no DIR_A/DIR_B";
+      return ParseResult::kError;
+    }
+    return ParseResult::kOk;
+  }
   if (positional.size() != 2) {
     *error = "expected DIR_A and DIR_B";
     return ParseResult::kError;
@@ -2663,6 +2851,15 @@ int RunDifftest(const Options& options_in) {
   Fd reply(to_runner[1]);
 
   TreeChecker checker(&side[0], &side[1]);
+  std::unique_ptr<Snapper> snapper;
+  if (!options.vssctl.empty()) {
+    snapper = std::make_unique<Snapper>(options, side[0], side[1]);
+    if (std::string r = snapper->Prepare(); !r.empty()) {
+      Print("difftest: " + r);
+      kill(pid, SIGKILL);
+      return kExitUsage;
+    }
+  }
   uint64_t checks = 0;
   uint64_t ops_done = 0;
   int result = -1;
@@ -2682,7 +2879,9 @@ int RunDifftest(const Options& options_in) {
     if (!ReadAll(from_runner.get(), msg, sizeof msg)) break;  // runner exited
     memcpy(&ops_done, msg + 1, 8);
     ++checks;
-    const std::string report = checker.Check();
+    std::string report = checker.Check();
+    if (report.empty() && snapper) report = snapper->Step();
+    if (report.empty() && snapper && msg[0] == kMsgEnd) report = snapper->Finish();
     if (!report.empty()) {
       Print(StrPrintf("difftest: MISMATCH in tree check #%llu (after %llu ops):\n  %s",
                       static_cast<unsigned long long>(checks),
@@ -2732,10 +2931,44 @@ int RunDifftest(const Options& options_in) {
     RemoveTree(side[0].root);
     RemoveTree(side[1].root);
   }
+  if (snapper) {
+    Print(StrPrintf("difftest: snapshots: %zu taken, %zu deleted, all matched their models\n",
+                    snapper->taken(), snapper->deleted()));
+  }
   Print(StrPrintf("difftest: PASS %llu ops, %llu tree checks, seed=%llu\n",
                   static_cast<unsigned long long>(ops_done),
                   static_cast<unsigned long long>(checks),
                   static_cast<unsigned long long>(options.seed)));
+  return kExitPass;
+}
+
+int VerifySnapshots(const Options& options) {
+  Snapper snapper(options, Side{}, Side{});
+  DirPtr d{opendir(options.models.c_str())};
+  if (!d) {
+    Print(StrPrintf("difftest: %s: %s\n", options.models.c_str(), strerror(errno)));
+    return kExitUsage;
+  }
+  char* real = realpath(options.mount.c_str(), nullptr);
+  const std::string mount = real ? real : options.mount;
+  free(real);
+  size_t n = 0;
+  while (dirent* e = readdir(d.get())) {
+    std::string file = e->d_name;
+    if (file.size() < 6 || file.substr(file.size() - 5) != ".path") continue;
+    const std::string name = file.substr(0, file.size() - 5);
+    std::ifstream f(options.models + "/" + file);
+    std::string rel;
+    std::getline(f, rel);
+    snapper.Add(name, options.models + "/" + name, mount + "/.snapshot/" + name + "/" + rel);
+    ++n;
+  }
+  const std::string report = snapper.CompareAll();
+  if (!report.empty()) {
+    Print("difftest: MISMATCH: " + report);
+    return kExitMismatch;
+  }
+  Print(StrPrintf("difftest: PASS %zu snapshots match their models\n", n));
   return kExitPass;
 }
 

@@ -51,6 +51,17 @@ struct Options {
   std::vector<std::string> exclude_ops;  // operation kinds left out
   std::string dir_a;                     // reference
   std::string dir_b;                     // under test
+
+  // Snapshot model (--vssctl): at tree checks, take snapshots of the vssfs
+  // volume mounted at `mount` (which holds DIR_B) and copy DIR_A's workspace
+  // as each snapshot's model; delete some; compare every live snapshot with
+  // its model at every check.
+  std::string vssctl;
+  std::string mount;
+  std::string models;               // model copies; default DIR_A/dt-<seed>-models
+  unsigned snapshot_percent = 40;   // chance per check of taking a snapshot
+  bool keep_snapshots = false;      // leave snapshots and models for --verify-snapshots
+  bool verify_only = false;         // --verify-snapshots: compare existing ones, run nothing
 };
 
 enum class ParseResult { kOk, kHelp, kError };
@@ -60,6 +71,10 @@ ParseResult ParseArgs(const std::vector<std::string>& args, Options* options, st
 
 // The usage text.
 std::string Usage();
+
+// --verify-snapshots: compares every snapshot model in options.models with
+// MOUNT/.snapshot/<name>. Returns kExitPass or kExitMismatch.
+int VerifySnapshots(const Options& options);
 
 // Runs the differential test and prints its report on stdout. Returns
 // kExitPass, kExitMismatch (a difference was found) or kExitUsage (bad

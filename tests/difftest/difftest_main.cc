@@ -21,5 +21,5 @@ int main(int argc, char** argv) {
     case dt::ParseResult::kOk:
       break;
   }
-  return dt::RunDifftest(options);
+  return options.verify_only ? dt::VerifySnapshots(options) : dt::RunDifftest(options);
 }
