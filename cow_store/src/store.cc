@@ -312,6 +312,11 @@ struct Store::Impl {
   Result<bool> SameContent(const BlockRecord& rec, std::string_view data) const;
 
   Status CommitGroup(std::vector<Pending*>& group);
+  // Allocated pack space outside `used` (extents per pack, sorted in
+  // place); with `repair`, adds it to *punch.
+  Status ScanOrphans(std::map<uint32_t, std::vector<std::pair<uint64_t, uint64_t>>>& used,
+                     bool repair, uint64_t* orphan_bytes,
+                     std::vector<std::pair<uint32_t, std::pair<uint64_t, uint32_t>>>* punch) const;
   Status ApplyBatch(MDB_txn* txn, SnapId epoch, Preservation& batch,
                     std::vector<std::pair<uint32_t, std::pair<uint64_t, uint32_t>>>* punch,
                     std::set<uint32_t>* synced);
@@ -341,6 +346,8 @@ Status Store::Impl::OpenEnv(const StoreOptions& options) {
   if (rc != 0) return FromLmdb(rc, "open catalogue " + path);
   int fd = -1;
   if (mdb_env_get_fd(env, &fd) == 0 && fd >= 0) fcntl(fd, F_SETFD, FD_CLOEXEC);
+  int dead = 0;
+  (void)mdb_reader_check(env, &dead);  // Reader slots of a crashed daemon.
 
   Txn txn;
   if (Status s = txn.Begin(env, 0); !s.ok()) return s;
@@ -394,12 +401,15 @@ Status Store::Impl::OpenEnv(const StoreOptions& options) {
     block_size = bd.U32();
     if (!bd.done() || block_size < kAlign) return Damaged("bad block size");
   }
-  // Latest snapshot: the last key of `snapshots`.
-  Cursor c;
-  if (Status s = c.Open(txn.get(), snapshots); !s.ok()) return s;
-  MDB_val ck, cv;
-  rc = c.Get(&ck, &cv, MDB_LAST);
-  if (rc == 0 && ck.mv_size == 8) latest = GetBe64(View(ck), 0);
+  // Latest snapshot: the last key of `snapshots`. The cursor is closed
+  // before the commit, which would free it (a write transaction's cursors).
+  {
+    Cursor c;
+    if (Status s = c.Open(txn.get(), snapshots); !s.ok()) return s;
+    MDB_val ck, cv;
+    rc = c.Get(&ck, &cv, MDB_LAST);
+    if (rc == 0 && ck.mv_size == 8) latest = GetBe64(View(ck), 0);
+  }
   return txn.Commit();
 }
 
@@ -1371,6 +1381,83 @@ Result<SpaceUsage> Store::Usage() const {
   return u;
 }
 
+Status Store::Impl::ScanOrphans(
+    std::map<uint32_t, std::vector<std::pair<uint64_t, uint64_t>>>& used, bool repair,
+    uint64_t* orphan_bytes,
+    std::vector<std::pair<uint32_t, std::pair<uint64_t, uint32_t>>>* punch) const {
+  *orphan_bytes = 0;
+  // Not dup(): see Usage().
+  UniqueFd dup_fd(openat(pack_dir.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  DIR* d = dup_fd ? fdopendir(dup_fd.get()) : nullptr;
+  if (d == nullptr) return Status::FromErrno(errno, "list packs");
+  dup_fd.release();
+  std::vector<uint32_t> packs;
+  while (dirent* de = readdir(d)) {
+    unsigned n = 0;
+    char extra;
+    if (std::sscanf(de->d_name, "pack-%8u%c", &n, &extra) == 1) packs.push_back(n);
+  }
+  closedir(d);
+  for (uint32_t pack : packs) {
+    Result<std::shared_ptr<UniqueFd>> fd = PackFd(pack);
+    if (!fd.ok()) return fd.status();
+    auto& extents = used[pack];
+    std::sort(extents.begin(), extents.end());
+    off_t pos = 0;
+    while (true) {
+      off_t data = lseek(fd.value()->get(), pos, SEEK_DATA);
+      if (data < 0) break;
+      off_t hole = lseek(fd.value()->get(), data, SEEK_HOLE);
+      if (hole < 0) break;
+      // Subtract used extents from [data, hole).
+      uint64_t cur = static_cast<uint64_t>(data);
+      const uint64_t end = static_cast<uint64_t>(hole);
+      auto it =
+          std::lower_bound(extents.begin(), extents.end(), std::pair<uint64_t, uint64_t>{0, 0},
+                           [&](const auto& a, const auto&) { return a.first + a.second <= cur; });
+      for (; cur < end; ++it) {
+        uint64_t next_used = it == extents.end() ? end : std::min(end, it->first);
+        if (next_used > cur) {
+          uint64_t lo = AlignUp(cur), hi = next_used / kAlign * kAlign;
+          if (hi > lo) {
+            *orphan_bytes += hi - lo;
+            if (repair) punch->push_back({pack, {lo, static_cast<uint32_t>(hi - lo)}});
+          }
+        }
+        if (it == extents.end()) break;
+        cur = std::max(cur, it->first + it->second);
+      }
+      pos = hole;
+    }
+  }
+  return Status();
+}
+
+Result<uint64_t> Store::ReclaimOrphans() {
+  std::unique_lock gate(impl_->gate);  // No appends in flight.
+  std::lock_guard lock(impl_->commit_mutex);
+  std::map<uint32_t, std::vector<std::pair<uint64_t, uint64_t>>> used;
+  {
+    Txn txn;
+    if (Status s = txn.Begin(impl_->env, MDB_RDONLY); !s.ok()) return s;
+    Cursor c;
+    if (Status s = c.Open(txn.get(), impl_->blocks); !s.ok()) return s;
+    MDB_val k, v;
+    for (int rc = c.Get(&k, &v, MDB_FIRST); rc == 0; rc = c.Get(&k, &v, MDB_NEXT)) {
+      BlockRecord br;
+      if (!DecodeBlock(View(v), &br)) return Damaged("block record");
+      used[br.pack].push_back({br.offset, AlignUp(br.length)});
+    }
+  }
+  uint64_t orphan_bytes = 0;
+  std::vector<std::pair<uint32_t, std::pair<uint64_t, uint32_t>>> punch;
+  if (Status s = impl_->ScanOrphans(used, true, &orphan_bytes, &punch); !s.ok()) return s;
+  for (const auto& [pack, extent] : punch) {
+    if (Status s = impl_->Punch(pack, extent.first, extent.second); !s.ok()) return s;
+  }
+  return orphan_bytes;
+}
+
 Result<FsckReport> Store::Fsck(bool repair,
                                const std::function<void(const std::string&)>& progress) {
   FsckReport report;
@@ -1608,52 +1695,7 @@ Result<FsckReport> Store::Fsck(bool repair,
 
   // 4. Orphan space: allocated pack regions no block record covers.
   uint64_t orphan_bytes = 0;
-  {
-    // Not dup(): see Usage().
-    UniqueFd dup_fd(openat(impl_->pack_dir.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    DIR* d = dup_fd ? fdopendir(dup_fd.get()) : nullptr;
-    if (d == nullptr) return Status::FromErrno(errno, "list packs");
-    dup_fd.release();
-    std::vector<uint32_t> packs;
-    while (dirent* de = readdir(d)) {
-      unsigned n = 0;
-      char extra;
-      if (std::sscanf(de->d_name, "pack-%8u%c", &n, &extra) == 1) packs.push_back(n);
-    }
-    closedir(d);
-    for (uint32_t pack : packs) {
-      Result<std::shared_ptr<UniqueFd>> fd = impl_->PackFd(pack);
-      if (!fd.ok()) return fd.status();
-      auto& extents = used[pack];
-      std::sort(extents.begin(), extents.end());
-      off_t pos = 0;
-      while (true) {
-        off_t data = lseek(fd.value()->get(), pos, SEEK_DATA);
-        if (data < 0) break;
-        off_t hole = lseek(fd.value()->get(), data, SEEK_HOLE);
-        if (hole < 0) break;
-        // Subtract used extents from [data, hole).
-        uint64_t cur = static_cast<uint64_t>(data);
-        const uint64_t end = static_cast<uint64_t>(hole);
-        auto it =
-            std::lower_bound(extents.begin(), extents.end(), std::pair<uint64_t, uint64_t>{0, 0},
-                             [&](const auto& a, const auto&) { return a.first + a.second <= cur; });
-        for (; cur < end; ++it) {
-          uint64_t next_used = it == extents.end() ? end : std::min(end, it->first);
-          if (next_used > cur) {
-            uint64_t lo = AlignUp(cur), hi = next_used / kAlign * kAlign;
-            if (hi > lo) {
-              orphan_bytes += hi - lo;
-              if (repair) punch.push_back({pack, {lo, static_cast<uint32_t>(hi - lo)}});
-            }
-          }
-          if (it == extents.end()) break;
-          cur = std::max(cur, it->first + it->second);
-        }
-        pos = hole;
-      }
-    }
-  }
+  if (Status s = impl_->ScanOrphans(used, repair, &orphan_bytes, &punch); !s.ok()) return s;
   if (orphan_bytes > 0) {
     problem(std::to_string(orphan_bytes) + " bytes of pack space belong to no block (orphans)");
     if (repair) report.repairs.push_back("freed " + std::to_string(orphan_bytes) + " orphan bytes");

@@ -286,6 +286,10 @@ class Store {
   // snapshots that lost data as damaged. `progress` (may be empty) is called
   // now and then with a line of text.
   Result<FsckReport> Fsck(bool repair, const std::function<void(const std::string&)>& progress);
+  // Frees pack space that no block record covers: blocks appended by
+  // preservations a crash interrupted before their commit. Run at mount.
+  // Returns the bytes freed.
+  Result<uint64_t> ReclaimOrphans();
 
  private:
   friend class ReadView;
