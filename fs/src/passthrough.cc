@@ -4,9 +4,11 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/capability.h>
+#include <spawn.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -204,6 +206,12 @@ Status Filesystem::AttachStore(cow_store::Store* store) {
   fs->snaps_ =
       std::make_unique<SnapshotView>(fs->cow_.get(), st.st_ino, root_handle, config.timeout);
   fs->ReconcileKept();
+  Result<uint64_t> orphans = store->ReclaimOrphans();
+  if (!orphans.ok()) return orphans.status();
+  if (orphans.value() > 0) {
+    LOG_INFO("freed %llu bytes of store space left by an interrupted preservation",
+             static_cast<unsigned long long>(orphans.value()));
+  }
   return Status();
 }
 
@@ -250,13 +258,35 @@ void Filesystem::InvalidateSnapshotDir(const std::string& name) {
   fuse_lowlevel_notify_inval_entry(session_, kSnapshotDirNodeId, name.c_str(), name.size());
 }
 
+// syncfs(2) of our own mount runs in a separate process (this binary,
+// `--internal-syncfs`): a daemon thread blocked in writeback of its own mount
+// would keep a killed daemon from exiting, and with it the FUSE connection
+// from being aborted. The child holds no /dev/fuse descriptor (all are
+// close-on-exec).
+Status SyncMount(const std::string& mountpoint) {
+  const char* argv[] = {"vssfs", "--internal-syncfs", mountpoint.c_str(), nullptr};
+  pid_t pid = 0;
+  if (int r =
+          posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, const_cast<char**>(argv), environ);
+      r != 0) {
+    return Status::FromErrno(r, "start syncfs of " + mountpoint);
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) return Status::FromErrno(errno, "wait for syncfs of " + mountpoint);
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    const int err = WIFEXITED(status) ? WEXITSTATUS(status) : EIO;
+    return Status::FromErrno(err, "syncfs " + mountpoint);
+  }
+  return Status();
+}
+
 Result<cow_store::SnapshotInfo> Filesystem::CreateSnapshot(const std::string& name,
                                                            std::optional<cow_store::Guid> guid) {
   // Every write that completed before this request: out of the kernel's
   // writeback cache into the backing files, then onto stable storage.
-  UniqueFd mnt(open(config_.mountpoint.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!mnt) return Status::FromErrno(errno, "open mount point " + config_.mountpoint);
-  if (syncfs(mnt.get()) != 0) return Status::FromErrno(errno, "syncfs " + config_.mountpoint);
+  if (Status st = SyncMount(config_.mountpoint); !st.ok()) return st;
   if (syncfs(mount_fd_.get()) != 0) return Status::FromErrno(errno, "syncfs backing directory");
   for (int attempt = 0;; ++attempt) {
     struct timespec now;
