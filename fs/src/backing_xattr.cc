@@ -32,8 +32,8 @@ int SameInode(int path_fd, const std::string& path) {
   return want.st_ino == got.st_ino && want.st_dev == got.st_dev ? 0 : -ESTALE;
 }
 
-ssize_t BackingGetXattr(int path_fd, const std::string& symlink_path, const char* name,
-                        void* value, size_t size) {
+ssize_t BackingGetXattr(int path_fd, const std::string& symlink_path, const char* name, void* value,
+                        size_t size) {
   if (!symlink_path.empty()) {
     return OnSymlink(path_fd, symlink_path, true,
                      [&](const char* p) { return lgetxattr(p, name, value, size); });
@@ -42,8 +42,7 @@ ssize_t BackingGetXattr(int path_fd, const std::string& symlink_path, const char
   return r < 0 ? -errno : r;
 }
 
-ssize_t BackingListXattr(int path_fd, const std::string& symlink_path, char* list,
-                         size_t size) {
+ssize_t BackingListXattr(int path_fd, const std::string& symlink_path, char* list, size_t size) {
   if (!symlink_path.empty()) {
     return OnSymlink(path_fd, symlink_path, true,
                      [&](const char* p) { return llistxattr(p, list, size); });

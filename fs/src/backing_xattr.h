@@ -33,10 +33,9 @@ struct ProcPath {
 
 // `symlink_path` is empty for anything but a symlink. Each returns the system
 // call's result or a negative errno.
-ssize_t BackingGetXattr(int path_fd, const std::string& symlink_path, const char* name,
-                        void* value, size_t size);
-ssize_t BackingListXattr(int path_fd, const std::string& symlink_path, char* list,
-                         size_t size);
+ssize_t BackingGetXattr(int path_fd, const std::string& symlink_path, const char* name, void* value,
+                        size_t size);
+ssize_t BackingListXattr(int path_fd, const std::string& symlink_path, char* list, size_t size);
 int BackingSetXattr(int path_fd, const std::string& symlink_path, const char* name,
                     const void* value, size_t size, int flags);
 int BackingRemoveXattr(int path_fd, const std::string& symlink_path, const char* name);

@@ -274,7 +274,7 @@ int CowEngine::PreserveListing(const Epoch& e, Inode* inode, int dir_fd, Ino ino
 
 int CowEngine::PreserveData(const Epoch& e, Inode& inode, uint64_t off, uint64_t len) {
   if (!Needed(e, &inode)) return 0;
-  std::lock_guard lock(inode.cow_mutex);
+  std::unique_lock lock(inode.cow_mutex);
   const int fd = inode.fd.get();
   if (int r = Load(inode, e.latest(), fd); r != 0) return r;
   if (!inode.cow_inode) {
@@ -289,44 +289,73 @@ int CowEngine::PreserveData(const Epoch& e, Inode& inode, uint64_t off, uint64_t
   const uint64_t end = len > size - off ? size : off + len;
   const uint64_t first = off / bs;
   const uint64_t last = (end - 1) / bs;
+  // Blocks another request is preserving are waited for; the rest are
+  // claimed and preserved here, without the lock.
   std::vector<uint64_t> todo;
-  for (uint64_t b = first; b <= last; ++b) {
-    if (!TestBit(inode.cow_blocks, b)) todo.push_back(b);
+  while (true) {
+    todo.clear();
+    bool wait = false;
+    for (uint64_t b = first; b <= last; ++b) {
+      if (TestBit(inode.cow_blocks, b)) continue;
+      if (TestBit(inode.cow_busy, b)) {
+        wait = true;
+        break;
+      }
+      todo.push_back(b);
+    }
+    if (!wait) break;
+    inode.cow_cv.wait(lock);
   }
   if (todo.empty()) return 0;
+  for (uint64_t b : todo) SetBit(&inode.cow_busy, b);
+  lock.unlock();
+
+  std::vector<uint64_t> done;
+  int result = 0;
   UniqueFd rfd(open(ProcPath(fd).path, O_RDONLY | O_CLOEXEC | O_NOATIME));
   if (!rfd && errno == EPERM) rfd.reset(open(ProcPath(fd).path, O_RDONLY | O_CLOEXEC));
-  if (!rfd) return -errno;
+  if (!rfd) result = -errno;
   std::string buf;
-  for (size_t i = 0; i < todo.size(); i += kBatchBlocks) {
+  for (size_t i = 0; result == 0 && i < todo.size(); i += kBatchBlocks) {
     Preservation batch;
     const size_t n = std::min(kBatchBlocks, todo.size() - i);
-    for (size_t j = i; j < i + n; ++j) {
-      const uint64_t b = todo[j];
-      const uint64_t pos = b * bs;
-      const size_t want = static_cast<size_t>(std::min(bs, size - pos));
-      buf.assign(want, '\0');
-      size_t got = 0;
-      while (got < want) {
-        ssize_t r = pread(rfd.get(), buf.data() + got, want - got, static_cast<off_t>(pos + got));
-        if (r < 0) {
-          if (errno == EINTR) continue;
-          return -errno;
-        }
-        if (r == 0) break;  // Shorter now: the rest reads as zeros.
-        got += static_cast<size_t>(r);
+    // One read covering this batch's blocks (and any preserved ones between).
+    const uint64_t lo = todo[i] * bs;
+    const uint64_t hi = std::min(size, (todo[i + n - 1] + 1) * bs);
+    buf.assign(static_cast<size_t>(hi - lo), '\0');
+    size_t got = 0;
+    while (got < buf.size()) {
+      ssize_t r =
+          pread(rfd.get(), buf.data() + got, buf.size() - got, static_cast<off_t>(lo + got));
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        result = -errno;
+        break;
       }
-      batch.AddBlock(inode.backing_ino, b, buf);
+      if (r == 0) break;  // Shorter now: the rest reads as zeros.
+      got += static_cast<size_t>(r);
     }
+    for (size_t j = i; result == 0 && j < i + n; ++j) {
+      const uint64_t pos = todo[j] * bs;
+      const size_t want = static_cast<size_t>(std::min(bs, size - pos));
+      batch.AddBlock(inode.backing_ino, todo[j], std::string_view(buf).substr(pos - lo, want));
+    }
+    if (result != 0) break;
     if (Status s = store_->Preserve(e.latest(), batch); !s.ok()) {
       LOG_ERROR("cannot preserve data of inode %llu: %s",
                 static_cast<unsigned long long>(inode.backing_ino), s.message().c_str());
-      return ErrnoOf(s);
+      result = ErrnoOf(s);
+      break;
     }
-    for (size_t j = i; j < i + n; ++j) SetBit(&inode.cow_blocks, todo[j]);
+    done.insert(done.end(), todo.begin() + static_cast<ptrdiff_t>(i),
+                todo.begin() + static_cast<ptrdiff_t>(i + n));
   }
-  Grace(inode.backing_ino);
-  return 0;
+  if (!done.empty()) Grace(inode.backing_ino);
+  lock.lock();
+  for (uint64_t b : done) SetBit(&inode.cow_blocks, b);
+  for (uint64_t b : todo) inode.cow_busy[b / 64] &= ~(uint64_t{1} << (b % 64));
+  inode.cow_cv.notify_all();
+  return result;
 }
 
 int CowEngine::Keep(const Epoch& e, int fd, Ino ino) {

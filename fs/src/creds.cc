@@ -1,14 +1,13 @@
 #include "creds.h"
 
+#include <linux/capability.h>
 #include <linux/securebits.h>
 #include <sched.h>
 #include <sys/fsuid.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
-#include <unistd.h>
-
-#include <linux/capability.h>
 #include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -117,8 +116,8 @@ ScopedCaller::~ScopedCaller() {
   if (umask_set_) SetThreadUmask(old_umask_);
 }
 
-ScopedUnprivilegedCaller::ScopedUnprivilegedCaller(uid_t uid, gid_t gid,
-                                                   const gid_t* groups, int ngroups) {
+ScopedUnprivilegedCaller::ScopedUnprivilegedCaller(uid_t uid, gid_t gid, const gid_t* groups,
+                                                   int ngroups) {
   if (!g_switch_ids) return;
   active_ = true;
   if (ThreadSetGroups(ngroups > 0 ? static_cast<size_t>(ngroups) : 0, groups) != 0 ||

@@ -18,6 +18,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -74,6 +75,11 @@ struct Inode {
   bool cow_listing = false;          // Directory entries preserved.
   uint64_t cow_size = 0;             // Size at the snapshot's instant, once cow_inode.
   std::vector<uint64_t> cow_blocks;  // Bitset of blocks with a record.
+  // Blocks being preserved by some request right now (bitset); cow_cv is
+  // signalled when a preservation ends. Concurrent WRITEs of one file
+  // preserve disjoint blocks in parallel and share group commits.
+  std::vector<uint64_t> cow_busy;
+  std::condition_variable cow_cv;
   // The latest snapshot when vssfs created this inode: no snapshot up to it
   // contains the inode, so nothing of it needs preserving while that is
   // still the latest. kNoEpoch when unknown.

@@ -1422,10 +1422,12 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, fuse
   Filesystem& fs = Fs(req);
   std::shared_ptr<Inode> inode = ino >= kReservedNodeIdBase ? nullptr : fs.inodes().Find(ino);
   CowEngine::Epoch epoch = fs.cow().Enter();
+  // Old blocks first, durably, then the overwrite (invariant 4). Concurrent
+  // WRITEs of one file preserve their blocks in parallel (sharing commits);
+  // the backing writes are serialised.
+  const int preserved = Run([&] { return fs.PreserveForWrite(epoch, inode.get(), off, len); });
   std::unique_lock<std::mutex> serialise;
   if (inode) serialise = std::unique_lock(inode->write_mutex);
-  // Old blocks first, durably, then the overwrite (invariant 4).
-  const int preserved = Run([&] { return fs.PreserveForWrite(epoch, inode.get(), off, len); });
   const bool direct = inode && payload != nullptr && len >= kDirectIoMin && len % kPage == 0 &&
                       off % static_cast<off_t>(kPage) == 0 && src.count == 1 &&
                       src.buf[0].mem == payload;

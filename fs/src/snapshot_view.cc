@@ -347,12 +347,37 @@ int SnapshotView::Read(uint64_t node, uint64_t fh, size_t size, off_t off, std::
     live_lo = live_hi = 0;
     return 0;
   };
+  {
+    std::lock_guard fl(f->mutex);
+    if (!f->live_tried) {
+      f->live_tried = true;
+      f->live_fd = OpenByHandle(cow_->mount_fd(), f->handle, O_RDONLY | O_NOATIME);
+      if (!f->live_fd && errno == EPERM) {
+        f->live_fd = OpenByHandle(cow_->mount_fd(), f->handle, O_RDONLY);
+      }
+    }
+  }
+  // Where every block comes from; the disk reads for all of them are
+  // started at once (readahead), then copied in order.
+  std::vector<cow_store::Result<BlockLocation>> locs;
+  for (uint64_t b = start / bs; b * bs < end; ++b) {
+    locs.push_back(view.value()->FindBlock(f->ino, b, f->snap));
+    if (!locs.back().ok()) return ErrnoOf(locs.back().status());
+    if (locs.back().value().kind == BlockLocation::Kind::kStored) {
+      cow_->store().Prefetch(locs.back().value());
+    } else if (locs.back().value().kind == BlockLocation::Kind::kLive) {
+      std::lock_guard fl(f->mutex);
+      if (f->live_fd) {
+        (void)posix_fadvise(f->live_fd.get(), static_cast<off_t>(b * bs), static_cast<off_t>(bs),
+                            POSIX_FADV_WILLNEED);
+      }
+    }
+  }
   std::string block;
   for (uint64_t b = start / bs; b * bs < end; ++b) {
     const uint64_t lo = std::max(start, b * bs);
     const uint64_t hi = std::min(end, (b + 1) * bs);
-    cow_store::Result<BlockLocation> loc = view.value()->FindBlock(f->ino, b, f->snap);
-    if (!loc.ok()) return ErrnoOf(loc.status());
+    const cow_store::Result<BlockLocation>& loc = locs[b - start / bs];
     if (loc.value().kind == BlockLocation::Kind::kLive) {
       if (live_hi == lo) {
         live_hi = hi;

@@ -277,6 +277,8 @@ class Store {
   Result<std::unique_ptr<ReadView>> BeginRead() const;
   // Reads a stored block into `buf` (loc.length bytes).
   Status ReadBlock(const BlockLocation& loc, char* buf) const;
+  // Starts reading a stored block from disk in the background (a hint).
+  void Prefetch(const BlockLocation& loc) const;
 
   // ---- accounting and checking ----
   Result<SpaceUsage> Usage() const;
