@@ -286,7 +286,7 @@ def main(argv):
         # -- space ------------------------------------------------------------
         def store_bytes():
             d = vol.df()
-            return d["pack_disk_bytes"], d["catalog_disk_bytes"], d["stored_bytes"]
+            return d["pack_disk_bytes"], d["catalog_bytes"], d["stored_bytes"]
 
         g = os.path.join(m, "ten.vhdx")
         write_file(g, size)

@@ -1482,9 +1482,18 @@ Result<SpaceUsage> Store::Usage() const {
     if (!v.ok()) return v.status();
     *c.out = v.value();
   }
+  // Pages in use by the catalogue's databases (the file itself keeps freed
+  // pages for reuse).
+  for (MDB_dbi dbi : {impl_->meta, impl_->snapshots, impl_->names, impl_->blocks, impl_->data,
+                      impl_->inodes, impl_->dirents, impl_->epochs, impl_->kept}) {
+    MDB_stat ds;
+    if (mdb_stat(txn.get(), dbi, &ds) == 0) {
+      u.catalog_bytes +=
+          static_cast<uint64_t>(ds.ms_branch_pages + ds.ms_leaf_pages + ds.ms_overflow_pages) *
+          ds.ms_psize;
+    }
+  }
   struct stat fst;
-  std::string path = impl_->dir_path + "/" + kCatalogFile;
-  if (stat(path.c_str(), &fst) == 0) u.catalog_bytes = static_cast<uint64_t>(fst.st_blocks) * 512;
   std::vector<uint32_t> packs;
   {
     std::shared_lock lock(impl_->packs_mutex);

@@ -4,9 +4,7 @@
 //
 // Exit status: 0 after a clean unmount, 1 on a usage or start-up error
 // (one message on stderr), 2 if the session ended with an error.
-#include <fcntl.h>
 #include <sys/resource.h>
-#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -58,12 +56,6 @@ struct FuseArgs {
 };
 
 int Main(int argc, char** argv) {
-  if (argc == 3 && std::strcmp(argv[1], "--internal-syncfs") == 0) {
-    // Spawned by the daemon before a snapshot cut (Filesystem::CreateSnapshot).
-    int fd = open(argv[2], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0 || syncfs(fd) != 0) return errno != 0 ? errno : EIO;
-    return 0;
-  }
   cow_store::Result<Options> parsed = ParseOptions(argc, argv);
   if (!parsed.ok()) return Fail(parsed.status().message());
   const Options& opts = parsed.value();

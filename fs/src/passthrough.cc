@@ -4,10 +4,10 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/capability.h>
-#include <spawn.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -258,19 +258,20 @@ void Filesystem::InvalidateSnapshotDir(const std::string& name) {
   fuse_lowlevel_notify_inval_entry(session_, kSnapshotDirNodeId, name.c_str(), name.size());
 }
 
-// syncfs(2) of our own mount runs in a separate process (this binary,
-// `--internal-syncfs`): a daemon thread blocked in writeback of its own mount
+// syncfs(2) of our own mount runs in a separate process that holds no
+// descriptor at all: a daemon thread blocked in writeback of its own mount
 // would keep a killed daemon from exiting, and with it the FUSE connection
-// from being aborted. The child holds no /dev/fuse descriptor (all are
-// close-on-exec).
+// from being aborted. The child of vfork() only makes system calls.
 Status SyncMount(const std::string& mountpoint) {
-  const char* argv[] = {"vssfs", "--internal-syncfs", mountpoint.c_str(), nullptr};
-  pid_t pid = 0;
-  if (int r =
-          posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, const_cast<char**>(argv), environ);
-      r != 0) {
-    return Status::FromErrno(r, "start syncfs of " + mountpoint);
+  const char* path = mountpoint.c_str();
+  const pid_t pid = vfork();
+  if (pid == 0) {
+    syscall(SYS_close_range, 0U, ~0U, 0U);
+    const int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) _exit(errno > 0 && errno < 256 ? errno : EIO);
+    _exit(syncfs(fd) == 0 ? 0 : (errno > 0 && errno < 256 ? errno : EIO));
   }
+  if (pid < 0) return Status::FromErrno(errno, "start syncfs of " + mountpoint);
   int status = 0;
   while (waitpid(pid, &status, 0) < 0) {
     if (errno != EINTR) return Status::FromErrno(errno, "wait for syncfs of " + mountpoint);

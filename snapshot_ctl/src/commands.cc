@@ -331,7 +331,7 @@ CommandResult RunCommand(Volume& volume, const std::vector<std::string>& all_arg
               ",\"dedup_saved_bytes\":" + std::to_string(dedup) +
               ",\"zero_saved_bytes\":" + std::to_string(v.zero_bytes) +
               ",\"pack_disk_bytes\":" + std::to_string(v.pack_bytes) +
-              ",\"catalog_disk_bytes\":" + std::to_string(v.catalog_bytes) +
+              ",\"catalog_bytes\":" + std::to_string(v.catalog_bytes) +
               ",\"kept_files\":" + std::to_string(v.kept_files) + "}\n";
     } else {
       r.out = "snapshots:          " + std::to_string(v.snapshots) +
@@ -342,7 +342,7 @@ CommandResult RunCommand(Volume& volume, const std::vector<std::string>& all_arg
               "\ndedup savings:      " + HumanBytes(dedup) +
               "\nzero-block savings: " + HumanBytes(v.zero_bytes) +
               "\npack files on disk: " + HumanBytes(v.pack_bytes) +
-              "\ncatalogue on disk:  " + HumanBytes(v.catalog_bytes) +
+              "\ncatalogue in use:   " + HumanBytes(v.catalog_bytes) +
               "\nkept files:         " + std::to_string(v.kept_files) + "\n";
     }
     return r;
