@@ -4,8 +4,9 @@
 Mounts vssfs on a fresh work directory and measures, against the same mount
 without snapshots in the same run:
 
-  create-100M / create-10G   snapshot create latency (median) with 100 MiB and
-                             with 10 GiB of data (plus 10000 small files)
+  create-100M / create-10G   snapshot create latency (median) of a volume with
+                             100 MiB and of one with 10 GiB and 10000 more
+                             files, mounted side by side, creates alternating
   preserved-write            64 KiB random writes to blocks already preserved
                              since the last snapshot, vs no snapshot
   first-rand64k              first overwrite after a snapshot, 64 KiB random
@@ -51,15 +52,15 @@ def fnv1a(text):
 
 
 class Volume:
-    def __init__(self, vssfs, work, opts):
+    def __init__(self, vssfs, work, opts, suffix=""):
         self.work = work
-        self.backing = os.path.join(work, "backing")
-        self.mnt = os.path.join(work, "mnt")
+        self.backing = os.path.join(work, "backing" + suffix)
+        self.mnt = os.path.join(work, "mnt" + suffix)
         self.run_dir = os.path.join(work, "run")
         for d in (self.backing, self.mnt):
             os.mkdir(d)
         env = dict(os.environ, VSSFS_RUN_DIR=self.run_dir)
-        self.log = open(os.path.join(work, "vssfs.log"), "w")
+        self.log = open(os.path.join(work, "vssfs%s.log" % suffix), "w")
         self.proc = subprocess.Popen([vssfs, "--foreground", *opts, self.backing, self.mnt],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.sock = os.path.join(self.run_dir, "ctl-%016x.sock" % fnv1a(self.mnt))
@@ -157,7 +158,7 @@ def main(argv):
     ap.add_argument("--size", type=int, default=1024, help="test file size in MiB (default 1024)")
     ap.add_argument("--big", type=int, default=10240,
                     help="data for the second create measurement, MiB (default 10240)")
-    ap.add_argument("--creates", type=int, default=15, help="snapshots per create measurement")
+    ap.add_argument("--creates", type=int, default=25, help="snapshots per create measurement")
     ap.add_argument("--repeat", type=int, default=3, help="rounds per throughput job (median)")
     ap.add_argument("--runtime", type=int, default=10, help="seconds per time-based job")
     ap.add_argument("--vssfs-opt", action="append", default=[], help="extra vssfs argument")
@@ -200,43 +201,47 @@ def main(argv):
             for s in json.loads(out):
                 vol.delete(s["name"])
 
-        # -- create latency: 100 MiB, then 10 GiB and 10000 more files --------
-        note("snapshot create latency: writing %d MiB" % 100)
-        os.mkdir(os.path.join(m, "data"))
-        for i in range(100):
-            write_file(os.path.join(m, "data", "f%03d" % i), MIB)
-        os.sync()
-
-        def create_times(label):
-            times = []
+        # -- create latency: a volume with 100 MiB and one with 10 GiB and
+        # 10000 more files, mounted side by side; creates alternate between
+        # them so that both see the same machine noise.
+        other = Volume(vssfs, work, a.vssfs_opt + ["-o", "allow_other"], suffix="-big")
+        try:
+            note("snapshot create latency: writing 100 MiB to one volume, %d MiB and "
+                 "10000 files to another" % a.big)
+            for vdir in (m, other.mnt):
+                os.mkdir(os.path.join(vdir, "data"))
+                for i in range(100):
+                    write_file(os.path.join(vdir, "data", "f%03d" % i), MIB)
+            for i in range(a.big // 1024):
+                fio(os.path.join(other.mnt, "data", "big%02d" % i), "write", "1M", GIB)
+            rest = a.big % 1024
+            if rest:
+                fio(os.path.join(other.mnt, "data", "bigrest"), "write", "1M", rest * MIB)
+            os.mkdir(os.path.join(other.mnt, "many"))
+            for i in range(10000):
+                with open(os.path.join(other.mnt, "many", "s%05d" % i), "w") as f:
+                    f.write("x")
+            os.sync()
+            small, big = [], []
             for i in range(a.creates):
-                t0 = time.perf_counter()
-                vol.snapshot("%s-%d" % (label, i))
-                times.append(time.perf_counter() - t0)
-                time.sleep(0.05)
-            delete_all()
-            return times
-
-        small = create_times("c100m")
-        note("writing %d MiB more and 10000 small files" % a.big)
-        for i in range(a.big // 1024):
-            fio(os.path.join(m, "data", "big%02d" % i), "write", "1M", GIB)
-        rest = a.big % 1024
-        if rest:
-            fio(os.path.join(m, "data", "bigrest"), "write", "1M", rest * MIB)
-        os.mkdir(os.path.join(m, "many"))
-        for i in range(10000):
-            with open(os.path.join(m, "many", "s%05d" % i), "w") as f:
-                f.write("x")
-        os.sync()
-        big = create_times("c10g")
+                order = [(vol, small), (other, big)]
+                if i % 2:
+                    order.reverse()
+                for v, times in order:
+                    t0 = time.perf_counter()
+                    v.snapshot("c-%d" % i)
+                    times.append(time.perf_counter() - t0)
+                    time.sleep(0.05)
+        finally:
+            other.stop()
+        for i in range(a.creates):
+            vol.delete("c-%d" % i)
         ms, mb = median_ms(small), median_ms(big)
         ratio = mb / ms
         row("create-100M", ms, "ms", "< 50", ms < 50, "median of %d" % len(small))
-        row("create-10G", mb, "ms", "< 50", mb < 50, "median of %d" % len(big))
+        row("create-10G", mb, "ms", "< 50", mb < 50, "median of %d, +10000 files" % len(big))
         row("create-ratio", ratio, "x", "<= 1.2", ratio <= 1.2, "10 GiB / 100 MiB")
         shutil.rmtree(os.path.join(m, "data"))
-        shutil.rmtree(os.path.join(m, "many"))
 
         # -- throughput: baselines and first/preserved overwrites -------------
         f = os.path.join(m, "vm.vhdx")

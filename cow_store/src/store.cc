@@ -804,7 +804,7 @@ Status Store::Impl::ApplyBatch(
         }
         ++d_stored_blocks;
         d_stored_bytes += rec.length;
-        item.appended = false;  // Now owned by the catalogue: never punch.
+        // Still `appended`: if this commit fails, the space is freed.
       }
       d_ref_bytes += rec.length;
     }
@@ -923,6 +923,7 @@ Status ReadView::ListEntries(Ino dir, SnapId listing_epoch, const std::string& a
 
 Result<std::optional<DirEntry>> ReadView::LookupEntry(Ino dir, SnapId listing_epoch,
                                                       const std::string& name) {
+  if (name.empty()) return std::optional<DirEntry>();  // The listing's marker key.
   std::string key = DirentKey(dir, listing_epoch, name);
   MDB_val k = Val(key), v;
   int rc = mdb_get(impl_->txn.get(), impl_->store->dirents, &k, &v);

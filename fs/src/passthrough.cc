@@ -7,7 +7,6 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -176,6 +175,10 @@ Result<std::unique_ptr<Filesystem>> Filesystem::Create(const FilesystemConfig& c
 }
 
 Status Filesystem::AttachStore(cow_store::Store* store) {
+  // Before any thread exists (a plain fork).
+  Result<std::unique_ptr<MountSyncer>> syncer = MountSyncer::Start(config_.mountpoint);
+  if (!syncer.ok()) return syncer.status();
+  syncer_ = std::move(syncer.value());
   const FilesystemConfig& config = config_;
   store_ = store;
   struct stat st;
@@ -258,36 +261,12 @@ void Filesystem::InvalidateSnapshotDir(const std::string& name) {
   fuse_lowlevel_notify_inval_entry(session_, kSnapshotDirNodeId, name.c_str(), name.size());
 }
 
-// syncfs(2) of our own mount runs in a separate process that holds no
-// descriptor at all: a daemon thread blocked in writeback of its own mount
-// would keep a killed daemon from exiting, and with it the FUSE connection
-// from being aborted. The child of vfork() only makes system calls.
-Status SyncMount(const std::string& mountpoint) {
-  const char* path = mountpoint.c_str();
-  const pid_t pid = vfork();
-  if (pid == 0) {
-    syscall(SYS_close_range, 0U, ~0U, 0U);
-    const int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) _exit(errno > 0 && errno < 256 ? errno : EIO);
-    _exit(syncfs(fd) == 0 ? 0 : (errno > 0 && errno < 256 ? errno : EIO));
-  }
-  if (pid < 0) return Status::FromErrno(errno, "start syncfs of " + mountpoint);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) return Status::FromErrno(errno, "wait for syncfs of " + mountpoint);
-  }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    const int err = WIFEXITED(status) ? WEXITSTATUS(status) : EIO;
-    return Status::FromErrno(err, "syncfs " + mountpoint);
-  }
-  return Status();
-}
-
 Result<cow_store::SnapshotInfo> Filesystem::CreateSnapshot(const std::string& name,
                                                            std::optional<cow_store::Guid> guid) {
   // Every write that completed before this request: out of the kernel's
   // writeback cache into the backing files, then onto stable storage.
-  if (Status st = SyncMount(config_.mountpoint); !st.ok()) return st;
+  if (!syncer_) return Status::Error(EIO, "snapshots are not available before the mount");
+  if (Status st = syncer_->Sync(); !st.ok()) return st;
   if (syncfs(mount_fd_.get()) != 0) return Status::FromErrno(errno, "syncfs backing directory");
   for (int attempt = 0;; ++attempt) {
     struct timespec now;

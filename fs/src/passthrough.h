@@ -27,6 +27,7 @@
 
 #include "cow.h"
 #include "inode_table.h"
+#include "mount_sync.h"
 #include "snapshot_view.h"
 #include "vssfs/cow_store/status.h"
 #include "vssfs/cow_store/store.h"
@@ -57,7 +58,8 @@ class Filesystem : public snapshot_ctl::Volume {
   // Opens the backing root. Errors: ENOENT/ENOTDIR/EACCES from open(2).
   static cow_store::Result<std::unique_ptr<Filesystem>> Create(const FilesystemConfig& config);
   // Connects the block store (borrowed; must outlive the Filesystem) before
-  // the session loop starts: opens the keep directory (BACKING/.vssfs/keep,
+  // the session loop starts, while the process has one thread (it forks the
+  // syncfs helper, mount_sync.h): opens the keep directory (BACKING/.vssfs/keep,
   // created if absent) and reconciles kept files with the store.
   cow_store::Status AttachStore(cow_store::Store* store);
 
@@ -174,6 +176,7 @@ class Filesystem : public snapshot_ctl::Volume {
   cow_store::UniqueFd keep_fd_;   // BACKING/.vssfs/keep
   std::unique_ptr<CowEngine> cow_;
   std::unique_ptr<SnapshotView> snaps_;
+  std::unique_ptr<MountSyncer> syncer_;
   bool writeback_ = false;
   fuse_session* session_ = nullptr;
   bool multithreaded_ = true;
