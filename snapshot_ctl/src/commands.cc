@@ -177,11 +177,13 @@ std::string FsckText(const cow_store::FsckReport& r, bool json) {
                       ",\"records_checked\":" + std::to_string(r.records_checked) +
                       ",\"problems\":[";
     for (size_t i = 0; i < r.problems.size(); ++i) {
-      out += (i ? "," : "") + JsonString(r.problems[i]);
+      if (i > 0) out += ',';
+      out += JsonString(r.problems[i]);
     }
     out += "],\"repairs\":[";
     for (size_t i = 0; i < r.repairs.size(); ++i) {
-      out += (i ? "," : "") + JsonString(r.repairs[i]);
+      if (i > 0) out += ',';
+      out += JsonString(r.repairs[i]);
     }
     return out + "]}\n";
   }
@@ -264,7 +266,8 @@ CommandResult RunCommand(Volume& volume, const std::vector<std::string>& all_arg
     if (json) {
       r.out = "[";
       for (size_t i = 0; i < all.value().size(); ++i) {
-        r.out += (i ? "," : "") + SnapshotJson(all.value()[i]);
+        if (i > 0) r.out += ',';
+        r.out += SnapshotJson(all.value()[i]);
       }
       r.out += "]\n";
       return r;
