@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <ctime>
 
+#include "sets.h"
 #include "vssfs/snapshot_ctl/control.h"
 
 namespace vssfs::snapshot_ctl {
@@ -28,6 +29,8 @@ constexpr char kTopHelp[] =
     "  df                                            space used by snapshots\n"
     "  fsck [--repair] [--store DIR]                 check the block store\n"
     "  mounts                                        list mounted vssfs volumes\n"
+    "  set start|add|prepare|commit|expose|recovery-complete|abort|delete|list|show\n"
+    "      |create-expose ...                        shadow copy sets (vssctl set --help)\n"
     "\n"
     "SNAPSHOT is a name, an id (#3 or 3) or a GUID.\n"
     "\n"
@@ -39,7 +42,7 @@ constexpr char kTopHelp[] =
     "\n"
     "Exit status: 0 success, 1 operation failed, 2 usage error, 3 no such snapshot\n"
     "or no daemon for the mount, 4 permission denied, 5 fsck found problems,\n"
-    "6 already exists.\n";
+    "6 already exists, 7 FSRVP error (set commands).\n";
 
 constexpr char kSnapshotHelp[] =
     "Usage: vssctl [-m MOUNT] [--json] snapshot create|list|show|delete ...\n"
@@ -207,6 +210,7 @@ std::string HelpFor(const std::vector<std::string>& words) {
   if (words[0] == "snapshot") return kSnapshotHelp;
   if (words[0] == "df") return kDfHelp;
   if (words[0] == "fsck") return kFsckHelp;
+  if (words[0] == "set") return SetHelp();
   return kTopHelp;
 }
 

@@ -263,11 +263,10 @@ FsrvpStatus FsrvpMachine::Add(const Guid& set_id, const Guid& new_copy, const st
   }
   StopTimer();
   for (const ShadowCopy& c : s->copies) {
-    if (c.volume == volume) {
+    if (c.share == share) {
       StartTimer(now, timeouts_.short_ns);
-      return FsrvpStatus::Error(
-          FsrvpError::kObjectAlreadyExists,
-          "the set already has a shadow copy of volume " + volume + " (share " + c.share + ")");
+      return FsrvpStatus::Error(FsrvpError::kObjectAlreadyExists,
+                                "the set already has a shadow copy of " + share);
     }
   }
   if (s->copies.size() >= kMaxShares) {

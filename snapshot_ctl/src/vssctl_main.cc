@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "sets.h"
 #include "vssfs/cow_store/store.h"
 #include "vssfs/cow_store/store_dir.h"
 #include "vssfs/snapshot_ctl/control.h"
@@ -99,6 +100,12 @@ int Main(int argc, char** argv) {
     }
     std::cout << HelpFor(words);
     return args.empty() && !WantsHelp(args) ? kExitUsage : kExitOk;
+  }
+  if (args[0] == "set") {
+    CommandResult r = RunSetCommand(args, json);
+    std::cout << r.out;
+    std::cerr << r.err;
+    return r.exit_code;
   }
   if (args[0] == "mounts") {
     std::vector<std::string> mounts = VssfsMounts();

@@ -137,8 +137,10 @@ TEST_CASE("fsrvp: every call in a wrong state fails with its error", "[snapshot_
   }
   SECTION("Added") {
     f.Added();
-    CHECK(f.m.Add(f.set, G(12), "/v1/other", "/v1", f.now).code ==
+    CHECK(f.m.Add(f.set, G(12), "/v1/share1", "/v1", f.now).code ==
           FsrvpError::kObjectAlreadyExists);
+    // Another share of the same volume may join (one snapshot covers both).
+    CHECK(f.m.Add(f.set, G(13), "/v1/other", "/v1", f.now).ok());
     CHECK(f.m.Expose(f.set, {}, f.now).code == FsrvpError::kBadState);
     CHECK(f.m.RecoveryComplete(f.set, f.now).code == FsrvpError::kBadState);
     ShadowCopy c;

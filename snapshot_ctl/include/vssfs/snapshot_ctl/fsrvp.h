@@ -8,10 +8,9 @@
 // freezing, deleting) are the caller's: an operation that needs one is split
 // in a Begin/End pair or returns what to clean up (Expire, Abort).
 //
-// Deviations from the specification are deliberate and documented in
-// docs/VSS_SETS.md: an unknown set id fails with FSRVP_E_OBJECT_NOT_FOUND for
-// DeleteShareMapping (as specified) and FSRVP_E_SHADOWCOPYSET_ID_MISMATCH
-// elsewhere; a set holds at most kMaxShares shadow copies.
+// Deviations from the specification are deliberate: shares, not volumes,
+// are the unit of AddToShadowCopySet (see Add); a set holds at most
+// kMaxShares shadow copies.
 //
 // The whole machine serialises to a versioned text form (Serialize/Parse)
 // so that sets survive daemon restarts and reboots.
@@ -127,7 +126,10 @@ class FsrvpMachine {
   // StartShadowCopySet (§3.1.4.3): a new set in the current context.
   FsrvpStatus Start(const cow_store::Guid& new_id, int64_t now);
   // AddToShadowCopySet (§3.1.4.4). `volume` is the mount point holding the
-  // share; a second share on one volume is FSRVP_E_OBJECT_ALREADY_EXISTS.
+  // share. The spec's VolumeName is the share itself here (as in Samba's
+  // shell_snap): several shares of one vssfs volume may join a set, and
+  // commit captures them with one snapshot. Adding a share twice is
+  // FSRVP_E_OBJECT_ALREADY_EXISTS.
   FsrvpStatus Add(const cow_store::Guid& set, const cow_store::Guid& new_copy,
                   const std::string& share, const std::string& volume, int64_t now);
   // PrepareShadowCopySet (§3.1.4.13).

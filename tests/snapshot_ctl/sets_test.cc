@@ -1,0 +1,141 @@
+// vssctl set: the FSRVP flow end to end over two real volumes, wrong-state
+// errors, the message sequence timer and retention.
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_support.h"
+
+namespace {
+
+using vssfs::testing::ReadFile;
+using vssfs::testing::RunCommand;
+using vssfs::testing::ScopedMount;
+using vssfs::testing::TempDir;
+using vssfs::testing::VolumeDirs;
+
+int Vssctl(std::vector<std::string> args, std::string* out) {
+  args.insert(args.begin(), VSSFS_VSSCTL_BINARY);
+  return RunCommand(args, out);
+}
+
+// Sets VSSFS_STATE_DIR (and optionally the timer lengths) for vssctl runs.
+struct StateEnv {
+  explicit StateEnv(const std::string& dir, const char* timeouts = nullptr) {
+    setenv("VSSFS_STATE_DIR", dir.c_str(), 1);
+    if (timeouts != nullptr) setenv("VSSFS_FSRVP_TIMEOUTS", timeouts, 1);
+  }
+  ~StateEnv() {
+    unsetenv("VSSFS_STATE_DIR");
+    unsetenv("VSSFS_FSRVP_TIMEOUTS");
+  }
+};
+
+std::string Field(const std::string& json, const std::string& key) {
+  const std::string k = "\"" + key + "\":\"";
+  size_t at = json.find(k);
+  if (at == std::string::npos) return "";
+  at += k.size();
+  return json.substr(at, json.find('"', at) - at);
+}
+
+void Write(const std::string& path, const std::string& data) { std::ofstream(path) << data; }
+
+}  // namespace
+
+TEST_CASE("vssctl set: the FSRVP sequence over two volumes", "[snapshot_ctl][sets]") {
+  REQUIRE(geteuid() == 0);
+  TempDir state;
+  StateEnv env(state.path());
+  VolumeDirs v1, v2;
+  ScopedMount m1(v1.backing, v1.mnt), m2(v2.backing, v2.mnt);
+  for (const std::string& d : {v1.mnt + "/share1", v1.mnt + "/share2", v2.mnt + "/share3"}) {
+    REQUIRE(mkdir(d.c_str(), 0755) == 0);
+  }
+  Write(v1.mnt + "/share1/vm.vhdx", "before");
+  Write(v2.mnt + "/share3/db.mdf", "db before");
+  std::string out;
+
+  REQUIRE(Vssctl({"--json", "set", "start", "--context", "app-rollback"}, &out) == 0);
+  const std::string set = Field(out, "id");
+  REQUIRE(set.size() == 36);
+  CHECK(Field(out, "state") == "Started");
+  // Wrong-state calls fail with the FSRVP error, exit status 7.
+  CHECK(Vssctl({"set", "commit", set}, &out) == 7);
+  CHECK_THAT(out, Catch::Contains("FSRVP_E_BAD_STATE (0x80042301)"));
+  CHECK(Vssctl({"set", "start", "--context", "backup"}, &out) == 7);
+  CHECK_THAT(out, Catch::Contains("FSRVP_E_SHADOW_COPY_SET_IN_PROGRESS"));
+  REQUIRE(Vssctl({"set", "add", set, v1.mnt + "/share1", v1.mnt + "/share2", v2.mnt + "/share3"},
+                 &out) == 0);
+  CHECK(Vssctl({"set", "add", set, v1.mnt + "/share1"}, &out) == 6);
+  CHECK(Vssctl({"set", "add", set, "/tmp"}, &out) == 7);
+  CHECK_THAT(out, Catch::Contains("FSRVP_E_NOT_SUPPORTED") && Catch::Contains("not on a vssfs"));
+  REQUIRE(Vssctl({"set", "prepare", set}, &out) == 0);
+  REQUIRE(Vssctl({"set", "commit", set}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("Committed"));
+  Write(v1.mnt + "/share1/vm.vhdx", "after");
+  Write(v2.mnt + "/share3/db.mdf", "db after");
+  REQUIRE(Vssctl({"--json", "set", "expose", set}, &out) == 0);
+  CHECK(Field(out, "state") == "Exposed");
+  // Both shares of volume 1 come from one snapshot; volume 2 has its own.
+  const std::string snap1 = Field(out, "snapshot");
+  REQUIRE_FALSE(snap1.empty());
+  CHECK(ReadFile(v1.mnt + "/.snapshot/" + snap1 + "/share1/vm.vhdx") == "before");
+  std::string list;
+  REQUIRE(Vssctl({"-m", v1.mnt, "--json", "snapshot", "list"}, &list) == 0);
+  CHECK(list.find("\"id\":2") == std::string::npos);
+  REQUIRE(Vssctl({"--json", "set", "show", set}, &out) == 0);
+  const size_t third = out.find(v2.mnt + "/.snapshot/");
+  REQUIRE(third != std::string::npos);
+  const std::string path3 = out.substr(third, out.find('"', third) - third);
+  CHECK(ReadFile(path3 + "/db.mdf") == "db before");
+
+  REQUIRE(Vssctl({"set", "recovery-complete", set}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("Recovered"));
+  CHECK(Vssctl({"set", "abort", set}, &out) == 7);
+  // A new set may start once the previous one is recovered.
+  REQUIRE(Vssctl({"--json", "set", "start", "--context", "backup"}, &out) == 0);
+  const std::string set2 = Field(out, "id");
+  REQUIRE(Vssctl({"set", "abort", set2}, &out) == 0);
+  // Deleting the exposure keeps the snapshots (retention decides later).
+  REQUIRE(Vssctl({"set", "delete", set}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("snapshots are kept"));
+  CHECK(Vssctl({"set", "show", set}, &out) == 3);
+  REQUIRE(Vssctl({"-m", v1.mnt, "snapshot", "show", snap1}, &out) == 0);
+  // Writable clones are not there yet: auto-recovery is refused clearly.
+  CHECK(Vssctl({"set", "start", "--context", "backup+auto-recovery"}, &out) == 7);
+  CHECK_THAT(out, Catch::Contains("FSRVP_E_UNSUPPORTED_CONTEXT"));
+  CHECK(Vssctl({"set", "start", "--context", "sideways"}, &out) == 2);
+  REQUIRE(m1.Unmount() == 0);
+  REQUIRE(m2.Unmount() == 0);
+}
+
+TEST_CASE("vssctl set: the message sequence timer aborts a stalled set", "[snapshot_ctl][sets]") {
+  REQUIRE(geteuid() == 0);
+  TempDir state;
+  StateEnv env(state.path(), "1,1");
+  VolumeDirs v;
+  ScopedMount m(v.backing, v.mnt);
+  REQUIRE(mkdir((v.mnt + "/share").c_str(), 0755) == 0);
+  std::string out;
+  REQUIRE(
+      Vssctl({"--json", "set", "create-expose", "--context", "file-share-backup", v.mnt + "/share"},
+             &out) == 0);
+  const std::string set = Field(out, "id");
+  const std::string snap = Field(out, "snapshot");
+  REQUIRE_FALSE(snap.empty());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1300));
+  // Exposed but never recovered: the timer removes it and its snapshot.
+  REQUIRE(Vssctl({"set", "list"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("aborted by the message sequence timer"));
+  CHECK_THAT(out, Catch::Contains("no shadow copy sets"));
+  CHECK(Vssctl({"-m", v.mnt, "snapshot", "show", snap}, &out) == 3);
+  REQUIRE(m.Unmount() == 0);
+}
