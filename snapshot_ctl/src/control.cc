@@ -12,6 +12,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 namespace vssfs::snapshot_ctl {
 
@@ -85,6 +87,29 @@ sockaddr_un Address(const std::string& path, bool* ok) {
 }
 
 }  // namespace
+
+std::vector<std::string> VssfsMounts() {
+  std::vector<std::string> out;
+  std::ifstream in("/proc/self/mounts");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string dev, mnt, type;
+    fields >> dev >> mnt >> type;
+    if (type != "fuse.vssfs") continue;
+    std::string decoded;  // Octal escapes (\040 for a space) decoded.
+    for (size_t i = 0; i < mnt.size(); ++i) {
+      if (mnt[i] == '\\' && i + 3 < mnt.size()) {
+        decoded.push_back(static_cast<char>(std::stoi(mnt.substr(i + 1, 3), nullptr, 8)));
+        i += 3;
+      } else {
+        decoded.push_back(mnt[i]);
+      }
+    }
+    out.push_back(decoded);
+  }
+  return out;
+}
 
 std::string ControlSocketPath(const std::string& mountpoint) {
   char name[40];

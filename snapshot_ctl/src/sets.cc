@@ -135,25 +135,9 @@ class Registry {
 
 // The vssfs mount holding `path` (longest mount-point prefix), or "".
 std::string VolumeOf(const std::string& path) {
-  std::ifstream in("/proc/self/mounts");
-  std::string line, best;
-  while (std::getline(in, line)) {
-    std::istringstream f(line);
-    std::string dev, mnt, type;
-    f >> dev >> mnt >> type;
-    if (type != "fuse.vssfs") continue;
-    std::string decoded;
-    for (size_t i = 0; i < mnt.size(); ++i) {
-      if (mnt[i] == '\\' && i + 3 < mnt.size()) {
-        decoded.push_back(static_cast<char>(std::stoi(mnt.substr(i + 1, 3), nullptr, 8)));
-        i += 3;
-      } else {
-        decoded.push_back(mnt[i]);
-      }
-    }
-    if ((path == decoded || path.rfind(decoded + "/", 0) == 0) && decoded.size() > best.size()) {
-      best = decoded;
-    }
+  std::string best;
+  for (const std::string& m : VssfsMounts()) {
+    if ((path == m || path.rfind(m + "/", 0) == 0) && m.size() > best.size()) best = m;
   }
   return best;
 }

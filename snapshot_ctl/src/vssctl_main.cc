@@ -20,31 +20,6 @@
 namespace vssfs::snapshot_ctl {
 namespace {
 
-// Mount points of vssfs volumes, from /proc/self/mounts (octal escapes
-// decoded).
-std::vector<std::string> VssfsMounts() {
-  std::vector<std::string> out;
-  std::ifstream in("/proc/self/mounts");
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream fields(line);
-    std::string dev, mnt, type;
-    fields >> dev >> mnt >> type;
-    if (type != "fuse.vssfs") continue;
-    std::string decoded;
-    for (size_t i = 0; i < mnt.size(); ++i) {
-      if (mnt[i] == '\\' && i + 3 < mnt.size()) {
-        decoded.push_back(static_cast<char>(std::stoi(mnt.substr(i + 1, 3), nullptr, 8)));
-        i += 3;
-      } else {
-        decoded.push_back(mnt[i]);
-      }
-    }
-    out.push_back(decoded);
-  }
-  return out;
-}
-
 int Usage(const std::string& message) {
   std::cerr << "vssctl: " << message << " (see vssctl --help)\n";
   return kExitUsage;

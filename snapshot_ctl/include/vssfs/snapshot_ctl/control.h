@@ -62,6 +62,9 @@ CommandResult RunCommand(Volume& volume, const std::vector<std::string>& args);
 // Maps an errno from a failed operation to an exit status.
 int ExitCodeFor(int error);
 
+// Mount points of the vssfs volumes mounted now (from /proc/self/mounts).
+std::vector<std::string> VssfsMounts();
+
 // The control socket of the volume mounted at `mountpoint` (absolute,
 // canonical path).
 std::string ControlSocketPath(const std::string& mountpoint);
