@@ -266,8 +266,11 @@ Result<cow_store::SnapshotInfo> Filesystem::CreateSnapshot(const std::string& na
   // Every write that completed before this request: out of the kernel's
   // writeback cache into the backing files, then onto stable storage.
   if (!syncer_) return Status::Error(EIO, "snapshots are not available before the mount");
-  if (Status st = syncer_->Sync(); !st.ok()) return st;
-  if (syncfs(mount_fd_.get()) != 0) return Status::FromErrno(errno, "syncfs backing directory");
+  // Under a hold, the flush happened when the hold was taken.
+  if (!held_.owns_lock()) {
+    if (Status st = syncer_->Sync(); !st.ok()) return st;
+    if (syncfs(mount_fd_.get()) != 0) return Status::FromErrno(errno, "syncfs backing directory");
+  }
   for (int attempt = 0;; ++attempt) {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
@@ -275,7 +278,8 @@ Result<cow_store::SnapshotInfo> Filesystem::CreateSnapshot(const std::string& na
     const std::string chosen = name.empty() ? cow_store::DefaultSnapshotName(ns) : name;
     Result<cow_store::SnapshotInfo> info = Status::Error(EIO, "not taken");
     {
-      auto cut = cow_->Cut();
+      // Under a set's write barrier the cut is already held.
+      std::unique_lock<std::shared_mutex> cut = held_.owns_lock() ? std::move(held_) : cow_->Cut();
       info = store_->CreateSnapshot(chosen, guid, ns);
     }
     if (!info.ok() && info.status().error() == EEXIST && name.empty() && attempt < 3) {
@@ -295,7 +299,36 @@ Result<cow_store::SnapshotInfo> Filesystem::CreateSnapshot(const std::string& na
   }
 }
 
+Status Filesystem::HoldWrites(int timeout_ms) {
+  if (held_.owns_lock()) return Status::Error(EBUSY, "writes are already held on this volume");
+  if (!syncer_) return Status::Error(EIO, "snapshots are not available before the mount");
+  if (Status st = syncer_->Sync(); !st.ok()) return st;
+  if (syncfs(mount_fd_.get()) != 0) return Status::FromErrno(errno, "syncfs backing directory");
+  held_ = cow_->Cut();
+  held_until_ = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  LOG_INFO("writes held for a snapshot set (at most %d ms)", timeout_ms);
+  return Status();
+}
+
+void Filesystem::ReleaseHold() {
+  if (held_.owns_lock()) {
+    held_.unlock();
+    held_ = {};
+    LOG_INFO("write hold released without a snapshot");
+  }
+}
+
+void Filesystem::ExpireHold() {
+  if (held_.owns_lock() && std::chrono::steady_clock::now() >= held_until_) {
+    LOG_WARN("write hold expired before the snapshot was taken; writes resume");
+    ReleaseHold();
+  }
+}
+
 Result<cow_store::GcResult> Filesystem::DeleteSnapshot(const std::string& key) {
+  if (held_.owns_lock()) {
+    return Status::Error(EBUSY, "writes are held for a snapshot set; try again shortly");
+  }
   Result<cow_store::SnapshotInfo> info = store_->FindSnapshot(key);
   if (!info.ok()) return info.status();
   Result<cow_store::GcResult> gc = Status::Error(EIO, "not deleted");

@@ -19,6 +19,7 @@
 #include <fuse_lowlevel.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -73,6 +74,10 @@ class Filesystem : public snapshot_ctl::Volume {
   // Deletes a snapshot (by name, id or GUID) and frees what it alone held.
   cow_store::Result<cow_store::GcResult> DeleteSnapshot(const std::string& key) override;
   std::string MountPoint() const override { return config_.mountpoint; }
+  cow_store::Status HoldWrites(int timeout_ms) override;
+  bool HoldActive() const override { return held_.owns_lock(); }
+  void ReleaseHold() override;
+  void ExpireHold() override;
   cow_store::Store& store() override { return *store_; }
 
   // The handler table for fuse_session_new(); userdata must be this object.
@@ -177,6 +182,10 @@ class Filesystem : public snapshot_ctl::Volume {
   std::unique_ptr<CowEngine> cow_;
   std::unique_ptr<SnapshotView> snaps_;
   std::unique_ptr<MountSyncer> syncer_;
+  // The cross-volume write barrier: the cut lock, held by the control
+  // thread between HoldWrites and CreateSnapshot (control thread only).
+  std::unique_lock<std::shared_mutex> held_;
+  std::chrono::steady_clock::time_point held_until_;
   bool writeback_ = false;
   fuse_session* session_ = nullptr;
   bool multithreaded_ = true;

@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 
 #include "sets.h"
@@ -233,6 +234,26 @@ CommandResult RunCommand(Volume& volume, const std::vector<std::string>& all_arg
   const std::string& cmd = args[0];
   const std::string sub = args.size() > 1 ? args[1] : "";
 
+  if (cmd == "snapshot" && (sub == "hold" || sub == "release")) {
+    // The cross-volume write barrier (vssctl set commit uses it).
+    if (sub == "release") {
+      volume.ReleaseHold();
+      r.out = "released\n";
+      return r;
+    }
+    int timeout_ms = 10000;
+    if (args.size() == 4 && args[2] == "--timeout-ms") {
+      timeout_ms = std::atoi(args[3].c_str());
+    } else if (args.size() != 2) {
+      return Fail(kExitUsage, "usage: snapshot hold [--timeout-ms N]");
+    }
+    if (timeout_ms <= 0 || timeout_ms > 60000) {
+      return Fail(kExitUsage, "snapshot hold: --timeout-ms must be 1..60000");
+    }
+    if (Status s = volume.HoldWrites(timeout_ms); !s.ok()) return FromStatus(s);
+    r.out = "held\n";
+    return r;
+  }
   if (cmd == "snapshot" && sub == "create") {
     std::string name;
     std::optional<cow_store::Guid> guid;

@@ -163,7 +163,9 @@ ControlServer::~ControlServer() {
 void ControlServer::Serve() {
   while (true) {
     pollfd fds[2] = {{listen_fd_.get(), POLLIN, 0}, {stop_fd_.get(), POLLIN, 0}};
-    if (poll(fds, 2, -1) < 0) {
+    const int n = poll(fds, 2, volume_->HoldActive() ? 50 : -1);
+    volume_->ExpireHold();
+    if (n < 0) {
       if (errno == EINTR) continue;
       return;
     }

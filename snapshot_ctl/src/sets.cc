@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -35,6 +36,9 @@ using cow_store::UniqueFd;
 namespace {
 
 constexpr int kExitFsrvp = 7;  // An FSRVP error (named in the message).
+// How long a volume holds writes for a set's barrier at most (each volume's
+// hold starts when it is reached; see docs/VSS_SETS.md).
+constexpr int kHoldTimeoutMs = 10000;
 
 int64_t NowNs() {
   timespec t;
@@ -241,11 +245,36 @@ FsrvpStatus DoCommit(FsrvpMachine& m, const Guid& set, std::string* err) {
   FsrvpStatus s = m.BeginCommit(set, NowNs());
   if (!s.ok()) return s;
   const ShadowCopySet* sc = m.Find(set);
-  // One snapshot per volume: every share of a volume at one instant.
+  // One snapshot per volume: every share of a volume at one instant. With
+  // several volumes, writes are first held on all of them (a barrier), so
+  // the snapshots share one instant too.
   std::map<std::string, std::string> taken;
   bool ok = true;
   std::string why;
+  std::vector<std::string> volumes;
   for (const ShadowCopy& c : sc->copies) {
+    if (std::find(volumes.begin(), volumes.end(), c.volume) == volumes.end()) {
+      volumes.push_back(c.volume);
+    }
+  }
+  std::vector<std::string> held;
+  if (volumes.size() > 1) {
+    for (const std::string& v : volumes) {
+      Result<CommandResult> r =
+          Daemon(v, {"snapshot", "hold", "--timeout-ms", std::to_string(kHoldTimeoutMs)});
+      if (!r.ok() || r.value().exit_code != 0) {
+        ok = false;
+        why = v + ": cannot hold writes: " + (r.ok() ? r.value().err : r.status().message());
+        break;
+      }
+      held.push_back(v);
+    }
+    if (!ok) {
+      for (const std::string& v : held) (void)Daemon(v, {"snapshot", "release"});
+    }
+  }
+  for (const ShadowCopy& c : sc->copies) {
+    if (!ok) break;
     if (taken.count(c.volume)) continue;
     Result<CommandResult> r =
         Daemon(c.volume, {"snapshot", "create", "--guid", set.ToString(), "--json"});
@@ -268,6 +297,7 @@ FsrvpStatus DoCommit(FsrvpMachine& m, const Guid& set, std::string* err) {
   if (ok) {
     for (const ShadowCopy& c : sc->copies) names.push_back(taken[c.volume]);
   } else {
+    for (const std::string& v : held) (void)Daemon(v, {"snapshot", "release"});
     // No half-taken set: drop what was taken.
     ShadowCopySet partial = *sc;
     for (ShadowCopy& c : partial.copies) c.snapshot = taken.count(c.volume) ? taken[c.volume] : "";

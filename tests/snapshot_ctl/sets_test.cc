@@ -1,12 +1,16 @@
 // vssctl set: the FSRVP flow end to end over two real volumes, wrong-state
 // errors, the message sequence timer and retention.
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstring>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -138,4 +142,124 @@ TEST_CASE("vssctl set: the message sequence timer aborts a stalled set", "[snaps
   CHECK_THAT(out, Catch::Contains("no shadow copy sets"));
   CHECK(Vssctl({"-m", v.mnt, "snapshot", "show", snap}, &out) == 3);
   REQUIRE(m.Unmount() == 0);
+}
+
+namespace {
+
+// Writer w appends 4 KiB records to file w<w> on each of `mnts` in turn
+// (write s goes to volume s % n, as its record s / n), O_DIRECT.
+class RoundRobinWriter {
+ public:
+  RoundRobinWriter(const std::vector<std::string>& mnts, int w) : mnts_(mnts), w_(w) {}
+  void Start() {
+    thread_ = std::thread([this] { Run(); });
+  }
+  void Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Run() {
+    std::vector<int> fds;
+    for (const std::string& m : mnts_) {
+      fds.push_back(open((m + "/share/w" + std::to_string(w_)).c_str(),
+                         O_WRONLY | O_CREAT | O_DIRECT | O_CLOEXEC, 0644));
+    }
+    void* mem = nullptr;
+    if (posix_memalign(&mem, 4096, 4096) != 0) return;
+    char* buf = static_cast<char*>(mem);
+    const size_t n = mnts_.size();
+    for (uint64_t s = 0; !stop_; ++s) {
+      std::memset(buf, 0, 4096);
+      std::memcpy(buf, &s, sizeof s);
+      if (pwrite(fds[s % n], buf, 4096, static_cast<off_t>(s / n * 4096)) != 4096) break;
+    }
+    free(mem);
+    for (int fd : fds) close(fd);
+  }
+
+  std::vector<std::string> mnts_;
+  int w_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// "" when the snapshot files of writer w on the volumes are one instant.
+std::string CheckRoundRobin(const std::vector<std::string>& files) {
+  const size_t n = files.size();
+  std::vector<uint64_t> count(n);
+  uint64_t cut = 0;
+  bool any = false;
+  for (size_t v = 0; v < n; ++v) {
+    std::string data = ReadFile(files[v]);
+    if (data.size() % 4096 != 0) return files[v] + ": size not a whole number of records";
+    count[v] = data.size() / 4096;
+    for (uint64_t i = 0; i < count[v]; ++i) {
+      uint64_t s;
+      std::memcpy(&s, data.data() + i * 4096, sizeof s);
+      if (s != i * n + v) return files[v] + ": record " + std::to_string(i) + " is torn or lost";
+    }
+    if (count[v] > 0) {
+      const uint64_t last = (count[v] - 1) * n + v;
+      if (!any || last > cut) cut = last;
+      any = true;
+    }
+  }
+  if (!any) return "";
+  for (size_t v = 0; v < n; ++v) {
+    const uint64_t expect = cut >= v ? (cut - v) / n + 1 : 0;
+    if (count[v] != expect) {
+      return files[v] + ": " + std::to_string(count[v]) + " records, but write " +
+             std::to_string(cut) + " on another volume implies " + std::to_string(expect) +
+             " (not one instant across volumes)";
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("vssctl set: a set over three volumes is one instant under concurrent writers",
+          "[snapshot_ctl][sets]") {
+  REQUIRE(geteuid() == 0);
+  TempDir state;
+  StateEnv env(state.path());
+  VolumeDirs v1, v2, v3;
+  ScopedMount m1(v1.backing, v1.mnt), m2(v2.backing, v2.mnt), m3(v3.backing, v3.mnt);
+  const std::vector<std::string> mnts = {v1.mnt, v2.mnt, v3.mnt};
+  for (const std::string& m : mnts) REQUIRE(mkdir((m + "/share").c_str(), 0755) == 0);
+  std::vector<std::unique_ptr<RoundRobinWriter>> writers;
+  for (int w = 0; w < 3; ++w) {
+    writers.push_back(std::make_unique<RoundRobinWriter>(mnts, w));
+    writers.back()->Start();
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::vector<std::string> sets;
+  for (int i = 0; i < 5; ++i) {
+    std::string out;
+    REQUIRE(Vssctl({"--json", "set", "create-expose", "--context", "backup", v1.mnt + "/share",
+                    v2.mnt + "/share", v3.mnt + "/share"},
+                   &out) == 0);
+    const std::string set = Field(out, "id");
+    std::vector<std::string> paths;
+    for (size_t at = out.find("\"path\":\""); at != std::string::npos;
+         at = out.find("\"path\":\"", at + 1)) {
+      paths.push_back(out.substr(at + 8, out.find('"', at + 8) - at - 8));
+    }
+    REQUIRE(paths.size() == 3);
+    for (int w = 0; w < 3; ++w) {
+      std::vector<std::string> files;
+      for (const std::string& p : paths) files.push_back(p + "/w" + std::to_string(w));
+      const std::string r = CheckRoundRobin(files);
+      INFO("set " << i << ", writer " << w << ": " << r);
+      REQUIRE(r.empty());
+    }
+    REQUIRE(Vssctl({"set", "recovery-complete", set}, &out) == 0);
+    REQUIRE(Vssctl({"set", "delete", set, "--delete-snapshots"}, &out) == 0);
+  }
+  for (auto& w : writers) w->Stop();
+  REQUIRE(m1.Unmount() == 0);
+  REQUIRE(m2.Unmount() == 0);
+  REQUIRE(m3.Unmount() == 0);
 }

@@ -45,6 +45,17 @@ class Volume {
   virtual cow_store::Result<cow_store::SnapshotInfo> CreateSnapshot(
       const std::string& name, std::optional<cow_store::Guid> guid) = 0;
   virtual cow_store::Result<cow_store::GcResult> DeleteSnapshot(const std::string& key) = 0;
+  // The write barrier of a set spanning volumes: flushes the volume, then
+  // holds every mutating request (they wait; none fails) until the next
+  // CreateSnapshot, ReleaseHold, or `timeout_ms` passing. Errors: EBUSY if
+  // already held.
+  virtual cow_store::Status HoldWrites(int timeout_ms) = 0;
+  virtual bool HoldActive() const = 0;
+  // Releases a hold (no snapshot); also called when it expires.
+  virtual void ReleaseHold() = 0;
+  // Releases a hold whose time is up; called by the control thread about
+  // every 50 ms.
+  virtual void ExpireHold() = 0;
   virtual cow_store::Store& store() = 0;
   virtual std::string MountPoint() const = 0;
 };
