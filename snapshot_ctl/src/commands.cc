@@ -30,6 +30,7 @@ constexpr char kTopHelp[] =
     "  df                                            space used by snapshots\n"
     "  fsck [--repair] [--store DIR]                 check the block store\n"
     "  mounts                                        list mounted vssfs volumes\n"
+    "  check PATH... [--depth N]                     the share structure rules (exit 5: fails)\n"
     "  set start|add|prepare|commit|expose|recovery-complete|abort|delete|list|show\n"
     "      |create-expose ...                        shadow copy sets (vssctl set --help)\n"
     "\n"
@@ -66,6 +67,21 @@ constexpr char kDfHelp[] =
     "\n"
     "Space used by snapshots: preserved data (logical), stored once after\n"
     "deduplication, zero blocks (not stored), pack files on disk, catalogue.\n";
+
+constexpr char kCheckHelp[] =
+    "Usage: vssctl [--json] check PATH... [--depth N]\n"
+    "\n"
+    "Checks that each share (a directory) has a structure Remote VSS can shadow-copy,\n"
+    "and prints every path that breaks a rule, with the rule and how to fix it:\n"
+    "  type   only directories and regular files (no symlinks, devices, fifos, sockets)\n"
+    "  link   no hard links\n"
+    "  mount  no mount points (junctions) below the share\n"
+    "  depth  nothing deeper than N levels below the share root (default 5, ONTAP's\n"
+    "         shadow-copy directory depth)\n"
+    "  root   the share root holds only VM directories and VM files (.vhdx, .avhdx,\n"
+    "         .vmcx, .vmrs, .vmgs, .mdf, .ldf, ... )\n"
+    "Exit status: 0 when every share passes, 5 when a rule is broken, 3 when a PATH\n"
+    "does not exist.\n";
 
 constexpr char kFsckHelp[] =
     "Usage: vssctl [-m MOUNT] [--json] fsck [--repair]\n"
@@ -212,6 +228,7 @@ std::string HelpFor(const std::vector<std::string>& words) {
   if (words[0] == "df") return kDfHelp;
   if (words[0] == "fsck") return kFsckHelp;
   if (words[0] == "set") return SetHelp();
+  if (words[0] == "check") return kCheckHelp;
   return kTopHelp;
 }
 

@@ -25,6 +25,7 @@
 #include "commands.h"
 #include "vssfs/snapshot_ctl/control.h"
 #include "vssfs/snapshot_ctl/fsrvp.h"
+#include "vssfs/snapshot_ctl/structure_check.h"
 
 namespace vssfs::snapshot_ctl {
 
@@ -219,7 +220,8 @@ FsrvpStatus DoStart(FsrvpMachine& m, uint32_t context, Guid* id) {
   return m.Start(*id, now);
 }
 
-FsrvpStatus DoAdd(FsrvpMachine& m, const Guid& set, const std::string& path) {
+FsrvpStatus DoAdd(FsrvpMachine& m, const Guid& set, const std::string& path, bool strict,
+                  std::string* err) {
   char real[PATH_MAX];
   if (realpath(path.c_str(), real) == nullptr) {
     return FsrvpStatus::Error(FsrvpError::kObjectNotFound, path + ": " + std::strerror(errno));
@@ -237,6 +239,21 @@ FsrvpStatus DoAdd(FsrvpMachine& m, const Guid& set, const std::string& path) {
   if (rel == ".snapshot" || rel.rfind(".snapshot/", 0) == 0) {
     return FsrvpStatus::Error(FsrvpError::kNotSupported,
                               std::string(real) + " is inside a snapshot");
+  }
+  // The structure rules: refused in strict mode, a warning otherwise.
+  Result<std::vector<StructureProblem>> problems = CheckStructure(real, kDefaultShadowCopyDepth);
+  if (problems.ok() && !problems.value().empty()) {
+    std::string list;
+    for (const StructureProblem& p : problems.value()) {
+      list += "  " + std::string(real) + "/" + p.path + ": " + p.rule + ": " + p.what + "\n";
+    }
+    if (strict) {
+      return FsrvpStatus::Error(
+          FsrvpError::kNotSupported,
+          std::string(real) + " fails the structure check (vssctl check):\n" + list);
+    }
+    *err += "vssctl: warning: " + std::string(real) +
+            " fails the structure check (vssctl check; --strict refuses it):\n" + list;
   }
   return m.Add(set, Guid::Random(), real, volume, NowNs());
 }
@@ -328,7 +345,9 @@ std::string SetHelp() {
          "Shadow copy sets with Remote VSS (MS-FSRVP) semantics over vssfs volumes.\n"
          "\n"
          "  set start --context CTX          start a set (prints its GUID)\n"
-         "  set add SET PATH...              add shares (directories on vssfs volumes)\n"
+         "  set add SET [--strict] PATH...   add shares (directories on vssfs volumes); a\n"
+         "                                   share failing vssctl check is warned about, or\n"
+         "                                   refused with --strict\n"
          "  set prepare SET                  PrepareShadowCopySet\n"
          "  set commit SET                   take the shadow copies (one snapshot per volume)\n"
          "  set expose SET                   expose them (prints each shadow copy's path)\n"
@@ -337,7 +356,7 @@ std::string SetHelp() {
          "  set delete SET [--delete-snapshots]\n"
          "                                   remove the exposure; snapshots are kept unless asked\n"
          "  set list | set show SET\n"
-         "  set create-expose --context CTX PATH...\n"
+         "  set create-expose --context CTX [--strict] PATH...\n"
          "                                   start, add, prepare, commit and expose in one go\n"
          "\n"
          "CTX: backup (0x0), file-share-backup (0x10), nas-rollback (0x19), app-rollback (0x9),\n"
@@ -381,11 +400,14 @@ CommandResult RunSetCommand(const std::vector<std::string>& args, bool json) {
   if (sub == "start" || sub == "create-expose") {
     std::optional<uint32_t> ctx;
     std::vector<std::string> paths;
+    bool strict = false;
     for (size_t i = 2; i < args.size(); ++i) {
       if (args[i] == "--context" && i + 1 < args.size()) {
         ctx = ParseContext(args[++i]);
         if (!ctx)
           return Fail(kExitUsage, "invalid context '" + args[i] + "' (see vssctl set --help)");
+      } else if (args[i] == "--strict") {
+        strict = true;
       } else if (args[i] == "--auto-recovery") {
         if (!ctx) ctx = kCtxBackup;
         *ctx |= kAttrAutoRecovery;
@@ -404,7 +426,7 @@ CommandResult RunSetCommand(const std::vector<std::string>& args, bool json) {
     shown = id;
     if (st.ok() && sub == "create-expose") {
       for (const std::string& p : paths) {
-        st = DoAdd(m, id, p);
+        st = DoAdd(m, id, p, strict, &r.err);
         if (!st.ok()) break;
       }
       if (st.ok()) st = m.Prepare(id, NowNs());
@@ -419,7 +441,10 @@ CommandResult RunSetCommand(const std::vector<std::string>& args, bool json) {
     Result<Guid> set = need_set(2);
     if (!set.ok()) return Fail(kExitUsage, set.status().message());
     if (args.size() < 4) return Fail(kExitUsage, "set add: PATH missing");
-    for (size_t i = 3; i < args.size() && st.ok(); ++i) st = DoAdd(m, set.value(), args[i]);
+    const bool strict = std::find(args.begin() + 3, args.end(), "--strict") != args.end();
+    for (size_t i = 3; i < args.size() && st.ok(); ++i) {
+      if (args[i] != "--strict") st = DoAdd(m, set.value(), args[i], strict, &r.err);
+    }
     shown = set.value();
   } else if (sub == "prepare" || sub == "commit" || sub == "expose" || sub == "recovery-complete" ||
              sub == "abort" || sub == "show") {

@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -16,6 +17,7 @@
 #include "vssfs/cow_store/store.h"
 #include "vssfs/cow_store/store_dir.h"
 #include "vssfs/snapshot_ctl/control.h"
+#include "vssfs/snapshot_ctl/structure_check.h"
 
 namespace vssfs::snapshot_ctl {
 namespace {
@@ -75,6 +77,48 @@ int Main(int argc, char** argv) {
     }
     std::cout << HelpFor(words);
     return args.empty() && !WantsHelp(args) ? kExitUsage : kExitOk;
+  }
+  if (args[0] == "check") {
+    int depth = kDefaultShadowCopyDepth;
+    std::vector<std::string> paths;
+    for (size_t i = 1; i < args.size(); ++i) {
+      if (args[i] == "--depth" && i + 1 < args.size()) {
+        depth = std::atoi(args[++i].c_str());
+        if (depth < 1 || depth > 64) return Usage("check: --depth must be 1..64");
+      } else if (!args[i].empty() && args[i][0] == '-') {
+        return Usage("check: unknown option '" + args[i] + "'");
+      } else {
+        paths.push_back(args[i]);
+      }
+    }
+    if (paths.empty()) return Usage("check: PATH missing");
+    int rc = kExitOk;
+    std::string json_items;
+    for (const std::string& p : paths) {
+      cow_store::Result<std::vector<StructureProblem>> r = CheckStructure(p, depth);
+      if (!r.ok()) {
+        std::cerr << "vssctl: " << r.status().message() << "\n";
+        return ExitCodeFor(r.status().error()) == kExitOk ? kExitFailed
+                                                          : ExitCodeFor(r.status().error());
+      }
+      if (!r.value().empty()) rc = kExitProblems;
+      for (const StructureProblem& pr : r.value()) {
+        if (json) {
+          if (!json_items.empty()) json_items += ',';
+          json_items += "{\"share\":" + JsonString(p) + ",\"path\":" + JsonString(pr.path) +
+                        ",\"rule\":" + JsonString(pr.rule) + ",\"problem\":" + JsonString(pr.what) +
+                        ",\"hint\":" + JsonString(pr.hint) + "}";
+        } else {
+          std::cout << p << "/" << pr.path << ": " << pr.rule << ": " << pr.what << " (" << pr.hint
+                    << ")\n";
+        }
+      }
+      if (!json && r.value().empty()) {
+        std::cout << p << ": passes the structure check (depth " << depth << ")\n";
+      }
+    }
+    if (json) std::cout << "[" << json_items << "]\n";
+    return rc;
   }
   if (args[0] == "set") {
     CommandResult r = RunSetCommand(args, json);

@@ -263,3 +263,24 @@ TEST_CASE("vssctl set: a set over three volumes is one instant under concurrent 
   REQUIRE(m2.Unmount() == 0);
   REQUIRE(m3.Unmount() == 0);
 }
+
+TEST_CASE("vssctl set: a share failing the structure check is warned about or refused",
+          "[snapshot_ctl][sets]") {
+  REQUIRE(geteuid() == 0);
+  TempDir state;
+  StateEnv env(state.path());
+  VolumeDirs v;
+  ScopedMount m(v.backing, v.mnt);
+  REQUIRE(mkdir((v.mnt + "/share").c_str(), 0755) == 0);
+  REQUIRE(symlink("elsewhere", (v.mnt + "/share/link").c_str()) == 0);
+  std::string out;
+  CHECK(Vssctl({"set", "create-expose", "--context", "backup", "--strict", v.mnt + "/share"},
+               &out) == 7);
+  CHECK_THAT(out, Catch::Contains("FSRVP_E_NOT_SUPPORTED") &&
+                      Catch::Contains("share/link: type: is a symbolic link"));
+  // The failed set was aborted: another may start, and the default warns.
+  REQUIRE(Vssctl({"--json", "set", "create-expose", "--context", "backup", v.mnt + "/share"},
+                 &out) == 0);
+  CHECK_THAT(out, Catch::Contains("warning") && Catch::Contains("fails the structure check"));
+  REQUIRE(m.Unmount() == 0);
+}
