@@ -31,6 +31,8 @@ constexpr char kTopHelp[] =
     "  fsck [--repair] [--store DIR]                 check the block store\n"
     "  mounts                                        list mounted vssfs volumes\n"
     "  check PATH... [--depth N]                     the share structure rules (exit 5: fails)\n"
+    "  restore SNAPSHOT PATH... [--to DIR]           copy files or directories back from a\n"
+    "                                                snapshot, with attributes and xattrs\n"
     "  set start|add|prepare|commit|expose|recovery-complete|abort|delete|list|show\n"
     "      |create-expose ...                        shadow copy sets (vssctl set --help)\n"
     "\n"
@@ -82,6 +84,16 @@ constexpr char kCheckHelp[] =
     "         .vmcx, .vmrs, .vmgs, .mdf, .ldf, ... )\n"
     "Exit status: 0 when every share passes, 5 when a rule is broken, 3 when a PATH\n"
     "does not exist.\n";
+
+constexpr char kRestoreHelp[] =
+    "Usage: vssctl [-m MOUNT] [--json] restore SNAPSHOT PATH... [--to DIR]\n"
+    "\n"
+    "Copies each PATH (a file or directory of a mounted vssfs volume, which may have\n"
+    "been deleted since) back from SNAPSHOT (name, #id or GUID), with owners, modes,\n"
+    "times, xattrs and ACLs, symlinks, holes and hard links. Without --to it goes back\n"
+    "to PATH: a file is replaced atomically, a directory is merged into (files the\n"
+    "snapshot does not have are left alone). With --to it goes to DIR/<name>.\n"
+    "Exit status: 0 restored, 3 no such snapshot, path or volume, 1 a copy failed.\n";
 
 constexpr char kFsckHelp[] =
     "Usage: vssctl [-m MOUNT] [--json] fsck [--repair]\n"
@@ -229,6 +241,7 @@ std::string HelpFor(const std::vector<std::string>& words) {
   if (words[0] == "fsck") return kFsckHelp;
   if (words[0] == "set") return SetHelp();
   if (words[0] == "check") return kCheckHelp;
+  if (words[0] == "restore") return kRestoreHelp;
   return kTopHelp;
 }
 

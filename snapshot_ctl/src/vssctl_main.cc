@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "restore.h"
 #include "sets.h"
 #include "vssfs/cow_store/store.h"
 #include "vssfs/cow_store/store_dir.h"
@@ -48,6 +49,95 @@ int OfflineFsck(const std::string& dir, bool repair, bool json) {
   std::cout << FsckText(report.value(), json);
   const bool fixed = repair && report.value().repairs.size() >= report.value().problems.size();
   return report.value().clean() || fixed ? kExitOk : kExitProblems;
+}
+
+// vssctl restore SNAPSHOT PATH... [--to DIR]
+int RestoreCommand(const std::string& mount_opt, const std::vector<std::string>& args, bool json) {
+  std::string to;
+  std::vector<std::string> paths;
+  for (size_t i = 2; i < args.size(); ++i) {
+    if (args[i] == "--to" && i + 1 < args.size()) {
+      to = args[++i];
+    } else if (!args[i].empty() && args[i][0] == '-') {
+      return Usage("restore: unknown option '" + args[i] + "'");
+    } else {
+      paths.push_back(args[i]);
+    }
+  }
+  if (args.size() < 2 || paths.empty()) return Usage("usage: restore SNAPSHOT PATH... [--to DIR]");
+  std::string json_items;
+  for (const std::string& path : paths) {
+    // The live path may be gone: resolve its directory.
+    const size_t slash = path.rfind('/');
+    const std::string dir =
+        slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+    const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+    char real_dir[PATH_MAX];
+    if (realpath(dir.c_str(), real_dir) == nullptr) {
+      std::cerr << "vssctl: " << dir << ": " << std::strerror(errno) << "\n";
+      return kExitNotFound;
+    }
+    std::string live = std::string(real_dir) + (base.empty() || base == "." ? "" : "/" + base);
+    std::string mount = mount_opt;
+    if (mount.empty()) {
+      for (const std::string& m : VssfsMounts()) {
+        if ((live == m || live.rfind(m + "/", 0) == 0) && m.size() > mount.size()) mount = m;
+      }
+    } else {
+      char rm[PATH_MAX];
+      if (realpath(mount.c_str(), rm) != nullptr) mount = rm;
+    }
+    if (mount.empty() || (live != mount && live.rfind(mount + "/", 0) != 0)) {
+      std::cerr << "vssctl: " << live << " is not on a vssfs volume\n";
+      return kExitNotFound;
+    }
+    const std::string rel = live == mount ? "" : live.substr(mount.size() + 1);
+    cow_store::Result<CommandResult> shown =
+        CallDaemon(ControlSocketPath(mount), {"snapshot", "show", args[1], "--json"});
+    if (!shown.ok()) {
+      std::cerr << "vssctl: no vssfs daemon serves " << mount << "\n";
+      return kExitNotFound;
+    }
+    if (shown.value().exit_code != 0) {
+      std::cerr << shown.value().err;
+      return shown.value().exit_code;
+    }
+    const std::string& sj = shown.value().out;
+    const size_t at = sj.find("\"name\":\"");
+    const std::string name = sj.substr(at + 8, sj.find('"', at + 8) - at - 8);
+    const std::string root = mount + "/.snapshot/" + name;
+    std::string target = live;
+    if (!to.empty()) {
+      char rt[PATH_MAX];
+      if (realpath(to.c_str(), rt) == nullptr) {
+        std::cerr << "vssctl: " << to << ": " << std::strerror(errno) << "\n";
+        return kExitNotFound;
+      }
+      target = std::string(rt) + "/" + (rel.empty() ? name : rel.substr(rel.rfind('/') + 1));
+    }
+    cow_store::Result<RestoreStats> st = Restore(root, rel, target);
+    if (!st.ok()) {
+      std::cerr << "vssctl: restore " << live << " from " << name << ": " << st.status().message()
+                << "\n";
+      return ExitCodeFor(st.status().error()) == kExitOk ? kExitFailed
+                                                         : ExitCodeFor(st.status().error());
+    }
+    if (json) {
+      if (!json_items.empty()) json_items += ',';
+      json_items += "{\"snapshot\":" + JsonString(name) +
+                    ",\"from\":" + JsonString(root + (rel.empty() ? "" : "/" + rel)) +
+                    ",\"to\":" + JsonString(target) +
+                    ",\"files\":" + std::to_string(st.value().files) +
+                    ",\"directories\":" + std::to_string(st.value().directories) +
+                    ",\"bytes\":" + std::to_string(st.value().bytes) + "}";
+    } else {
+      std::cout << "restored " << target << " from snapshot " << name << ": " << st.value().files
+                << " files, " << st.value().directories << " directories, "
+                << HumanBytes(st.value().bytes) << "\n";
+    }
+  }
+  if (json) std::cout << "[" << json_items << "]\n";
+  return kExitOk;
 }
 
 int Main(int argc, char** argv) {
@@ -119,6 +209,9 @@ int Main(int argc, char** argv) {
     }
     if (json) std::cout << "[" << json_items << "]\n";
     return rc;
+  }
+  if (args[0] == "restore") {
+    return RestoreCommand(mount, args, json);
   }
   if (args[0] == "set") {
     CommandResult r = RunSetCommand(args, json);

@@ -151,6 +151,7 @@ namespace {
 class RoundRobinWriter {
  public:
   RoundRobinWriter(const std::vector<std::string>& mnts, int w) : mnts_(mnts), w_(w) {}
+  ~RoundRobinWriter() { Stop(); }
   void Start() {
     thread_ = std::thread([this] { Run(); });
   }
