@@ -294,6 +294,13 @@ CommandResult RunCommand(Volume& volume, const std::vector<std::string>& all_arg
           return Fail(kExitUsage, "invalid snapshot name '" + name +
                                       "' (1-255 bytes, no '/', not '.' or '..')");
         }
+      } else if (args[i] == "--held") {
+        // Part of a set's barrier: only under the hold taken for it.
+        if (!volume.HoldActive()) {
+          return Fail(kExitFailed,
+                      "the write hold of this volume expired before the snapshot; the set's "
+                      "instant is lost (retry the commit)");
+        }
       } else if (args[i] == "--guid" && i + 1 < args.size()) {
         guid = cow_store::Guid::Parse(args[++i]);
         if (!guid) return Fail(kExitUsage, "invalid GUID '" + args[i] + "'");

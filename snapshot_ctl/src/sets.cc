@@ -293,8 +293,9 @@ FsrvpStatus DoCommit(FsrvpMachine& m, const Guid& set, std::string* err) {
   for (const ShadowCopy& c : sc->copies) {
     if (!ok) break;
     if (taken.count(c.volume)) continue;
-    Result<CommandResult> r =
-        Daemon(c.volume, {"snapshot", "create", "--guid", set.ToString(), "--json"});
+    std::vector<std::string> create = {"snapshot", "create", "--guid", set.ToString(), "--json"};
+    if (!held.empty()) create.push_back("--held");
+    Result<CommandResult> r = Daemon(c.volume, create);
     if (!r.ok() || r.value().exit_code != 0) {
       ok = false;
       why = c.volume + ": " + (r.ok() ? r.value().err : r.status().message());
