@@ -208,18 +208,20 @@ bool DecodeEntry(std::string_view key, std::string_view v, DirEntry* de) {
 
 std::string EncodeSnapshot(const SnapshotInfo& s) {
   Encoder e;
-  e.U8(1);
+  e.U8(2);
   e.Raw(std::string_view(reinterpret_cast<const char*>(s.guid.bytes.data()), 16));
   e.I64(s.created_ns);
   e.U8(s.intact ? 1 : 0);
   e.Str(s.name);
   e.Str(s.damage);
+  e.Str(s.hold);  // Record version 2.
   return e.Take();
 }
 
 bool DecodeSnapshot(SnapId id, std::string_view v, SnapshotInfo* s) {
   Decoder d(v);
-  if (d.U8() != 1) return false;
+  const uint8_t version = d.U8();
+  if (version != 1 && version != 2) return false;
   std::string g = d.Raw(16);
   if (!d.ok()) return false;
   std::memcpy(s->guid.bytes.data(), g.data(), 16);
@@ -228,6 +230,7 @@ bool DecodeSnapshot(SnapId id, std::string_view v, SnapshotInfo* s) {
   s->intact = d.U8() != 0;
   s->name = d.Str();
   s->damage = d.Str();
+  s->hold = version >= 2 ? d.Str() : "";
   return d.done();
 }
 
@@ -1300,6 +1303,10 @@ Result<GcResult> Store::DeleteSnapshot(SnapId id) {
     if (rc != 0) return FromLmdb(rc, "read snapshot");
     SnapshotInfo info;
     if (!DecodeSnapshot(id, View(v), &info)) return Damaged("snapshot record");
+    if (!info.hold.empty()) {
+      return Status::Error(
+          EBUSY, "snapshot '" + info.name + "' is held (" + info.hold + "); release it first");
+    }
     // Neighbours among the remaining snapshots.
     SnapId prev = 0, next = UINT64_MAX;
     {
@@ -1461,6 +1468,82 @@ Result<GcResult> Store::DeleteSnapshot(SnapId id) {
   }
   for (const auto& [pack, extent] : punch) (void)impl_->Punch(pack, extent.first, extent.second);
   return gc;
+}
+
+Status Store::SetHold(SnapId id, const std::string& reason) {
+  std::lock_guard lock(impl_->commit_mutex);
+  Txn txn;
+  if (Status s = txn.Begin(impl_->env, 0); !s.ok()) return s;
+  std::string key = Be64(id);
+  MDB_val k = Val(key), v;
+  int rc = mdb_get(txn.get(), impl_->snapshots, &k, &v);
+  if (rc == MDB_NOTFOUND) return Status::Error(ENOENT, "no snapshot #" + std::to_string(id));
+  if (rc != 0) return FromLmdb(rc, "read snapshot");
+  SnapshotInfo info;
+  if (!DecodeSnapshot(id, View(v), &info)) return Damaged("snapshot record");
+  info.hold = reason;
+  std::string value = EncodeSnapshot(info);
+  MDB_val nv = Val(value);
+  if (Status s = FromLmdb(mdb_put(txn.get(), impl_->snapshots, &k, &nv, 0), "write snapshot");
+      !s.ok()) {
+    return s;
+  }
+  return txn.Commit();
+}
+
+Result<RetentionPolicy> Store::GetRetention() const {
+  Txn txn;
+  if (Status s = txn.Begin(impl_->env, MDB_RDONLY); !s.ok()) return s;
+  RetentionPolicy p;
+  Result<uint64_t> keep = impl_->GetCounter(txn.get(), "retention.keep_last");
+  if (!keep.ok()) return keep.status();
+  Result<uint64_t> age = impl_->GetCounter(txn.get(), "retention.max_age_s");
+  if (!age.ok()) return age.status();
+  p.keep_last = keep.value();
+  p.max_age_s = age.value();
+  return p;
+}
+
+Status Store::SetRetention(const RetentionPolicy& policy) {
+  std::lock_guard lock(impl_->commit_mutex);
+  Txn txn;
+  if (Status s = txn.Begin(impl_->env, 0); !s.ok()) return s;
+  for (const auto& [name, value] : {std::pair{"retention.keep_last", policy.keep_last},
+                                    std::pair{"retention.max_age_s", policy.max_age_s}}) {
+    Encoder e;
+    e.U64(value);
+    std::string enc = e.Take();
+    MDB_val k = Val(name), v = Val(enc);
+    if (Status s = FromLmdb(mdb_put(txn.get(), impl_->meta, &k, &v, 0), "write retention");
+        !s.ok()) {
+      return s;
+    }
+  }
+  return txn.Commit();
+}
+
+Result<std::vector<SnapshotInfo>> Store::RetentionCandidates(int64_t now_ns, SnapId keep) const {
+  Result<RetentionPolicy> policy = GetRetention();
+  if (!policy.ok()) return policy.status();
+  Result<std::vector<SnapshotInfo>> all = ListSnapshots();
+  if (!all.ok()) return all.status();
+  std::vector<SnapshotInfo> out;
+  const RetentionPolicy& p = policy.value();
+  if (!p.active()) return out;
+  // Held snapshots are kept and do not count against keep_last.
+  size_t unheld = 0;
+  for (const SnapshotInfo& s : all.value()) unheld += s.hold.empty() ? 1 : 0;
+  size_t seen = 0;  // Unheld snapshots so far, oldest first.
+  for (const SnapshotInfo& s : all.value()) {
+    if (!s.hold.empty()) continue;
+    const size_t newer = unheld - ++seen;  // Unheld snapshots newer than s.
+    if (s.id == keep) continue;
+    const bool too_many = p.keep_last != 0 && newer >= p.keep_last;
+    const bool too_old =
+        p.max_age_s != 0 && now_ns - s.created_ns > static_cast<int64_t>(p.max_age_s) * 1000000000;
+    if (too_many || too_old) out.push_back(s);
+  }
+  return out;
 }
 
 Result<SpaceUsage> Store::Usage() const {

@@ -294,9 +294,30 @@ Result<cow_store::SnapshotInfo> Filesystem::CreateSnapshot(const std::string& na
       InvalidateSnapshotDir(chosen);
       LOG_INFO("snapshot %s (#%llu) taken", chosen.c_str(),
                static_cast<unsigned long long>(info.value().id));
+      Result<std::vector<std::string>> gone = ApplyRetention(false);
+      if (!gone.ok()) LOG_ERROR("retention: %s", gone.status().message().c_str());
     }
     return info;
   }
+}
+
+Result<std::vector<std::string>> Filesystem::ApplyRetention(bool dry_run) {
+  timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  const int64_t ns = int64_t{now.tv_sec} * 1000000000 + now.tv_nsec;
+  Result<std::vector<cow_store::SnapshotInfo>> candidates =
+      store_->RetentionCandidates(ns, store_->LatestSnapshot());
+  if (!candidates.ok()) return candidates.status();
+  std::vector<std::string> names;
+  for (const cow_store::SnapshotInfo& s : candidates.value()) {
+    if (!dry_run) {
+      Result<cow_store::GcResult> gc = DeleteSnapshot(s.name);
+      if (!gc.ok()) return gc.status();
+      LOG_INFO("retention deleted snapshot %s", s.name.c_str());
+    }
+    names.push_back(s.name);
+  }
+  return names;
 }
 
 Status Filesystem::HoldWrites(int timeout_ms) {

@@ -74,6 +74,7 @@ class Filesystem : public snapshot_ctl::Volume {
   // Deletes a snapshot (by name, id or GUID) and frees what it alone held.
   cow_store::Result<cow_store::GcResult> DeleteSnapshot(const std::string& key) override;
   std::string MountPoint() const override { return config_.mountpoint; }
+  cow_store::Result<std::vector<std::string>> ApplyRetention(bool dry_run) override;
   cow_store::Status HoldWrites(int timeout_ms) override;
   bool HoldActive() const override { return held_.owns_lock(); }
   void ReleaseHold() override;

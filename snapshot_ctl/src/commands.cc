@@ -27,6 +27,10 @@ constexpr char kTopHelp[] =
     "  snapshot list                                 list snapshots\n"
     "  snapshot show SNAPSHOT                        show one snapshot\n"
     "  snapshot delete SNAPSHOT...                   delete snapshots, free their blocks\n"
+    "  snapshot hold SNAPSHOT [--reason TEXT]        keep a snapshot from deletion\n"
+    "  snapshot release SNAPSHOT                     undo a hold\n"
+    "  retention show | set [--keep-last N] [--days D] | apply [--dry-run]\n"
+    "                                                the volume's retention policy\n"
     "  df                                            space used by snapshots\n"
     "  fsck [--repair] [--store DIR]                 check the block store\n"
     "  mounts                                        list mounted vssfs volumes\n"
@@ -118,7 +122,7 @@ std::string SnapshotJson(const SnapshotInfo& s) {
          ",\"created\":" + JsonString(FormatTime(s.created_ns)) +
          ",\"created_ns\":" + std::to_string(s.created_ns) +
          ",\"intact\":" + (s.intact ? "true" : "false") + ",\"damage\":" + JsonString(s.damage) +
-         "}";
+         ",\"hold\":" + JsonString(s.hold) + "}";
 }
 
 CommandResult Fail(int code, const std::string& message) {
@@ -265,8 +269,95 @@ CommandResult RunCommand(Volume& volume, const std::vector<std::string>& all_arg
   const std::string sub = args.size() > 1 ? args[1] : "";
 
   if (cmd == "snapshot" && (sub == "hold" || sub == "release")) {
+    if (args.size() < 3) return Fail(kExitUsage, "usage: snapshot " + sub + " SNAPSHOT");
+    std::string reason = sub == "hold" ? "held by the administrator" : "";
+    for (size_t i = 3; i < args.size(); ++i) {
+      if (sub == "hold" && args[i] == "--reason" && i + 1 < args.size()) {
+        reason = args[++i];
+        if (reason.empty() || reason.size() > 200) {
+          return Fail(kExitUsage, "snapshot hold: --reason must be 1-200 bytes");
+        }
+      } else {
+        return Fail(kExitUsage, "snapshot " + sub + ": unexpected argument '" + args[i] + "'");
+      }
+    }
+    Result<SnapshotInfo> snap = store.FindSnapshot(args[2]);
+    if (!snap.ok()) return FromStatus(snap.status());
+    if (Status st = store.SetHold(snap.value().id, reason); !st.ok()) return FromStatus(st);
+    r.out = json ? "{\"snapshot\":" + JsonString(snap.value().name) +
+                       ",\"hold\":" + JsonString(reason) + "}\n"
+                 : (sub == "hold" ? "held " : "released ") + snap.value().name + "\n";
+    return r;
+  }
+  if (cmd == "retention") {
+    if (sub == "show" || sub.empty()) {
+      Result<cow_store::RetentionPolicy> p = store.GetRetention();
+      if (!p.ok()) return FromStatus(p.status());
+      r.out = json
+                  ? "{\"keep_last\":" + std::to_string(p.value().keep_last) +
+                        ",\"days\":" + std::to_string(p.value().max_age_s / 86400) +
+                        ",\"max_age_s\":" + std::to_string(p.value().max_age_s) + "}\n"
+                  : "keep last: " +
+                        (p.value().keep_last ? std::to_string(p.value().keep_last) : "no limit") +
+                        "\nkeep for:  " +
+                        (p.value().max_age_s ? std::to_string(p.value().max_age_s / 86400) + " days"
+                                             : "no limit") +
+                        "\n";
+      return r;
+    }
+    if (sub == "set") {
+      Result<cow_store::RetentionPolicy> cur = store.GetRetention();
+      if (!cur.ok()) return FromStatus(cur.status());
+      cow_store::RetentionPolicy p = cur.value();
+      for (size_t i = 2; i < args.size(); ++i) {
+        const bool has_value = i + 1 < args.size();
+        const std::string value = has_value ? args[i + 1] : "";
+        const bool number = has_value && !value.empty() && value.size() < 10 &&
+                            value.find_first_not_of("0123456789") == std::string::npos;
+        if (args[i] == "--keep-last" && number) {
+          p.keep_last = std::stoull(value);
+        } else if (args[i] == "--days" && number) {
+          p.max_age_s = std::stoull(value) * 86400;
+        } else if (args[i] == "--seconds" && number) {  // For tests.
+          p.max_age_s = std::stoull(value);
+        } else {
+          return Fail(kExitUsage,
+                      "retention set: expected --keep-last N and/or --days D (0: no limit)");
+        }
+        ++i;
+      }
+      if (Status st = store.SetRetention(p); !st.ok()) return FromStatus(st);
+      r.out = "retention: keep last " + std::to_string(p.keep_last) + ", keep for " +
+              std::to_string(p.max_age_s / 86400) + " days (0: no limit)\n";
+      return r;
+    }
+    if (sub == "apply") {
+      const bool dry = args.size() == 3 && args[2] == "--dry-run";
+      if (args.size() > 3 || (args.size() == 3 && !dry)) {
+        return Fail(kExitUsage, "usage: retention apply [--dry-run]");
+      }
+      Result<std::vector<std::string>> gone = volume.ApplyRetention(dry);
+      if (!gone.ok()) return FromStatus(gone.status());
+      if (json) {
+        r.out = "{\"dry_run\":" + std::string(dry ? "true" : "false") + ",\"deleted\":[";
+        for (size_t i = 0; i < gone.value().size(); ++i) {
+          if (i > 0) r.out += ',';
+          r.out += JsonString(gone.value()[i]);
+        }
+        r.out += "]}\n";
+      } else {
+        for (const std::string& n : gone.value()) {
+          r.out += (dry ? "would delete " : "deleted ") + n + "\n";
+        }
+        if (gone.value().empty()) r.out = "nothing to delete\n";
+      }
+      return r;
+    }
+    return Fail(kExitUsage, "retention: show, set or apply");
+  }
+  if (cmd == "snapshot" && (sub == "barrier" || sub == "barrier-release")) {
     // The cross-volume write barrier (vssctl set commit uses it).
-    if (sub == "release") {
+    if (sub == "barrier-release") {
       volume.ReleaseHold();
       r.out = "released\n";
       return r;
@@ -275,10 +366,10 @@ CommandResult RunCommand(Volume& volume, const std::vector<std::string>& all_arg
     if (args.size() == 4 && args[2] == "--timeout-ms") {
       timeout_ms = std::atoi(args[3].c_str());
     } else if (args.size() != 2) {
-      return Fail(kExitUsage, "usage: snapshot hold [--timeout-ms N]");
+      return Fail(kExitUsage, "usage: snapshot barrier [--timeout-ms N]");
     }
     if (timeout_ms <= 0 || timeout_ms > 60000) {
-      return Fail(kExitUsage, "snapshot hold: --timeout-ms must be 1..60000");
+      return Fail(kExitUsage, "snapshot barrier: --timeout-ms must be 1..60000");
     }
     if (Status s = volume.HoldWrites(timeout_ms); !s.ok()) return FromStatus(s);
     r.out = "held\n";
@@ -337,7 +428,8 @@ CommandResult RunCommand(Volume& volume, const std::vector<std::string>& all_arg
     r.out = Pad("ID", 6) + Pad("NAME", 26) + Pad("CREATED", 24) + Pad("GUID", 38) + "STATE\n";
     for (const SnapshotInfo& s : all.value()) {
       r.out += Pad(std::to_string(s.id), 6) + Pad(s.name, 26) + Pad(FormatTime(s.created_ns), 24) +
-               Pad(s.guid.ToString(), 38) + (s.intact ? "ok" : "DAMAGED") + "\n";
+               Pad(s.guid.ToString(), 38) + (s.intact ? "ok" : "DAMAGED") +
+               (s.hold.empty() ? "" : ", held") + "\n";
     }
     return r;
   }
@@ -354,7 +446,8 @@ CommandResult RunCommand(Volume& volume, const std::vector<std::string>& all_arg
       r.out = "id:       " + std::to_string(s.value().id) + "\nname:     " + s.value().name +
               "\nguid:     " + s.value().guid.ToString() +
               "\ncreated:  " + FormatTime(s.value().created_ns) + "\npath:     " + path +
-              "\nstate:    " + (s.value().intact ? "ok" : "DAMAGED: " + s.value().damage) + "\n";
+              "\nstate:    " + (s.value().intact ? "ok" : "DAMAGED: " + s.value().damage) +
+              "\nhold:     " + (s.value().hold.empty() ? "none" : s.value().hold) + "\n";
     }
     return r;
   }

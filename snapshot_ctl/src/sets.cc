@@ -151,6 +151,20 @@ Result<CommandResult> Daemon(const std::string& volume, const std::vector<std::s
   return CallDaemon(ControlSocketPath(volume), args);
 }
 
+// Releases the holds a set keeps on its snapshots (best effort, reported).
+void ReleaseHolds(const ShadowCopySet& s, std::string* err) {
+  std::map<std::string, std::string> snaps;
+  for (const ShadowCopy& c : s.copies) {
+    if (!c.snapshot.empty()) snaps[c.volume] = c.snapshot;
+  }
+  for (const auto& [volume, snap] : snaps) {
+    Result<CommandResult> r = Daemon(volume, {"snapshot", "release", snap});
+    if (!r.ok() || r.value().exit_code != 0) {
+      *err += "vssctl: warning: could not release snapshot " + snap + " of " + volume + "\n";
+    }
+  }
+}
+
 // Deletes the snapshots a removed set had taken (best effort, reported).
 void CleanUp(const ShadowCopySet& s, std::string* err) {
   std::map<std::string, std::string> snaps;  // volume -> snapshot
@@ -158,6 +172,7 @@ void CleanUp(const ShadowCopySet& s, std::string* err) {
     if (!c.snapshot.empty()) snaps[c.volume] = c.snapshot;
   }
   for (const auto& [volume, snap] : snaps) {
+    (void)Daemon(volume, {"snapshot", "release", snap});
     Result<CommandResult> r = Daemon(volume, {"snapshot", "delete", snap});
     if (!r.ok() || r.value().exit_code != 0) {
       *err += "vssctl: warning: could not delete snapshot " + snap + " of " + volume + ": " +
@@ -278,7 +293,7 @@ FsrvpStatus DoCommit(FsrvpMachine& m, const Guid& set, std::string* err) {
   if (volumes.size() > 1) {
     for (const std::string& v : volumes) {
       Result<CommandResult> r =
-          Daemon(v, {"snapshot", "hold", "--timeout-ms", std::to_string(kHoldTimeoutMs)});
+          Daemon(v, {"snapshot", "barrier", "--timeout-ms", std::to_string(kHoldTimeoutMs)});
       if (!r.ok() || r.value().exit_code != 0) {
         ok = false;
         why = v + ": cannot hold writes: " + (r.ok() ? r.value().err : r.status().message());
@@ -287,7 +302,7 @@ FsrvpStatus DoCommit(FsrvpMachine& m, const Guid& set, std::string* err) {
       held.push_back(v);
     }
     if (!ok) {
-      for (const std::string& v : held) (void)Daemon(v, {"snapshot", "release"});
+      for (const std::string& v : held) (void)Daemon(v, {"snapshot", "barrier-release"});
     }
   }
   for (const ShadowCopy& c : sc->copies) {
@@ -314,8 +329,16 @@ FsrvpStatus DoCommit(FsrvpMachine& m, const Guid& set, std::string* err) {
   std::vector<std::string> names;
   if (ok) {
     for (const ShadowCopy& c : sc->copies) names.push_back(taken[c.volume]);
+    // Retention leaves a set's snapshots alone until the set is deleted.
+    for (const auto& [volume, snap] : taken) {
+      Result<CommandResult> r = Daemon(
+          volume, {"snapshot", "hold", snap, "--reason", "shadow copy set " + set.ToString()});
+      if (!r.ok() || r.value().exit_code != 0) {
+        *err += "vssctl: warning: could not hold snapshot " + snap + " of " + volume + "\n";
+      }
+    }
   } else {
-    for (const std::string& v : held) (void)Daemon(v, {"snapshot", "release"});
+    for (const std::string& v : held) (void)Daemon(v, {"snapshot", "barrier-release"});
     // No half-taken set: drop what was taken.
     ShadowCopySet partial = *sc;
     for (ShadowCopy& c : partial.copies) c.snapshot = taken.count(c.volume) ? taken[c.volume] : "";
@@ -499,7 +522,11 @@ CommandResult RunSetCommand(const std::vector<std::string>& args, bool json) {
         if (!st.ok()) break;
       }
       if (st.ok()) {
-        if (delete_snapshots) CleanUp(copy, &r.err);
+        if (delete_snapshots) {
+          CleanUp(copy, &r.err);
+        } else {
+          ReleaseHolds(copy, &r.err);  // Kept as backups, under the retention policy.
+        }
         r.out =
             json ? "{\"deleted\":" + JsonString(copy.id.ToString()) +
                        ",\"snapshots_kept\":" + (delete_snapshots ? "false" : "true") + "}\n"

@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "test_support.h"
@@ -150,6 +151,8 @@ namespace {
 // (write s goes to volume s % n, as its record s / n), O_DIRECT.
 class RoundRobinWriter {
  public:
+  // Bounds the files (and the time to check them, also under sanitizers).
+  static constexpr uint64_t kMaxWrites = 30000;
   RoundRobinWriter(const std::vector<std::string>& mnts, int w) : mnts_(mnts), w_(w) {}
   ~RoundRobinWriter() { Stop(); }
   void Start() {
@@ -171,7 +174,7 @@ class RoundRobinWriter {
     if (posix_memalign(&mem, 4096, 4096) != 0) return;
     char* buf = static_cast<char*>(mem);
     const size_t n = mnts_.size();
-    for (uint64_t s = 0; !stop_; ++s) {
+    for (uint64_t s = 0; !stop_ && s < kMaxWrites; ++s) {
       std::memset(buf, 0, 4096);
       std::memcpy(buf, &s, sizeof s);
       if (pwrite(fds[s % n], buf, 4096, static_cast<off_t>(s / n * 4096)) != 4096) break;
@@ -236,7 +239,9 @@ TEST_CASE("vssctl set: a set over three volumes is one instant under concurrent 
     writers.back()->Start();
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  std::vector<std::string> sets;
+  // Sets are taken (and recovered, so the next may start) while the writers
+  // run; they are checked afterwards.
+  std::vector<std::pair<std::string, std::vector<std::string>>> taken;
   for (int i = 0; i < 5; ++i) {
     std::string out;
     REQUIRE(Vssctl({"--json", "set", "create-expose", "--context", "backup", v1.mnt + "/share",
@@ -249,15 +254,21 @@ TEST_CASE("vssctl set: a set over three volumes is one instant under concurrent 
       paths.push_back(out.substr(at + 8, out.find('"', at + 8) - at - 8));
     }
     REQUIRE(paths.size() == 3);
+    REQUIRE(Vssctl({"set", "recovery-complete", set}, &out) == 0);
+    taken.emplace_back(set, paths);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  for (auto& w : writers) w->Stop();
+  for (size_t i = 0; i < taken.size(); ++i) {
     for (int w = 0; w < 3; ++w) {
       std::vector<std::string> files;
-      for (const std::string& p : paths) files.push_back(p + "/w" + std::to_string(w));
+      for (const std::string& p : taken[i].second) files.push_back(p + "/w" + std::to_string(w));
       const std::string r = CheckRoundRobin(files);
       INFO("set " << i << ", writer " << w << ": " << r);
       REQUIRE(r.empty());
     }
-    REQUIRE(Vssctl({"set", "recovery-complete", set}, &out) == 0);
-    REQUIRE(Vssctl({"set", "delete", set, "--delete-snapshots"}, &out) == 0);
+    std::string out;
+    REQUIRE(Vssctl({"set", "delete", taken[i].first, "--delete-snapshots"}, &out) == 0);
   }
   for (auto& w : writers) w->Stop();
   REQUIRE(m1.Unmount() == 0);

@@ -77,3 +77,44 @@ TEST_CASE("vssctl: snapshot commands against a mount", "[snapshot_ctl]") {
   CHECK(stat((m + "/.snapshot/one").c_str(), &st) != 0);
   REQUIRE(mount.Unmount() == 0);
 }
+
+TEST_CASE("vssctl: holds and the retention policy", "[snapshot_ctl]") {
+  REQUIRE(geteuid() == 0);
+  VolumeDirs dirs;
+  ScopedMount mount(dirs.backing, dirs.mnt);
+  const std::string m = dirs.mnt;
+  std::string out;
+  for (const char* name : {"a", "b", "c"}) {
+    REQUIRE(Vssctl({"-m", m, "snapshot", "create", "--name", name}, &out) == 0);
+  }
+  REQUIRE(Vssctl({"-m", m, "snapshot", "hold", "a", "--reason", "legal hold"}, &out) == 0);
+  CHECK(Vssctl({"-m", m, "snapshot", "delete", "a"}, &out) == 1);
+  CHECK_THAT(out, Catch::Contains("is held (legal hold)"));
+  REQUIRE(Vssctl({"-m", m, "snapshot", "show", "a"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("hold:     legal hold"));
+  // Keep the newest unheld one: b would go (a is held and does not count).
+  REQUIRE(Vssctl({"-m", m, "retention", "set", "--keep-last", "1"}, &out) == 0);
+  REQUIRE(Vssctl({"-m", m, "--json", "retention", "show"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("\"keep_last\":1"));
+  REQUIRE(Vssctl({"-m", m, "retention", "apply", "--dry-run"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("would delete b") && !Catch::Contains("would delete c"));
+  REQUIRE(Vssctl({"-m", m, "snapshot", "show", "b"}, &out) == 0);
+  // Taking a snapshot applies the policy: b and c go, a (held) and d stay.
+  REQUIRE(Vssctl({"-m", m, "snapshot", "create", "--name", "d"}, &out) == 0);
+  REQUIRE(Vssctl({"-m", m, "--json", "snapshot", "list"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("\"name\":\"a\"") && Catch::Contains("\"name\":\"d\""));
+  CHECK_THAT(out, !Catch::Contains("\"name\":\"b\"") && !Catch::Contains("\"name\":\"c\""));
+  CHECK_THAT(out, Catch::Contains("\"hold\":\"legal hold\""));
+  // Released, the held one goes at the next application.
+  REQUIRE(Vssctl({"-m", m, "snapshot", "release", "a"}, &out) == 0);
+  REQUIRE(Vssctl({"-m", m, "retention", "apply"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("deleted a"));
+  // By age.
+  REQUIRE(Vssctl({"-m", m, "retention", "set", "--keep-last", "0", "--seconds", "1"}, &out) == 0);
+  sleep(2);
+  REQUIRE(Vssctl({"-m", m, "snapshot", "create", "--name", "e"}, &out) == 0);
+  REQUIRE(Vssctl({"-m", m, "--json", "snapshot", "list"}, &out) == 0);
+  CHECK_THAT(out, Catch::StartsWith("[{\"id\":5,\"name\":\"e\""));
+  CHECK(Vssctl({"-m", m, "retention", "set", "--keep-last", "x"}, &out) == 2);
+  REQUIRE(mount.Unmount() == 0);
+}

@@ -78,6 +78,18 @@ struct SnapshotInfo {
   // message says what. Reads of the damaged parts fail with EIO.
   bool intact = true;
   std::string damage;
+  // Why the snapshot is held ("" when it is not): a held snapshot cannot be
+  // deleted, by retention or by hand, until released.
+  std::string hold;
+};
+
+// How many snapshots to keep: the newest `keep_last` that are not held (0:
+// no limit), and only those younger than `max_age_s` seconds (0: no
+// limit). Held snapshots are always kept and do not count.
+struct RetentionPolicy {
+  uint64_t keep_last = 0;
+  uint64_t max_age_s = 0;
+  bool active() const { return keep_last != 0 || max_age_s != 0; }
 };
 
 using XattrList = std::vector<std::pair<std::string, std::string>>;
@@ -259,8 +271,16 @@ class Store {
   Result<SnapshotInfo> FindSnapshot(const std::string& key) const;
   Result<SnapshotInfo> GetSnapshot(SnapId id) const;
   // Deletes a snapshot and frees what no other snapshot needs. The caller
-  // ensures no reader of that snapshot is in flight.
+  // ensures no reader of that snapshot is in flight. Errors: ENOENT, EBUSY
+  // when the snapshot is held.
   Result<GcResult> DeleteSnapshot(SnapId id);
+  // Holds (reason non-empty) or releases (reason "") a snapshot.
+  Status SetHold(SnapId id, const std::string& reason);
+  Result<RetentionPolicy> GetRetention() const;
+  Status SetRetention(const RetentionPolicy& policy);
+  // The snapshots `policy` would delete at `now_ns` (never held ones, never
+  // `keep` itself), oldest first.
+  Result<std::vector<SnapshotInfo>> RetentionCandidates(int64_t now_ns, SnapId keep) const;
 
   // ---- preservation (write side) ----
   // Makes `batch` durable for epoch `epoch` (normally LatestSnapshot()).

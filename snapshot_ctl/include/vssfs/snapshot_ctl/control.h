@@ -45,6 +45,10 @@ class Volume {
   virtual cow_store::Result<cow_store::SnapshotInfo> CreateSnapshot(
       const std::string& name, std::optional<cow_store::Guid> guid) = 0;
   virtual cow_store::Result<cow_store::GcResult> DeleteSnapshot(const std::string& key) = 0;
+  // Deletes the snapshots the retention policy no longer keeps (names
+  // returned), or with `dry_run` only lists them. Also run after each
+  // snapshot is taken.
+  virtual cow_store::Result<std::vector<std::string>> ApplyRetention(bool dry_run) = 0;
   // The write barrier of a set spanning volumes: flushes the volume, then
   // holds every mutating request (they wait; none fails) until the next
   // CreateSnapshot, ReleaseHold, or `timeout_ms` passing. Errors: EBUSY if
