@@ -336,6 +336,8 @@ struct Store::Impl {
                     std::set<uint32_t>* synced);
 
   Result<uint64_t> GetCounter(MDB_txn* txn, const char* name) const;
+  // The record of snapshot `id` in `txn`. Errors: ENOENT, EIO.
+  Result<SnapshotInfo> ReadSnapshot(MDB_txn* txn, SnapId id) const;
   Status AddCounter(MDB_txn* txn, const char* name, int64_t delta) const;
 };
 
@@ -659,6 +661,17 @@ Result<bool> Store::Impl::SameContent(const BlockRecord& rec, std::string_view b
   std::string buf(rec.length, '\0');
   if (Status s = ReadStored(rec.pack, rec.offset, rec.length, buf.data()); !s.ok()) return s;
   return std::memcmp(buf.data(), bytes.data(), bytes.size()) == 0;
+}
+
+Result<SnapshotInfo> Store::Impl::ReadSnapshot(MDB_txn* txn, SnapId id) const {
+  std::string key = Be64(id);
+  MDB_val k = Val(key), v;
+  int rc = mdb_get(txn, snapshots, &k, &v);
+  if (rc == MDB_NOTFOUND) return Status::Error(ENOENT, "no snapshot #" + std::to_string(id));
+  if (rc != 0) return FromLmdb(rc, "read snapshot");
+  SnapshotInfo info;
+  if (!DecodeSnapshot(id, View(v), &info)) return Damaged("snapshot record");
+  return info;
 }
 
 Result<uint64_t> Store::Impl::GetCounter(MDB_txn* txn, const char* name) const {
@@ -1114,14 +1127,7 @@ Result<std::vector<SnapshotInfo>> Store::ListSnapshots() const {
 Result<SnapshotInfo> Store::GetSnapshot(SnapId id) const {
   Txn txn;
   if (Status s = txn.Begin(impl_->env, MDB_RDONLY); !s.ok()) return s;
-  std::string key = Be64(id);
-  MDB_val k = Val(key), v;
-  int rc = mdb_get(txn.get(), impl_->snapshots, &k, &v);
-  if (rc == MDB_NOTFOUND) return Status::Error(ENOENT, "no snapshot #" + std::to_string(id));
-  if (rc != 0) return FromLmdb(rc, "read snapshot");
-  SnapshotInfo info;
-  if (!DecodeSnapshot(id, View(v), &info)) return Damaged("snapshot record");
-  return info;
+  return impl_->ReadSnapshot(txn.get(), id);
 }
 
 Result<SnapshotInfo> Store::FindSnapshot(const std::string& key) const {
@@ -1296,13 +1302,12 @@ Result<GcResult> Store::DeleteSnapshot(SnapId id) {
     Txn txn;
     if (Status s = txn.Begin(impl_->env, 0); !s.ok()) return s;
     MDB_txn* t = txn.get();
+    Result<SnapshotInfo> found = impl_->ReadSnapshot(t, id);
+    if (!found.ok()) return found.status();
+    const SnapshotInfo info = std::move(found.value());
     std::string key = Be64(id);
-    MDB_val k = Val(key), v;
-    int rc = mdb_get(t, impl_->snapshots, &k, &v);
-    if (rc == MDB_NOTFOUND) return Status::Error(ENOENT, "no snapshot #" + std::to_string(id));
-    if (rc != 0) return FromLmdb(rc, "read snapshot");
-    SnapshotInfo info;
-    if (!DecodeSnapshot(id, View(v), &info)) return Damaged("snapshot record");
+    MDB_val k = Val(key);
+    int rc = 0;
     if (!info.hold.empty()) {
       return Status::Error(
           EBUSY, "snapshot '" + info.name + "' is held (" + info.hold + "); release it first");
@@ -1474,16 +1479,12 @@ Status Store::SetHold(SnapId id, const std::string& reason) {
   std::lock_guard lock(impl_->commit_mutex);
   Txn txn;
   if (Status s = txn.Begin(impl_->env, 0); !s.ok()) return s;
-  std::string key = Be64(id);
-  MDB_val k = Val(key), v;
-  int rc = mdb_get(txn.get(), impl_->snapshots, &k, &v);
-  if (rc == MDB_NOTFOUND) return Status::Error(ENOENT, "no snapshot #" + std::to_string(id));
-  if (rc != 0) return FromLmdb(rc, "read snapshot");
-  SnapshotInfo info;
-  if (!DecodeSnapshot(id, View(v), &info)) return Damaged("snapshot record");
+  Result<SnapshotInfo> found = impl_->ReadSnapshot(txn.get(), id);
+  if (!found.ok()) return found.status();
+  SnapshotInfo info = std::move(found.value());
   info.hold = reason;
-  std::string value = EncodeSnapshot(info);
-  MDB_val nv = Val(value);
+  std::string key = Be64(id), value = EncodeSnapshot(info);
+  MDB_val k = Val(key), nv = Val(value);
   if (Status s = FromLmdb(mdb_put(txn.get(), impl_->snapshots, &k, &nv, 0), "write snapshot");
       !s.ok()) {
     return s;

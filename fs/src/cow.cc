@@ -112,7 +112,7 @@ int ReadLiveListing(int dir_fd, bool is_root, std::vector<DirEntry>* out) {
   return 0;
 }
 
-int ReadLiveMeta(int fd, InodeMeta* meta) {
+int ReadLiveMeta(int fd, bool with_xattrs, InodeMeta* meta) {
   struct stat st;
   if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return -errno;
   *meta = InodeMeta{};
@@ -126,6 +126,7 @@ int ReadLiveMeta(int fd, InodeMeta* meta) {
   meta->atime = st.st_atim;
   meta->mtime = st.st_mtim;
   meta->ctime = st.st_ctim;
+  if (!with_xattrs) return 0;
   // A symlink's xattrs can only be reached through a path: its current one.
   std::string link;
   if (S_ISLNK(st.st_mode)) {
@@ -216,7 +217,7 @@ int CowEngine::Load(Inode& inode, SnapId k, int fd) {
 int CowEngine::PreserveInodeLocked(const Epoch& e, int fd, Ino ino, uint64_t* size) {
   Preservation batch;
   InodeMeta meta;
-  if (int r = ReadLiveMeta(fd, &meta); r != 0) return r;
+  if (int r = ReadLiveMeta(fd, true, &meta); r != 0) return r;
   if (size != nullptr) *size = meta.size;
   batch.AddInode(ino, std::move(meta));
   if (Status s = store_->Preserve(e.latest(), batch); !s.ok()) {

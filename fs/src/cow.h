@@ -116,8 +116,9 @@ class CowEngine {
 // Reads a live directory as a listing: every entry but "." and "..", and at
 // the volume root none of the reserved names. Returns 0 or a negative errno.
 int ReadLiveListing(int dir_fd, bool is_root, std::vector<cow_store::DirEntry>* out);
-// The attributes of a live object as a snapshot records them.
-int ReadLiveMeta(int fd, cow_store::InodeMeta* meta);
+// The attributes of a live object as a snapshot records them; without
+// `with_xattrs` only the stat fields (no xattrs, no symlink target).
+int ReadLiveMeta(int fd, bool with_xattrs, cow_store::InodeMeta* meta);
 
 }  // namespace vssfs::fs
 

@@ -61,6 +61,11 @@ void SnapshotView::RefreshLocked() {
   for (const auto& s : all.value()) live_.insert(s.id);
 }
 
+std::shared_ptr<SnapshotView::Node> SnapshotView::FindLive(uint64_t nodeid) {
+  std::shared_ptr<Node> n = Find(nodeid);
+  return n && SnapshotExists(n->snap) ? n : nullptr;
+}
+
 std::shared_ptr<SnapshotView::Node> SnapshotView::Find(uint64_t nodeid) {
   std::lock_guard lock(nodes_mutex_);
   auto it = nodes_.find(nodeid);
@@ -106,21 +111,7 @@ int SnapshotView::Resolve(const Node& n, bool with_xattrs, InodeMeta* meta) {
   }
   UniqueFd fd = OpenByHandle(cow_->mount_fd(), n.handle, O_PATH | O_NOFOLLOW);
   if (!fd) return errno == ESTALE ? -ESTALE : -errno;
-  if (with_xattrs) return ReadLiveMeta(fd.get(), meta);
-  struct stat st;
-  if (fstatat(fd.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return -errno;
-  *meta = InodeMeta{};
-  meta->mode = st.st_mode;
-  meta->uid = st.st_uid;
-  meta->gid = st.st_gid;
-  meta->nlink = st.st_nlink;
-  meta->size = static_cast<uint64_t>(st.st_size);
-  meta->blocks = static_cast<uint64_t>(st.st_blocks);
-  meta->rdev = st.st_rdev;
-  meta->atime = st.st_atim;
-  meta->mtime = st.st_mtim;
-  meta->ctime = st.st_ctim;
-  return 0;
+  return ReadLiveMeta(fd.get(), with_xattrs, meta);
 }
 
 int SnapshotView::Entries(const Node& n, std::vector<DirEntry>* out) {
@@ -198,8 +189,8 @@ int SnapshotView::ListSnapshotNames(std::vector<Listed>* out) {
 
 int SnapshotView::Lookup(uint64_t parent, const char* name, fuse_entry_param* e) {
   std::shared_lock lock(snapshots_mutex_);
-  std::shared_ptr<Node> p = Find(parent);
-  if (!p || !SnapshotExists(p->snap)) return -ESTALE;
+  std::shared_ptr<Node> p = FindLive(parent);
+  if (!p) return -ESTALE;
   if (!S_ISDIR(p->type)) return -ENOTDIR;
   if (p->ino == root_ino_ && IsReservedRootName(name)) return -ENOENT;
   Ino ino = 0;
@@ -236,8 +227,8 @@ int SnapshotView::Lookup(uint64_t parent, const char* name, fuse_entry_param* e)
 
 int SnapshotView::GetAttr(uint64_t node, struct stat* st) {
   std::shared_lock lock(snapshots_mutex_);
-  std::shared_ptr<Node> n = Find(node);
-  if (!n || !SnapshotExists(n->snap)) return -ESTALE;
+  std::shared_ptr<Node> n = FindLive(node);
+  if (!n) return -ESTALE;
   InodeMeta meta;
   if (int r = Resolve(*n, false, &meta); r != 0) return r;
   FillStat(node, meta, st);
@@ -246,8 +237,8 @@ int SnapshotView::GetAttr(uint64_t node, struct stat* st) {
 
 int SnapshotView::ReadLink(uint64_t node, std::string* target) {
   std::shared_lock lock(snapshots_mutex_);
-  std::shared_ptr<Node> n = Find(node);
-  if (!n || !SnapshotExists(n->snap)) return -ESTALE;
+  std::shared_ptr<Node> n = FindLive(node);
+  if (!n) return -ESTALE;
   if (!S_ISLNK(n->type)) return -EINVAL;
   InodeMeta meta;
   if (int r = Resolve(*n, true, &meta); r != 0) return r;
@@ -257,8 +248,8 @@ int SnapshotView::ReadLink(uint64_t node, std::string* target) {
 
 int SnapshotView::List(uint64_t node, std::vector<Listed>* out) {
   std::shared_lock lock(snapshots_mutex_);
-  std::shared_ptr<Node> n = Find(node);
-  if (!n || !SnapshotExists(n->snap)) return -ESTALE;
+  std::shared_ptr<Node> n = FindLive(node);
+  if (!n) return -ESTALE;
   if (!S_ISDIR(n->type)) return -ENOTDIR;
   std::vector<DirEntry> entries;
   if (int r = Entries(*n, &entries); r != 0) return r;
@@ -276,8 +267,8 @@ int SnapshotView::List(uint64_t node, std::vector<Listed>* out) {
 int SnapshotView::Open(uint64_t node, int flags, uint64_t* fh) {
   if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)) return -EROFS;
   std::shared_lock lock(snapshots_mutex_);
-  std::shared_ptr<Node> n = Find(node);
-  if (!n || !SnapshotExists(n->snap)) return -ESTALE;
+  std::shared_ptr<Node> n = FindLive(node);
+  if (!n) return -ESTALE;
   if (S_ISDIR(n->type)) return -EISDIR;
   InodeMeta meta;
   if (int r = Resolve(*n, false, &meta); r != 0) return r;
@@ -413,8 +404,8 @@ int SnapshotView::Read(uint64_t node, uint64_t fh, size_t size, off_t off, std::
 
 int SnapshotView::GetXattr(uint64_t node, const char* name, size_t size, std::string* value) {
   std::shared_lock lock(snapshots_mutex_);
-  std::shared_ptr<Node> n = Find(node);
-  if (!n || !SnapshotExists(n->snap)) return -ESTALE;
+  std::shared_ptr<Node> n = FindLive(node);
+  if (!n) return -ESTALE;
   InodeMeta meta;
   if (int r = Resolve(*n, true, &meta); r != 0) return r;
   for (const auto& [k, v] : meta.xattrs) {
@@ -429,8 +420,8 @@ int SnapshotView::GetXattr(uint64_t node, const char* name, size_t size, std::st
 
 int SnapshotView::ListXattr(uint64_t node, size_t size, std::string* list) {
   std::shared_lock lock(snapshots_mutex_);
-  std::shared_ptr<Node> n = Find(node);
-  if (!n || !SnapshotExists(n->snap)) return -ESTALE;
+  std::shared_ptr<Node> n = FindLive(node);
+  if (!n) return -ESTALE;
   InodeMeta meta;
   if (int r = Resolve(*n, true, &meta); r != 0) return r;
   std::string all;

@@ -94,6 +94,9 @@ class SnapshotView {
 
   bool SnapshotExists(cow_store::SnapId snap) const { return live_.count(snap) != 0; }
   std::shared_ptr<Node> Find(uint64_t nodeid);
+  // Find(), but null when the node's snapshot was deleted. Caller holds
+  // snapshots_mutex_.
+  std::shared_ptr<Node> FindLive(uint64_t nodeid);
   // Registers a kernel lookup of (snap, ino) and fills *e.
   int Enter(cow_store::SnapId snap, cow_store::Ino ino, mode_t type, const std::string& handle,
             uint64_t parent, fuse_entry_param* e);

@@ -111,6 +111,14 @@ std::vector<std::string> VssfsMounts() {
   return out;
 }
 
+std::string VolumeContaining(const std::string& path) {
+  std::string best;
+  for (const std::string& m : VssfsMounts()) {
+    if ((path == m || path.rfind(m + "/", 0) == 0) && m.size() > best.size()) best = m;
+  }
+  return best;
+}
+
 std::string ControlSocketPath(const std::string& mountpoint) {
   char name[40];
   std::snprintf(name, sizeof name, "/ctl-%016llx.sock",

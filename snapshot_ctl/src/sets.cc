@@ -138,15 +138,6 @@ class Registry {
   FsrvpMachine machine_;
 };
 
-// The vssfs mount holding `path` (longest mount-point prefix), or "".
-std::string VolumeOf(const std::string& path) {
-  std::string best;
-  for (const std::string& m : VssfsMounts()) {
-    if ((path == m || path.rfind(m + "/", 0) == 0) && m.size() > best.size()) best = m;
-  }
-  return best;
-}
-
 Result<CommandResult> Daemon(const std::string& volume, const std::vector<std::string>& args) {
   return CallDaemon(ControlSocketPath(volume), args);
 }
@@ -245,7 +236,7 @@ FsrvpStatus DoAdd(FsrvpMachine& m, const Guid& set, const std::string& path, boo
   if (stat(real, &st) != 0 || !S_ISDIR(st.st_mode)) {
     return FsrvpStatus::Error(FsrvpError::kInvalidArg, path + " is not a directory");
   }
-  const std::string volume = VolumeOf(real);
+  const std::string volume = VolumeContaining(real);
   if (volume.empty()) {
     return FsrvpStatus::Error(FsrvpError::kNotSupported,
                               std::string(real) + " is not on a vssfs volume");

@@ -80,9 +80,7 @@ int RestoreCommand(const std::string& mount_opt, const std::vector<std::string>&
     std::string live = std::string(real_dir) + (base.empty() || base == "." ? "" : "/" + base);
     std::string mount = mount_opt;
     if (mount.empty()) {
-      for (const std::string& m : VssfsMounts()) {
-        if ((live == m || live.rfind(m + "/", 0) == 0) && m.size() > mount.size()) mount = m;
-      }
+      mount = VolumeContaining(live);
     } else {
       char rm[PATH_MAX];
       if (realpath(mount.c_str(), rm) != nullptr) mount = rm;

@@ -79,6 +79,9 @@ int ExitCodeFor(int error);
 
 // Mount points of the vssfs volumes mounted now (from /proc/self/mounts).
 std::vector<std::string> VssfsMounts();
+// The vssfs mount holding absolute path `path` (the longest mount point that
+// is `path` or a prefix of it), or "".
+std::string VolumeContaining(const std::string& path);
 
 // The control socket of the volume mounted at `mountpoint` (absolute,
 // canonical path).
