@@ -597,20 +597,30 @@ int Filesystem::SetAttr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr,
         return r;
       }
     }
-    UniqueFd opened;
-    int target = fd;
-    if (target < 0) {
-      opened.reset(open(ProcPath(path_fd).path, O_WRONLY | O_CLOEXEC));
-      if (!opened) return -errno;
-      target = opened.get();
-    }
-    auto truncate = [&] { return ftruncate(target, attr.st_size) == 0 ? 0 : -errno; };
+    // Under the writeback cache the kernel keeps its own mtime: it asks for
+    // a new one only when the size changes. The backing filesystem stamps
+    // one on every truncate, so an unchanged size keeps the old mtime here
+    // too, or the disk (and every snapshot of it) would disagree with what
+    // the mount shows.
+    struct stat before {};
+    const bool keep_mtime = writeback_ && S_ISREG(inode->type) &&
+                            !(to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW)) &&
+                            fstat(path_fd, &before) == 0 && before.st_size == attr.st_size;
+    auto truncate = [&] {
+      int r =
+          fd >= 0 ? ftruncate(fd, attr.st_size) : ::truncate(ProcPath(path_fd).path, attr.st_size);
+      return r == 0 ? 0 : -errno;
+    };
     // With FUSE_HANDLE_KILLPRIV_V2 this bit is FATTR_KILL_SUIDGID: the
     // caller lacks CAP_FSETID.
     int r = (to_set & FUSE_SET_ATTR_KILL_SUID) && KillprivV2Negotiated()
                 ? AsUnprivilegedCaller(req, truncate)
                 : truncate();
     if (r != 0) return r;
+    if (keep_mtime) {
+      const struct timespec times[2] = {{0, UTIME_OMIT}, before.st_mtim};
+      if (utimensat(path_fd, "", times, AT_EMPTY_PATH) != 0) return -errno;
+    }
   }
   if (to_set & FUSE_SET_ATTR_MODE) {
     int r = fd >= 0 ? fchmod(fd, attr.st_mode)
