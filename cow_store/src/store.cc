@@ -28,7 +28,7 @@
 namespace vssfs::cow_store {
 namespace {
 
-constexpr uint32_t kCatalogVersion = 1;
+constexpr uint32_t kCatalogVersion = 2;             // 1: before clones; upgraded in place.
 constexpr uint64_t kPackLimit = uint64_t{1} << 30;  // Logical size of one pack.
 constexpr uint64_t kAlign = 4096;                   // Blocks start on 4 KiB.
 constexpr char kCatalogFile[] = "catalog.mdb";
@@ -73,6 +73,30 @@ std::string DirentKey(Ino dir, SnapId e, std::string_view name) {
   k.append(name);
   return k;
 }
+
+// Clone keys: be64 snapshot, then as above.
+std::string CloneKey(SnapId snap, Ino ino) {
+  std::string k;
+  PutBe64(&k, snap);
+  PutBe64(&k, ino);
+  return k;
+}
+
+std::string CloneDataKey(SnapId snap, Ino ino, uint64_t block) {
+  std::string k = CloneKey(snap, ino);
+  PutBe64(&k, block);
+  return k;
+}
+
+std::string CloneDirentKey(SnapId snap, Ino dir, std::string_view name) {
+  std::string k = CloneKey(snap, dir);
+  k.append(name);
+  return k;
+}
+
+// Object numbers of clone-born objects count down from here; ino 0 of a
+// clone keys its allocator.
+constexpr Ino kCloneInoTop = (uint64_t{1} << 40) - 1;
 
 std::string IndexKey(SnapId e, char kind, Ino ino, uint64_t block = 0) {
   std::string k;
@@ -208,20 +232,22 @@ bool DecodeEntry(std::string_view key, std::string_view v, DirEntry* de) {
 
 std::string EncodeSnapshot(const SnapshotInfo& s) {
   Encoder e;
-  e.U8(2);
+  e.U8(3);
   e.Raw(std::string_view(reinterpret_cast<const char*>(s.guid.bytes.data()), 16));
   e.I64(s.created_ns);
   e.U8(s.intact ? 1 : 0);
   e.Str(s.name);
   e.Str(s.damage);
-  e.Str(s.hold);  // Record version 2.
+  e.Str(s.hold);                        // Record version 2.
+  e.U8(static_cast<uint8_t>(s.clone));  // Record version 3.
+  e.I64(s.frozen_ns);
   return e.Take();
 }
 
 bool DecodeSnapshot(SnapId id, std::string_view v, SnapshotInfo* s) {
   Decoder d(v);
   const uint8_t version = d.U8();
-  if (version != 1 && version != 2) return false;
+  if (version < 1 || version > 3) return false;
   std::string g = d.Raw(16);
   if (!d.ok()) return false;
   std::memcpy(s->guid.bytes.data(), g.data(), 16);
@@ -231,7 +257,27 @@ bool DecodeSnapshot(SnapId id, std::string_view v, SnapshotInfo* s) {
   s->name = d.Str();
   s->damage = d.Str();
   s->hold = version >= 2 ? d.Str() : "";
+  if (version >= 3) {
+    const uint8_t clone = d.U8();
+    if (clone > static_cast<uint8_t>(CloneState::kFrozen)) return false;
+    s->clone = static_cast<CloneState>(clone);
+    s->frozen_ns = d.I64();
+  }
   return d.done();
+}
+
+std::string EncodeCloneInode(const CloneInode& c) {
+  Encoder e;
+  e.U64(c.base_limit);
+  e.Raw(EncodeMeta(c.meta));
+  return e.Take();
+}
+
+bool DecodeCloneInode(std::string_view v, CloneInode* c) {
+  if (v.size() < 8) return false;
+  Decoder d(v.substr(0, 8));
+  c->base_limit = d.U64();
+  return DecodeMeta(v.substr(8), &c->meta);
 }
 
 std::string EncodeKept(SnapId epoch, const std::string& handle) {
@@ -273,6 +319,8 @@ struct Store::Impl {
   MDB_env* env = nullptr;
   MDB_dbi meta = 0, snapshots = 0, names = 0, blocks = 0, data = 0, inodes = 0, dirents = 0,
           epochs = 0, kept = 0;
+  // Clones (catalogue version 2).
+  MDB_dbi cinodes = 0, cdirents = 0, cdata = 0;
   uint32_t block_size = kDefaultBlockSize;
   std::atomic<SnapId> latest{0};
   UniqueFd pack_dir;
@@ -326,11 +374,29 @@ struct Store::Impl {
   Result<bool> SameContent(const BlockRecord& rec, std::string_view data) const;
 
   Status CommitGroup(std::vector<Pending*>& group);
+  // Makes `packs` durable, then commits `txn` (invariant 4's order).
+  Status SyncPacksAndCommit(const std::set<uint32_t>& packs, Txn& txn);
   // Allocated pack space outside `used` (extents per pack, sorted in
   // place); with `repair`, adds it to *punch.
   Status ScanOrphans(std::map<uint32_t, std::vector<std::pair<uint64_t, uint64_t>>>& used,
                      bool repair, uint64_t* orphan_bytes,
                      std::vector<std::pair<uint32_t, std::pair<uint64_t, uint32_t>>>* punch) const;
+  struct Deltas {
+    int64_t stored_blocks = 0, stored_bytes = 0, ref_bytes = 0, zero_bytes = 0;
+  };
+  using Punches = std::vector<std::pair<uint32_t, std::pair<uint64_t, uint32_t>>>;
+  // Outside any write transaction (under `gate`, shared): zero detection,
+  // hashing, verified dedup candidates, and one pack append for new blocks.
+  Status PrepareBlocks(const std::vector<Preservation::BlockItem*>& items);
+  // In `txn`: one reference to the prepared `item` (an existing identical
+  // block, or the appended one); fills *rec.
+  Status RefBlock(MDB_txn* txn, Preservation::BlockItem& item, DataRecord* rec, Punches* punch,
+                  std::set<uint32_t>* packs_to_sync, Deltas* d);
+  // In `txn`: drops the reference `rec` holds, freeing the block at zero.
+  Status UnrefData(MDB_txn* txn, const DataRecord& rec, Punches* punch, Deltas* d, GcResult* gc);
+  Status AddDeltas(MDB_txn* txn, const Deltas& d) const;
+  // Drops every clone record of `snap` (in `txn`).
+  Status DropClone(MDB_txn* txn, SnapId snap, Punches* punch, Deltas* d, GcResult* gc);
   Status ApplyBatch(MDB_txn* txn, SnapId epoch, Preservation& batch,
                     std::vector<std::pair<uint32_t, std::pair<uint64_t, uint32_t>>>* punch,
                     std::set<uint32_t>* synced);
@@ -338,6 +404,9 @@ struct Store::Impl {
   Result<uint64_t> GetCounter(MDB_txn* txn, const char* name) const;
   // The record of snapshot `id` in `txn`. Errors: ENOENT, EIO.
   Result<SnapshotInfo> ReadSnapshot(MDB_txn* txn, SnapId id) const;
+  // Reads snapshot `id`'s record, lets `edit` change it (or fail), writes
+  // and commits it. Takes commit_mutex.
+  Status UpdateSnapshot(SnapId id, const std::function<Status(SnapshotInfo&)>& edit);
   Status AddCounter(MDB_txn* txn, const char* name, int64_t delta) const;
 };
 
@@ -372,23 +441,24 @@ Status Store::Impl::OpenEnv(const StoreOptions& options) {
     MDB_dbi* dbi;
   } dbs[] = {{"meta", &meta},       {"snapshots", &snapshots}, {"names", &names},
              {"blocks", &blocks},   {"data", &data},           {"inodes", &inodes},
-             {"dirents", &dirents}, {"epochs", &epochs},       {"kept", &kept}};
+             {"dirents", &dirents}, {"epochs", &epochs},       {"kept", &kept},
+             {"cinodes", &cinodes}, {"cdirents", &cdirents},   {"cdata", &cdata}};
   for (const Db& db : dbs) {
     rc = mdb_dbi_open(txn.get(), db.name, MDB_CREATE, db.dbi);
     if (rc != 0) return FromLmdb(rc, std::string("open catalogue database ") + db.name);
   }
   MDB_val k = Val("version"), v;
-  rc = mdb_get(txn.get(), meta, &k, &v);
-  if (rc == MDB_NOTFOUND) {
-    // A new catalogue.
+  auto write_version = [&] {
     Encoder e;
     e.U32(kCatalogVersion);
     std::string ver = e.Take();
     MDB_val vv = Val(ver);
-    if (Status s = FromLmdb(mdb_put(txn.get(), meta, &k, &vv, 0), "write catalogue version");
-        !s.ok()) {
-      return s;
-    }
+    return FromLmdb(mdb_put(txn.get(), meta, &k, &vv, 0), "write catalogue version");
+  };
+  rc = mdb_get(txn.get(), meta, &k, &v);
+  if (rc == MDB_NOTFOUND) {
+    // A new catalogue.
+    if (Status s = write_version(); !s.ok()) return s;
     if (options.block_size < kAlign || options.block_size > (16u << 20) ||
         (options.block_size & (options.block_size - 1)) != 0) {
       return Status::Error(EINVAL, "block size must be a power of two from 4 KiB to 16 MiB");
@@ -406,6 +476,12 @@ Status Store::Impl::OpenEnv(const StoreOptions& options) {
   } else {
     Decoder d(View(v));
     uint32_t version = d.U32();
+    if (d.done() && version == 1) {
+      // Version 1 had no clone databases (just created, empty): only the
+      // number changes.
+      if (Status s = write_version(); !s.ok()) return s;
+      version = kCatalogVersion;
+    }
     if (!d.done() || version != kCatalogVersion) {
       return Status::Error(EPROTO, "catalogue " + path + " has version " + std::to_string(version) +
                                        "; this vssfs reads version " +
@@ -747,7 +823,7 @@ Status Store::Impl::ApplyBatch(
       if (Status s = put_index(IndexKey(epoch, kIdxKept, ino)); !s.ok()) return s;
     }
   }
-  int64_t d_stored_blocks = 0, d_stored_bytes = 0, d_ref_bytes = 0, d_zero_bytes = 0;
+  Deltas deltas;
   for (Preservation::BlockItem& item : batch.blocks_) {
     const std::string dkey = DataKey(item.ino, item.block, epoch);
     MDB_val k = Val(dkey), v;
@@ -761,69 +837,7 @@ Status Store::Impl::ApplyBatch(
     }
     if (rc != MDB_NOTFOUND) return FromLmdb(rc, "read data record");
     DataRecord rec;
-    rec.length = static_cast<uint32_t>(item.data.size());
-    if (item.zero) {
-      rec.kind = kDataZero;
-      d_zero_bytes += rec.length;
-    } else {
-      rec.kind = kDataStored;
-      // Find the block: the verified candidate, an identical block committed
-      // since, or a free collision slot for ours.
-      std::string found;
-      if (item.have_candidate) {
-        MDB_val bk = Val(item.key), bv;
-        if (mdb_get(txn, blocks, &bk, &bv) == 0) found = item.key;
-      }
-      uint32_t free_seq = UINT32_MAX;
-      for (uint32_t seq = 0; found.empty() && free_seq == UINT32_MAX; ++seq) {
-        std::string key = BlockKey(item.hash, seq);
-        MDB_val bk = Val(key), bv;
-        rc = mdb_get(txn, blocks, &bk, &bv);
-        if (rc == MDB_NOTFOUND) {
-          free_seq = seq;
-          break;
-        }
-        if (rc != 0) return FromLmdb(rc, "read block record");
-        BlockRecord br;
-        if (!DecodeBlock(View(bv), &br)) return Damaged("block record");
-        Result<bool> same = SameContent(br, item.data);
-        if (!same.ok()) return same.status();
-        if (same.value()) found = key;
-      }
-      if (!found.empty()) {
-        MDB_val bk = Val(found), bv;
-        if (mdb_get(txn, blocks, &bk, &bv) != 0) return Damaged("block vanished");
-        BlockRecord br;
-        if (!DecodeBlock(View(bv), &br)) return Damaged("block record");
-        ++br.refs;
-        std::string enc = EncodeBlock(br);
-        MDB_val nv = Val(enc);
-        if (Status s = FromLmdb(mdb_put(txn, blocks, &bk, &nv, 0), "write block record"); !s.ok()) {
-          return s;
-        }
-        if (item.appended) {
-          punch->push_back({item.pack, {item.offset, static_cast<uint32_t>(item.data.size())}});
-        }
-        rec.key = found;
-      } else {
-        if (!item.appended) {
-          if (Status s = Append(item.data, &item.pack, &item.offset); !s.ok()) return s;
-          item.appended = true;
-        }
-        packs_to_sync->insert(item.pack);
-        BlockRecord br{item.pack, item.offset, rec.length, 1};
-        rec.key = BlockKey(item.hash, free_seq);
-        std::string enc = EncodeBlock(br);
-        MDB_val bk = Val(rec.key), bv = Val(enc);
-        if (Status s = FromLmdb(mdb_put(txn, blocks, &bk, &bv, 0), "write block record"); !s.ok()) {
-          return s;
-        }
-        ++d_stored_blocks;
-        d_stored_bytes += rec.length;
-        // Still `appended`: if this commit fails, the space is freed.
-      }
-      d_ref_bytes += rec.length;
-    }
+    if (Status s = RefBlock(txn, item, &rec, punch, packs_to_sync, &deltas); !s.ok()) return s;
     std::string enc = EncodeData(rec);
     MDB_val dv = Val(enc);
     if (Status s = FromLmdb(mdb_put(txn, data, &k, &dv, 0), "write data record"); !s.ok()) {
@@ -831,12 +845,173 @@ Status Store::Impl::ApplyBatch(
     }
     if (Status s = put_index(IndexKey(epoch, kIdxData, item.ino, item.block)); !s.ok()) return s;
   }
+  return AddDeltas(txn, deltas);
+}
+
+Status Store::Impl::RefBlock(MDB_txn* txn, Preservation::BlockItem& item, DataRecord* rec,
+                             Punches* punch, std::set<uint32_t>* packs_to_sync, Deltas* d) {
+  rec->length = static_cast<uint32_t>(item.data.size());
+  if (item.zero) {
+    rec->kind = kDataZero;
+    d->zero_bytes += rec->length;
+    return Status();
+  }
+  rec->kind = kDataStored;
+  // Find the block: the verified candidate, an identical block committed
+  // since, or a free collision slot for ours.
+  std::string found;
+  if (item.have_candidate) {
+    MDB_val bk = Val(item.key), bv;
+    if (mdb_get(txn, blocks, &bk, &bv) == 0) found = item.key;
+  }
+  uint32_t free_seq = UINT32_MAX;
+  for (uint32_t seq = 0; found.empty() && free_seq == UINT32_MAX; ++seq) {
+    std::string key = BlockKey(item.hash, seq);
+    MDB_val bk = Val(key), bv;
+    int rc = mdb_get(txn, blocks, &bk, &bv);
+    if (rc == MDB_NOTFOUND) {
+      free_seq = seq;
+      break;
+    }
+    if (rc != 0) return FromLmdb(rc, "read block record");
+    BlockRecord br;
+    if (!DecodeBlock(View(bv), &br)) return Damaged("block record");
+    Result<bool> same = SameContent(br, item.data);
+    if (!same.ok()) return same.status();
+    if (same.value()) found = key;
+  }
+  if (!found.empty()) {
+    MDB_val bk = Val(found), bv;
+    if (mdb_get(txn, blocks, &bk, &bv) != 0) return Damaged("block vanished");
+    BlockRecord br;
+    if (!DecodeBlock(View(bv), &br)) return Damaged("block record");
+    ++br.refs;
+    std::string enc = EncodeBlock(br);
+    MDB_val nv = Val(enc);
+    if (Status s = FromLmdb(mdb_put(txn, blocks, &bk, &nv, 0), "write block record"); !s.ok()) {
+      return s;
+    }
+    if (item.appended) {
+      punch->push_back({item.pack, {item.offset, static_cast<uint32_t>(item.data.size())}});
+    }
+    rec->key = found;
+  } else {
+    if (!item.appended) {
+      if (Status s = Append(item.data, &item.pack, &item.offset); !s.ok()) return s;
+      item.appended = true;
+    }
+    packs_to_sync->insert(item.pack);
+    BlockRecord br{item.pack, item.offset, rec->length, 1};
+    rec->key = BlockKey(item.hash, free_seq);
+    std::string enc = EncodeBlock(br);
+    MDB_val bk = Val(rec->key), bv = Val(enc);
+    if (Status s = FromLmdb(mdb_put(txn, blocks, &bk, &bv, 0), "write block record"); !s.ok()) {
+      return s;
+    }
+    ++d->stored_blocks;
+    d->stored_bytes += rec->length;
+    // Still `appended`: if this commit fails, the space is freed.
+  }
+  d->ref_bytes += rec->length;
+  return Status();
+}
+
+Status Store::Impl::UnrefData(MDB_txn* txn, const DataRecord& rec, Punches* punch, Deltas* d,
+                              GcResult* gc) {
+  if (rec.kind == kDataZero) {
+    d->zero_bytes -= rec.length;
+    return Status();
+  }
+  d->ref_bytes -= rec.length;
+  MDB_val bk = Val(rec.key), bv;
+  if (mdb_get(txn, blocks, &bk, &bv) != 0) return Status();  // fsck reports it.
+  BlockRecord br;
+  if (!DecodeBlock(View(bv), &br)) return Damaged("block record");
+  if (br.refs <= 1) {
+    (void)mdb_del(txn, blocks, &bk, nullptr);
+    punch->push_back({br.pack, {br.offset, br.length}});
+    --d->stored_blocks;
+    d->stored_bytes -= br.length;
+    if (gc != nullptr) {
+      ++gc->blocks_freed;
+      gc->bytes_freed += br.length;
+    }
+    return Status();
+  }
+  --br.refs;
+  std::string enc = EncodeBlock(br);
+  MDB_val nv = Val(enc);
+  return FromLmdb(mdb_put(txn, blocks, &bk, &nv, 0), "write block record");
+}
+
+Status Store::Impl::AddDeltas(MDB_txn* txn, const Deltas& d) const {
   for (auto [name, delta] :
-       {std::pair{kStatStoredBlocks, d_stored_blocks}, std::pair{kStatStoredBytes, d_stored_bytes},
-        std::pair{kStatRefBytes, d_ref_bytes}, std::pair{kStatZeroBytes, d_zero_bytes}}) {
+       {std::pair{kStatStoredBlocks, d.stored_blocks}, std::pair{kStatStoredBytes, d.stored_bytes},
+        std::pair{kStatRefBytes, d.ref_bytes}, std::pair{kStatZeroBytes, d.zero_bytes}}) {
     if (Status s = AddCounter(txn, name, delta); !s.ok()) return s;
   }
   return Status();
+}
+
+Status Store::Impl::PrepareBlocks(const std::vector<Preservation::BlockItem*>& items) {
+  Txn rtxn;
+  if (Status s = rtxn.Begin(env, MDB_RDONLY); !s.ok()) return s;
+  for (Preservation::BlockItem* item : items) {
+    item->zero = IsZero(item->data);
+    if (item->zero) continue;
+    XXH128_hash_t h = XXH3_128bits(item->data.data(), item->data.size());
+    XXH128_canonical_t canon;
+    XXH128_canonicalFromHash(&canon, h);
+    std::memcpy(item->hash.data(), canon.digest, 16);
+    for (uint32_t seq = 0;; ++seq) {
+      std::string key = BlockKey(item->hash, seq);
+      MDB_val k = Val(key), v;
+      int rc = mdb_get(rtxn.get(), blocks, &k, &v);
+      if (rc == MDB_NOTFOUND) break;
+      if (rc != 0) return FromLmdb(rc, "read block record");
+      BlockRecord br;
+      if (!DecodeBlock(View(v), &br)) return Damaged("block record");
+      Result<bool> same = SameContent(br, item->data);
+      if (!same.ok()) return same.status();
+      if (same.value()) {
+        item->have_candidate = true;
+        item->key = key;
+        break;
+      }
+    }
+  }
+  // New blocks go to the pack in one write.
+  std::vector<Preservation::BlockItem*> fresh;
+  for (Preservation::BlockItem* item : items) {
+    if (!item->zero && !item->have_candidate) fresh.push_back(item);
+  }
+  return AppendMany(fresh);
+}
+
+Status Store::Impl::UpdateSnapshot(SnapId id, const std::function<Status(SnapshotInfo&)>& edit) {
+  std::lock_guard lock(commit_mutex);
+  Txn txn;
+  if (Status s = txn.Begin(env, 0); !s.ok()) return s;
+  Result<SnapshotInfo> found = ReadSnapshot(txn.get(), id);
+  if (!found.ok()) return found.status();
+  SnapshotInfo info = std::move(found.value());
+  if (Status s = edit(info); !s.ok()) return s;
+  std::string key = Be64(id), value = EncodeSnapshot(info);
+  MDB_val k = Val(key), v = Val(value);
+  if (Status s = FromLmdb(mdb_put(txn.get(), snapshots, &k, &v, 0), "write snapshot"); !s.ok()) {
+    return s;
+  }
+  return txn.Commit();
+}
+
+Status Store::Impl::SyncPacksAndCommit(const std::set<uint32_t>& packs, Txn& txn) {
+  // Block data first, then the records that name it.
+  for (uint32_t pack : packs) {
+    Result<std::shared_ptr<UniqueFd>> fd = PackFd(pack);
+    if (!fd.ok()) return fd.status();
+    if (fdatasync(fd.value()->get()) != 0) return Status::FromErrno(errno, "sync pack");
+  }
+  return txn.Commit();
 }
 
 Status Store::Impl::CommitGroup(std::vector<Pending*>& group) {
@@ -853,17 +1028,7 @@ Status Store::Impl::CommitGroup(std::vector<Pending*>& group) {
       }
       result = ApplyBatch(txn.get(), p->epoch, *p->batch, &punch, &packs_to_sync);
     }
-    // Block data first, then the records that name it.
-    for (uint32_t pack : packs_to_sync) {
-      if (!result.ok()) break;
-      Result<std::shared_ptr<UniqueFd>> fd = PackFd(pack);
-      if (!fd.ok()) {
-        result = fd.status();
-      } else if (fdatasync(fd.value()->get()) != 0) {
-        result = Status::FromErrno(errno, "sync pack");
-      }
-    }
-    if (result.ok()) result = txn.Commit();
+    if (result.ok()) result = SyncPacksAndCommit(packs_to_sync, txn);
   }
   if (!result.ok()) {
     // Nothing was recorded: free everything this group appended.
@@ -916,11 +1081,13 @@ Result<std::optional<SnapId>> ReadView::FindListing(Ino dir, SnapId snap) {
   return std::optional<SnapId>(GetBe64(key, 8));
 }
 
-Status ReadView::ListEntries(Ino dir, SnapId listing_epoch, const std::string& after,
-                             const std::function<bool(const DirEntry&)>& fn) {
+namespace {
+
+// The entries under a 16-byte listing key `prefix` in `dbi`, after `after`.
+Status ListUnder(MDB_txn* txn, MDB_dbi dbi, const std::string& prefix, const std::string& after,
+                 const std::function<bool(const DirEntry&)>& fn) {
   Cursor c;
-  if (Status s = c.Open(impl_->txn.get(), impl_->store->dirents); !s.ok()) return s;
-  const std::string prefix = DirentKey(dir, listing_epoch, "");
+  if (Status s = c.Open(txn, dbi); !s.ok()) return s;
   MDB_val k, v;
   int rc = c.SeekGe(prefix + after, &k, &v);
   while (rc == 0) {
@@ -937,17 +1104,29 @@ Status ReadView::ListEntries(Ino dir, SnapId listing_epoch, const std::string& a
   return Status();
 }
 
-Result<std::optional<DirEntry>> ReadView::LookupEntry(Ino dir, SnapId listing_epoch,
-                                                      const std::string& name) {
-  if (name.empty()) return std::optional<DirEntry>();  // The listing's marker key.
-  std::string key = DirentKey(dir, listing_epoch, name);
+// The entry `key` (a listing key with a non-empty name) of `dbi`, or nullopt.
+Result<std::optional<DirEntry>> LookupUnder(MDB_txn* txn, MDB_dbi dbi, const std::string& key) {
+  if (key.size() <= 16) return std::optional<DirEntry>();  // The listing's marker key.
   MDB_val k = Val(key), v;
-  int rc = mdb_get(impl_->txn.get(), impl_->store->dirents, &k, &v);
+  int rc = mdb_get(txn, dbi, &k, &v);
   if (rc == MDB_NOTFOUND) return std::optional<DirEntry>();
   if (rc != 0) return FromLmdb(rc, "read listing entry");
   DirEntry de;
   if (!DecodeEntry(key, View(v), &de)) return Damaged("listing entry");
   return std::optional<DirEntry>(std::move(de));
+}
+
+}  // namespace
+
+Status ReadView::ListEntries(Ino dir, SnapId listing_epoch, const std::string& after,
+                             const std::function<bool(const DirEntry&)>& fn) {
+  return ListUnder(impl_->txn.get(), impl_->store->dirents, DirentKey(dir, listing_epoch, ""),
+                   after, fn);
+}
+
+Result<std::optional<DirEntry>> ReadView::LookupEntry(Ino dir, SnapId listing_epoch,
+                                                      const std::string& name) {
+  return LookupUnder(impl_->txn.get(), impl_->store->dirents, DirentKey(dir, listing_epoch, name));
 }
 
 Result<BlockLocation> ReadView::FindBlock(Ino ino, uint64_t block, SnapId snap) {
@@ -980,6 +1159,69 @@ Result<BlockLocation> ReadView::FindBlock(Ino ino, uint64_t block, SnapId snap) 
   loc.pack = br.pack;
   loc.offset = br.offset;
   return loc;
+}
+
+// ---- clone reads ----
+
+Result<std::optional<CloneInode>> ReadView::FindCloneInode(SnapId snap, Ino ino) {
+  std::string key = CloneKey(snap, ino);
+  MDB_val k = Val(key), v;
+  int rc = mdb_get(impl_->txn.get(), impl_->store->cinodes, &k, &v);
+  if (rc == MDB_NOTFOUND) return std::optional<CloneInode>();
+  if (rc != 0) return FromLmdb(rc, "read clone inode");
+  CloneInode c;
+  if (!DecodeCloneInode(View(v), &c)) return Damaged("clone inode of " + std::to_string(ino));
+  return std::optional<CloneInode>(std::move(c));
+}
+
+Result<bool> ReadView::HasCloneListing(SnapId snap, Ino dir) {
+  std::string key = CloneDirentKey(snap, dir, "");
+  MDB_val k = Val(key), v;
+  int rc = mdb_get(impl_->txn.get(), impl_->store->cdirents, &k, &v);
+  if (rc == MDB_NOTFOUND) return false;
+  if (rc != 0) return FromLmdb(rc, "read clone listing");
+  return true;
+}
+
+Status ReadView::ListCloneEntries(SnapId snap, Ino dir, const std::string& after,
+                                  const std::function<bool(const DirEntry&)>& fn) {
+  return ListUnder(impl_->txn.get(), impl_->store->cdirents, CloneDirentKey(snap, dir, ""), after,
+                   fn);
+}
+
+Result<std::optional<DirEntry>> ReadView::LookupCloneEntry(SnapId snap, Ino dir,
+                                                           const std::string& name) {
+  return LookupUnder(impl_->txn.get(), impl_->store->cdirents, CloneDirentKey(snap, dir, name));
+}
+
+Result<std::optional<BlockLocation>> ReadView::FindCloneBlock(SnapId snap, Ino ino,
+                                                              uint64_t block) {
+  std::string key = CloneDataKey(snap, ino, block);
+  MDB_val k = Val(key), v;
+  int rc = mdb_get(impl_->txn.get(), impl_->store->cdata, &k, &v);
+  if (rc == MDB_NOTFOUND) return std::optional<BlockLocation>();
+  if (rc != 0) return FromLmdb(rc, "read clone data record");
+  DataRecord rec;
+  if (!DecodeData(View(v), &rec)) return Damaged("clone data record");
+  BlockLocation loc;
+  loc.length = rec.length;
+  if (rec.kind == kDataZero) {
+    loc.kind = BlockLocation::Kind::kZero;
+    return std::optional<BlockLocation>(loc);
+  }
+  MDB_val bk = Val(rec.key), bv;
+  rc = mdb_get(impl_->txn.get(), impl_->store->blocks, &bk, &bv);
+  if (rc == MDB_NOTFOUND) {
+    return Status::Error(
+        EIO, "clone block of object " + std::to_string(ino) + " is missing from the store");
+  }
+  if (rc != 0) return FromLmdb(rc, "read block record");
+  BlockRecord br;
+  if (!DecodeBlock(View(bv), &br)) return Damaged("block record");
+  loc.kind = BlockLocation::Kind::kStored;
+  loc.pack = br.pack;
+  loc.offset = br.offset;
+  return std::optional<BlockLocation>(loc);
 }
 
 // ---------------------------------------------------------------------------
@@ -1161,40 +1403,9 @@ Status Store::Preserve(SnapId epoch, Preservation& batch) {
   std::shared_lock gate(impl_->gate);
   // The expensive part runs on the caller's thread, in parallel with other
   // callers: zero detection, hashing, dedup candidates, pack appends.
-  Result<std::unique_ptr<ReadView>> view = BeginRead();
-  if (!view.ok()) return view.status();
-  MDB_txn* rtxn = view.value()->impl_->txn.get();
-  for (Preservation::BlockItem& item : batch.blocks_) {
-    item.zero = IsZero(item.data);
-    if (item.zero) continue;
-    XXH128_hash_t h = XXH3_128bits(item.data.data(), item.data.size());
-    XXH128_canonical_t canon;
-    XXH128_canonicalFromHash(&canon, h);
-    std::memcpy(item.hash.data(), canon.digest, 16);
-    for (uint32_t seq = 0;; ++seq) {
-      std::string key = BlockKey(item.hash, seq);
-      MDB_val k = Val(key), v;
-      int rc = mdb_get(rtxn, impl_->blocks, &k, &v);
-      if (rc == MDB_NOTFOUND) break;
-      if (rc != 0) return FromLmdb(rc, "read block record");
-      BlockRecord br;
-      if (!DecodeBlock(View(v), &br)) return Damaged("block record");
-      Result<bool> same = impl_->SameContent(br, item.data);
-      if (!same.ok()) return same.status();
-      if (same.value()) {
-        item.have_candidate = true;
-        item.key = key;
-        break;
-      }
-    }
-  }
-  // New blocks go to the pack in one write.
-  std::vector<Preservation::BlockItem*> fresh;
-  for (Preservation::BlockItem& item : batch.blocks_) {
-    if (!item.zero && !item.have_candidate) fresh.push_back(&item);
-  }
-  if (Status s = impl_->AppendMany(fresh); !s.ok()) return s;
-  view.value().reset();
+  std::vector<Preservation::BlockItem*> items;
+  for (Preservation::BlockItem& item : batch.blocks_) items.push_back(&item);
+  if (Status s = impl_->PrepareBlocks(items); !s.ok()) return s;
 
   // Group commit: the first waiter commits everything queued.
   Impl::Pending me{epoch, &batch, Status(), false};
@@ -1296,7 +1507,7 @@ Status Store::ReadBlock(const BlockLocation& loc, char* buf) const {
 
 Result<GcResult> Store::DeleteSnapshot(SnapId id) {
   GcResult gc;
-  std::vector<std::pair<uint32_t, std::pair<uint64_t, uint32_t>>> punch;
+  Impl::Punches punch;
   {
     std::lock_guard lock(impl_->commit_mutex);
     Txn txn;
@@ -1348,7 +1559,10 @@ Result<GcResult> Store::DeleteSnapshot(SnapId id) {
         rc = c.Get(&ck, &cv, MDB_NEXT);
       }
     }
-    int64_t d_stored_blocks = 0, d_stored_bytes = 0, d_ref_bytes = 0, d_zero_bytes = 0;
+    Impl::Deltas deltas;
+    if (info.clone != CloneState::kNone) {
+      if (Status s = impl_->DropClone(t, id, &punch, &deltas, &gc); !s.ok()) return s;
+    }
     // Epoch of the record before `rec_key` for the same object in `dbi`, or 0.
     auto previous_epoch = [&](MDB_dbi dbi, const std::string& rec_key, size_t obj_len,
                               SnapId* out) -> Status {
@@ -1423,33 +1637,7 @@ Result<GcResult> Store::DeleteSnapshot(SnapId id) {
           if (mdb_get(t, impl_->data, &rv, &dv) == 0) {
             DataRecord rec;
             if (!DecodeData(View(dv), &rec)) return Damaged("data record");
-            if (rec.kind == kDataZero) {
-              d_zero_bytes -= rec.length;
-            } else {
-              d_ref_bytes -= rec.length;
-              MDB_val bk = Val(rec.key), bv;
-              if (mdb_get(t, impl_->blocks, &bk, &bv) == 0) {
-                BlockRecord br;
-                if (!DecodeBlock(View(bv), &br)) return Damaged("block record");
-                if (br.refs <= 1) {
-                  (void)mdb_del(t, impl_->blocks, &bk, nullptr);
-                  punch.push_back({br.pack, {br.offset, br.length}});
-                  --d_stored_blocks;
-                  d_stored_bytes -= br.length;
-                  ++gc.blocks_freed;
-                  gc.bytes_freed += br.length;
-                } else {
-                  --br.refs;
-                  std::string enc = EncodeBlock(br);
-                  MDB_val nv = Val(enc);
-                  if (Status s =
-                          FromLmdb(mdb_put(t, impl_->blocks, &bk, &nv, 0), "write block record");
-                      !s.ok()) {
-                    return s;
-                  }
-                }
-              }
-            }
+            if (Status s = impl_->UnrefData(t, rec, &punch, &deltas, &gc); !s.ok()) return s;
             (void)mdb_del(t, impl_->data, &rv, nullptr);
           }
         }
@@ -1460,12 +1648,7 @@ Result<GcResult> Store::DeleteSnapshot(SnapId id) {
         (void)mdb_del(t, impl_->epochs, &iv, nullptr);
       }
     }
-    for (auto [name, delta] :
-         {std::pair{kStatStoredBlocks, d_stored_blocks},
-          std::pair{kStatStoredBytes, d_stored_bytes}, std::pair{kStatRefBytes, d_ref_bytes},
-          std::pair{kStatZeroBytes, d_zero_bytes}}) {
-      if (Status s = impl_->AddCounter(t, name, delta); !s.ok()) return s;
-    }
+    if (Status s = impl_->AddDeltas(t, deltas); !s.ok()) return s;
     if (Status s = txn.Commit(); !s.ok()) return s;
     // The latest snapshot may have gone.
     Result<std::vector<SnapshotInfo>> all = ListSnapshots();
@@ -1475,21 +1658,256 @@ Result<GcResult> Store::DeleteSnapshot(SnapId id) {
   return gc;
 }
 
-Status Store::SetHold(SnapId id, const std::string& reason) {
+// ---- clones ----
+
+Status Store::Impl::DropClone(MDB_txn* txn, SnapId snap, Punches* punch, Deltas* d, GcResult* gc) {
+  const std::string prefix = Be64(snap);
+  for (MDB_dbi dbi : {cinodes, cdirents, cdata}) {
+    std::vector<std::string> keys;
+    {
+      Cursor c;
+      if (Status s = c.Open(txn, dbi); !s.ok()) return s;
+      MDB_val k, v;
+      for (int rc = c.SeekGe(prefix, &k, &v); rc == 0 && View(k).substr(0, 8) == prefix;
+           rc = c.Get(&k, &v, MDB_NEXT)) {
+        if (dbi == cdata) {
+          DataRecord rec;
+          if (!DecodeData(View(v), &rec)) return Damaged("clone data record");
+          if (Status s = UnrefData(txn, rec, punch, d, gc); !s.ok()) return s;
+        }
+        keys.emplace_back(View(k));
+      }
+    }
+    for (const std::string& key : keys) {
+      MDB_val k = Val(key);
+      (void)mdb_del(txn, dbi, &k, nullptr);
+    }
+    if (gc != nullptr) gc->records_dropped += keys.size();
+  }
+  return Status();
+}
+
+Status Store::CreateClone(SnapId snap) {
+  return impl_->UpdateSnapshot(snap, [](SnapshotInfo& info) {
+    if (info.clone != CloneState::kNone) {
+      return Status::Error(EEXIST, "snapshot '" + info.name + "' already has a clone" +
+                                       (info.clone == CloneState::kFrozen ? " (frozen)" : ""));
+    }
+    info.clone = CloneState::kWritable;
+    return Status();
+  });
+}
+
+Status Store::FreezeClone(SnapId snap, int64_t now_ns) {
+  return impl_->UpdateSnapshot(snap, [now_ns](SnapshotInfo& info) {
+    if (info.clone == CloneState::kNone) {
+      return Status::Error(EINVAL, "snapshot '" + info.name + "' has no clone to freeze");
+    }
+    if (info.clone == CloneState::kWritable) {
+      info.clone = CloneState::kFrozen;
+      info.frozen_ns = now_ns;
+    }
+    return Status();
+  });
+}
+
+Result<Ino> Store::AllocCloneIno(SnapId snap) {
   std::lock_guard lock(impl_->commit_mutex);
   Txn txn;
   if (Status s = txn.Begin(impl_->env, 0); !s.ok()) return s;
-  Result<SnapshotInfo> found = impl_->ReadSnapshot(txn.get(), id);
+  Result<SnapshotInfo> found = impl_->ReadSnapshot(txn.get(), snap);
   if (!found.ok()) return found.status();
-  SnapshotInfo info = std::move(found.value());
-  info.hold = reason;
-  std::string key = Be64(id), value = EncodeSnapshot(info);
-  MDB_val k = Val(key), nv = Val(value);
-  if (Status s = FromLmdb(mdb_put(txn.get(), impl_->snapshots, &k, &nv, 0), "write snapshot");
+  if (found.value().clone != CloneState::kWritable) {
+    return Status::Error(EROFS, "snapshot '" + found.value().name + "' has no writable clone");
+  }
+  std::string key = CloneKey(snap, 0);
+  MDB_val k = Val(key), v;
+  Ino next = kCloneInoTop;
+  int rc = mdb_get(txn.get(), impl_->cinodes, &k, &v);
+  if (rc == 0) {
+    Decoder d(View(v));
+    next = d.U64();
+    if (!d.done()) return Damaged("clone object allocator");
+  } else if (rc != MDB_NOTFOUND) {
+    return FromLmdb(rc, "read clone object allocator");
+  }
+  if (next <= (uint64_t{1} << 32)) return Status::Error(ENOSPC, "clone object numbers exhausted");
+  Encoder e;
+  e.U64(next - 1);
+  std::string value = e.Take();
+  MDB_val nv = Val(value);
+  if (Status s = FromLmdb(mdb_put(txn.get(), impl_->cinodes, &k, &nv, 0), "write clone allocator");
       !s.ok()) {
     return s;
   }
-  return txn.Commit();
+  if (Status s = txn.Commit(); !s.ok()) return s;
+  return next;
+}
+
+Status Store::ApplyClone(SnapId snap, CloneChange& change) {
+  if (change.empty()) return Status();
+  // Blocks are prepared (hashed, deduplicated, appended) before the
+  // transaction, as for Preserve().
+  std::vector<Preservation::BlockItem> items;
+  for (const CloneChange::Op& op : change.ops_) {
+    if (op.kind != CloneChange::Op::kPutBlock) continue;
+    if (op.data.size() > block_size_) return Status::Error(EINVAL, "block larger than block size");
+    Preservation::BlockItem item;
+    item.ino = op.ino;
+    item.block = op.block;
+    item.data = op.data;
+    items.push_back(std::move(item));
+  }
+  std::shared_lock gate(impl_->gate);
+  std::vector<Preservation::BlockItem*> ptrs;
+  for (Preservation::BlockItem& item : items) ptrs.push_back(&item);
+  if (Status s = impl_->PrepareBlocks(ptrs); !s.ok()) return s;
+  auto free_appended = [&] {
+    for (Preservation::BlockItem& item : items) {
+      if (item.appended) {
+        (void)impl_->Punch(item.pack, item.offset, static_cast<uint32_t>(item.data.size()));
+      }
+    }
+  };
+
+  Impl::Punches punch;
+  std::set<uint32_t> packs_to_sync;
+  Status result;
+  {
+    std::lock_guard lock(impl_->commit_mutex);
+    Txn txn;
+    result = txn.Begin(impl_->env, 0);
+    MDB_txn* t = txn.get();
+    Impl::Deltas deltas;
+    if (result.ok()) {
+      Result<SnapshotInfo> found = impl_->ReadSnapshot(t, snap);
+      if (!found.ok()) {
+        result = found.status();
+      } else if (found.value().clone != CloneState::kWritable) {
+        result = Status::Error(EROFS, "snapshot '" + found.value().name + "' is read-only" +
+                                          (found.value().clone == CloneState::kFrozen
+                                               ? " (its clone is frozen)"
+                                               : " (it has no writable clone)"));
+      }
+    }
+    // Drops the clone's data record `key` if there is one.
+    auto drop_data = [&](const std::string& key) -> Status {
+      MDB_val k = Val(key), v;
+      int rc = mdb_get(t, impl_->cdata, &k, &v);
+      if (rc == MDB_NOTFOUND) return Status();
+      if (rc != 0) return FromLmdb(rc, "read clone data record");
+      DataRecord rec;
+      if (!DecodeData(View(v), &rec)) return Damaged("clone data record");
+      if (Status s = impl_->UnrefData(t, rec, &punch, &deltas, nullptr); !s.ok()) return s;
+      return FromLmdb(mdb_del(t, impl_->cdata, &k, nullptr), "delete clone data record");
+    };
+    auto drop_data_from = [&](Ino ino, uint64_t first) -> Status {
+      std::vector<std::string> keys;
+      {
+        Cursor c;
+        if (Status s = c.Open(t, impl_->cdata); !s.ok()) return s;
+        const std::string prefix = CloneKey(snap, ino);
+        MDB_val k, v;
+        for (int rc = c.SeekGe(CloneDataKey(snap, ino, first), &k, &v);
+             rc == 0 && View(k).substr(0, 16) == prefix; rc = c.Get(&k, &v, MDB_NEXT)) {
+          keys.emplace_back(View(k));
+        }
+      }
+      for (const std::string& key : keys) {
+        if (Status s = drop_data(key); !s.ok()) return s;
+      }
+      return Status();
+    };
+    auto put = [&](MDB_dbi dbi, const std::string& key, const std::string& value) {
+      MDB_val k = Val(key), v = Val(value);
+      return FromLmdb(mdb_put(t, dbi, &k, &v, 0), "write clone record");
+    };
+    size_t next_item = 0;
+    for (const CloneChange::Op& op : change.ops_) {
+      if (!result.ok()) break;
+      switch (op.kind) {
+        case CloneChange::Op::kPutInode:
+          result = put(impl_->cinodes, CloneKey(snap, op.ino), EncodeCloneInode(op.inode));
+          break;
+        case CloneChange::Op::kDeleteInode: {
+          std::string key = CloneKey(snap, op.ino);
+          MDB_val k = Val(key);
+          int rc = mdb_del(t, impl_->cinodes, &k, nullptr);
+          result = rc == MDB_NOTFOUND ? Status() : FromLmdb(rc, "delete clone inode");
+          if (result.ok()) result = drop_data_from(op.ino, 0);
+          break;
+        }
+        case CloneChange::Op::kPutListing: {
+          std::vector<std::string> keys;
+          {
+            Cursor c;
+            result = c.Open(t, impl_->cdirents);
+            const std::string prefix = CloneDirentKey(snap, op.ino, "");
+            MDB_val k, v;
+            for (int rc = result.ok() ? c.SeekGe(prefix, &k, &v) : MDB_NOTFOUND;
+                 rc == 0 && View(k).substr(0, 16) == prefix; rc = c.Get(&k, &v, MDB_NEXT)) {
+              keys.emplace_back(View(k));
+            }
+          }
+          for (const std::string& key : keys) {
+            MDB_val k = Val(key);
+            (void)mdb_del(t, impl_->cdirents, &k, nullptr);
+          }
+          if (result.ok()) result = put(impl_->cdirents, CloneDirentKey(snap, op.ino, ""), "");
+          for (const DirEntry& de : op.entries) {
+            if (!result.ok() || de.name.empty()) continue;
+            result = put(impl_->cdirents, CloneDirentKey(snap, op.ino, de.name), EncodeEntry(de));
+          }
+          break;
+        }
+        case CloneChange::Op::kPutEntry:
+          if (!op.entries.empty() && !op.entries.front().name.empty()) {
+            result = put(impl_->cdirents, CloneDirentKey(snap, op.ino, op.entries.front().name),
+                         EncodeEntry(op.entries.front()));
+          }
+          break;
+        case CloneChange::Op::kDeleteEntry: {
+          if (op.name.empty()) break;
+          std::string key = CloneDirentKey(snap, op.ino, op.name);
+          MDB_val k = Val(key);
+          int rc = mdb_del(t, impl_->cdirents, &k, nullptr);
+          result = rc == MDB_NOTFOUND ? Status() : FromLmdb(rc, "delete clone listing entry");
+          break;
+        }
+        case CloneChange::Op::kPutBlock: {
+          Preservation::BlockItem& item = items[next_item++];
+          const std::string key = CloneDataKey(snap, op.ino, op.block);
+          // The new reference first: the old record may name the same block.
+          DataRecord rec;
+          result = impl_->RefBlock(t, item, &rec, &punch, &packs_to_sync, &deltas);
+          if (result.ok()) result = drop_data(key);
+          if (result.ok()) result = put(impl_->cdata, key, EncodeData(rec));
+          break;
+        }
+        case CloneChange::Op::kDropBlocks:
+          result = drop_data_from(op.ino, op.block);
+          break;
+      }
+    }
+    if (result.ok()) result = impl_->AddDeltas(t, deltas);
+    for (Preservation::BlockItem& item : items) {
+      if (item.appended) packs_to_sync.insert(item.pack);
+    }
+    if (result.ok()) result = impl_->SyncPacksAndCommit(packs_to_sync, txn);
+  }
+  if (!result.ok()) {
+    free_appended();
+    return result;
+  }
+  for (const auto& [pack, extent] : punch) (void)impl_->Punch(pack, extent.first, extent.second);
+  return Status();
+}
+
+Status Store::SetHold(SnapId id, const std::string& reason) {
+  return impl_->UpdateSnapshot(id, [&reason](SnapshotInfo& info) {
+    info.hold = reason;
+    return Status();
+  });
 }
 
 Result<RetentionPolicy> Store::GetRetention() const {
@@ -1798,6 +2216,79 @@ Result<FsckReport> Store::Fsck(bool repair,
         say("checked " + std::to_string(report.records_checked) + " records");
       }
       rc = c.Get(&k, &v, MDB_NEXT);
+    }
+  }
+  // Clone records: block references, well-formed, of an existing clone.
+  {
+    std::set<SnapId> clones;
+    {
+      Cursor c;
+      if (Status s = c.Open(t, impl_->snapshots); !s.ok()) return s;
+      MDB_val k, v;
+      for (int rc = c.Get(&k, &v, MDB_FIRST); rc == 0; rc = c.Get(&k, &v, MDB_NEXT)) {
+        SnapshotInfo info;
+        if (k.mv_size == 8 && DecodeSnapshot(GetBe64(View(k), 0), View(v), &info) &&
+            info.clone != CloneState::kNone) {
+          clones.insert(info.id);
+        }
+      }
+    }
+    for (MDB_dbi dbi : {impl_->cdata, impl_->cinodes, impl_->cdirents}) {
+      std::vector<std::string> stray;
+      Cursor c;
+      if (Status s = c.Open(t, dbi); !s.ok()) return s;
+      MDB_val k, v;
+      for (int rc = c.Get(&k, &v, MDB_FIRST); rc == 0; rc = c.Get(&k, &v, MDB_NEXT)) {
+        ++report.records_checked;
+        std::string_view key = View(k);
+        if (key.size() < 16) {
+          problem("malformed clone record key");
+          continue;
+        }
+        const SnapId snap = GetBe64(key, 0);
+        const Ino ino = GetBe64(key, 8);
+        if (!clones.count(snap)) {
+          stray.emplace_back(key);
+          continue;
+        }
+        if (dbi == impl_->cdata) {
+          DataRecord rec;
+          if (key.size() != 24 || !DecodeData(View(v), &rec)) {
+            problem("malformed clone data record");
+            continue;
+          }
+          if (rec.kind == kDataZero) {
+            zero_bytes += rec.length;
+            continue;
+          }
+          ref_bytes += rec.length;
+          auto it = blocks.find(rec.key);
+          if (it == blocks.end()) {
+            problem("block " + std::to_string(GetBe64(key, 16)) + " of object " +
+                    std::to_string(ino) + " in the clone of snapshot #" + std::to_string(snap) +
+                    " is missing from the store");
+          } else {
+            ++refs[rec.key];
+          }
+        } else if (dbi == impl_->cinodes) {
+          CloneInode ci;
+          if (ino != 0 && !DecodeCloneInode(View(v), &ci)) problem("malformed clone inode record");
+        } else if (key.size() > 16) {
+          DirEntry de;
+          if (!DecodeEntry(key, View(v), &de)) problem("malformed clone listing entry");
+        }
+      }
+      if (!stray.empty()) {
+        problem(std::to_string(stray.size()) + " clone records belong to no clone");
+        if (repair) {
+          for (const std::string& key : stray) {
+            MDB_val sk = Val(key);
+            (void)mdb_del(t, dbi, &sk, nullptr);
+          }
+          report.repairs.push_back("removed " + std::to_string(stray.size()) +
+                                   " stray clone records");
+        }
+      }
     }
   }
   // Inode records, listings, kept files: well-formed and indexed.

@@ -25,6 +25,9 @@
 namespace {
 
 using vssfs::cow_store::BlockLocation;
+using vssfs::cow_store::CloneChange;
+using vssfs::cow_store::CloneInode;
+using vssfs::cow_store::CloneState;
 using vssfs::cow_store::DefaultSnapshotName;
 using vssfs::cow_store::DirEntry;
 using vssfs::cow_store::FsckReport;
@@ -1265,4 +1268,125 @@ TEST_CASE("Store GetPreservedState reports records at an epoch or later", "[cow_
   CHECK(st.inode);
   CHECK(st.listing);
   CHECK(st.blocks == std::vector<uint64_t>{2, 3, 7, 100, 1ull << 40});
+}
+
+TEST_CASE("Store clone overlays its snapshot and leaves the snapshot's records alone",
+          "[cow_store]") {
+  TestStore store;
+  const SnapId s = Snap(*store, "s");
+  PreserveBlock(*store, s, 10, 0, Pattern(1));
+  // No clone yet: changes are refused.
+  CloneChange refused;
+  refused.PutBlock(10, 0, Pattern(2));
+  CHECK(store->ApplyClone(s, refused).error() == EROFS);
+  REQUIRE_OK(store->CreateClone(s));
+  CHECK(store->CreateClone(s).error() == EEXIST);
+  CHECK(Must(store->GetSnapshot(s)).clone == CloneState::kWritable);
+
+  const Ino born = Must(store->AllocCloneIno(s));
+  CHECK(born > (uint64_t{1} << 32));
+  CHECK(Must(store->AllocCloneIno(s)) == born - 1);
+
+  CloneChange c;
+  InodeMeta meta;
+  meta.mode = S_IFREG | 0640;
+  meta.size = 2 * kBs;
+  c.PutInode(10, CloneInode{meta, kBs});
+  c.PutBlock(10, 0, Pattern(2));                // Overrides the snapshot's block 0.
+  c.PutBlock(10, 1, Pattern(2));                // Shared with block 0 (dedup).
+  c.PutBlock(born, 0, std::string(100, '\0'));  // Zero: not stored.
+  c.PutListing(20, {{"a", 10, DT_REG, "h10"}, {"b", 11, DT_REG, "h11"}});
+  c.PutEntry(20, DirEntry{"c", born, DT_REG, ""});
+  c.DeleteEntry(20, "b");
+  REQUIRE_OK(store->ApplyClone(s, c));
+  {
+    std::unique_ptr<ReadView> view = Must(store->BeginRead());
+    std::optional<CloneInode> ci = Must(view->FindCloneInode(s, 10));
+    REQUIRE(ci);
+    CHECK(ci->base_limit == kBs);
+    CheckSameMeta(ci->meta, meta);
+    CHECK_FALSE(Must(view->FindCloneInode(s, 11)));
+    std::optional<BlockLocation> b0 = Must(view->FindCloneBlock(s, 10, 0));
+    std::optional<BlockLocation> b1 = Must(view->FindCloneBlock(s, 10, 1));
+    REQUIRE(b0);
+    REQUIRE(b1);
+    CHECK(ReadStored(*store, *b0) == Pattern(2));
+    CHECK(b1->offset == b0->offset);  // One stored copy.
+    std::optional<BlockLocation> z = Must(view->FindCloneBlock(s, born, 0));
+    REQUIRE(z);
+    CHECK(z->kind == Kind::kZero);
+    CHECK(Must(view->HasCloneListing(s, 20)));
+    CHECK_FALSE(Must(view->HasCloneListing(s, 21)));
+    std::vector<std::string> names;
+    REQUIRE_OK(view->ListCloneEntries(s, 20, "", [&](const DirEntry& de) {
+      names.push_back(de.name);
+      return true;
+    }));
+    CHECK(names == std::vector<std::string>{"a", "c"});
+    std::optional<DirEntry> c_entry = Must(view->LookupCloneEntry(s, 20, "c"));
+    REQUIRE(c_entry);
+    CHECK(c_entry->ino == born);
+  }
+  // The snapshot's own record is untouched.
+  CHECK(StoredContent(*store, 10, 0, s) == Pattern(1));
+  FsckReport report = RunFsck(*store, false);
+  INFO(Joined(report.problems));
+  CHECK(report.clean());
+
+  // Rewriting and dropping blocks moves references; survives a reopen.
+  CloneChange c2;
+  c2.PutBlock(10, 0, Pattern(3));
+  c2.DropBlocks(10, 1);
+  REQUIRE_OK(store->ApplyClone(s, c2));
+  store.Reopen();
+  {
+    std::unique_ptr<ReadView> view = Must(store->BeginRead());
+    CHECK(ReadStored(*store, *Must(view->FindCloneBlock(s, 10, 0))) == Pattern(3));
+    CHECK_FALSE(Must(view->FindCloneBlock(s, 10, 1)));
+  }
+  report = RunFsck(*store, false);
+  INFO(Joined(report.problems));
+  CHECK(report.clean());
+
+  // Frozen: read-only for good.
+  REQUIRE_OK(store->FreezeClone(s, 42));
+  REQUIRE_OK(store->FreezeClone(s, 43));  // Idempotent.
+  SnapshotInfo info = Must(store->GetSnapshot(s));
+  CHECK(info.clone == CloneState::kFrozen);
+  CHECK(info.frozen_ns == 42);
+  CloneChange late;
+  late.DeleteInode(10);
+  CHECK(store->ApplyClone(s, late).error() == EROFS);
+  CHECK(store->AllocCloneIno(s).status().error() == EROFS);
+
+  // Deleting the snapshot frees the clone's blocks too.
+  GcResult gc = Must(store->DeleteSnapshot(s));
+  CHECK(gc.blocks_freed == 2);  // Pattern(1) of the snapshot, Pattern(3) of the clone.
+  SpaceUsage u = Must(store->Usage());
+  CHECK(u.stored_blocks == 0);
+  CHECK(u.referenced_bytes == 0);
+  report = RunFsck(*store, false);
+  INFO(Joined(report.problems));
+  CHECK(report.clean());
+}
+
+TEST_CASE("Store clone DeleteInode drops the object's blocks", "[cow_store]") {
+  TestStore store;
+  const SnapId s = Snap(*store, "s");
+  REQUIRE_OK(store->CreateClone(s));
+  CloneChange c;
+  c.PutInode(5, CloneInode{InodeMeta{}, 0});
+  for (uint64_t b = 0; b < 4; ++b) c.PutBlock(5, b, Pattern(static_cast<uint32_t>(b + 1)));
+  REQUIRE_OK(store->ApplyClone(s, c));
+  CHECK(Must(store->Usage()).stored_blocks == 4);
+  CloneChange d;
+  d.DeleteInode(5);
+  REQUIRE_OK(store->ApplyClone(s, d));
+  CHECK(Must(store->Usage()).stored_blocks == 0);
+  std::unique_ptr<ReadView> view = Must(store->BeginRead());
+  CHECK_FALSE(Must(view->FindCloneInode(s, 5)));
+  CHECK_FALSE(Must(view->FindCloneBlock(s, 5, 0)));
+  FsckReport report = RunFsck(*store, false);
+  INFO(Joined(report.problems));
+  CHECK(report.clean());
 }

@@ -69,6 +69,11 @@ struct Guid {
   bool operator==(const Guid&) const = default;
 };
 
+// Whether a snapshot has a writable clone (see CloneChange): none, writable
+// (auto-recovery in progress), or frozen (recovery complete; read-only for
+// good).
+enum class CloneState : uint8_t { kNone = 0, kWritable = 1, kFrozen = 2 };
+
 struct SnapshotInfo {
   SnapId id = 0;
   Guid guid;
@@ -81,6 +86,8 @@ struct SnapshotInfo {
   // Why the snapshot is held ("" when it is not): a held snapshot cannot be
   // deleted, by retention or by hand, until released.
   std::string hold;
+  CloneState clone = CloneState::kNone;
+  int64_t frozen_ns = 0;  // When the clone was frozen (CLOCK_REALTIME).
 };
 
 // How many snapshots to keep: the newest `keep_last` that are not held (0:
@@ -180,6 +187,73 @@ class Preservation {
   std::vector<std::pair<Ino, std::string>> kept_;
 };
 
+// An object of a snapshot's clone as the clone stores it: the attributes,
+// and `base_limit`, the byte offset from which the clone's file reads zeros
+// where it has no block of its own (the snapshot's data below it shows
+// through; a truncation lowers it, an object born in the clone has 0).
+struct CloneInode {
+  InodeMeta meta;
+  uint64_t base_limit = 0;
+};
+
+// A batch of changes to the writable clone of one snapshot, applied in order
+// and atomically by Store::ApplyClone(). A clone overlays its snapshot: an
+// object, listing or block the clone has overrides the snapshot's; anything
+// else reads as the snapshot shows it. Data is copied in.
+class CloneChange {
+ public:
+  void PutInode(Ino ino, CloneInode inode) {
+    ops_.push_back(Op{Op::kPutInode, ino, 0, std::move(inode), {}, {}, {}});
+  }
+  // Drops the object's record and every block the clone has for it.
+  void DeleteInode(Ino ino) { ops_.push_back(Op{Op::kDeleteInode, ino, 0, {}, {}, {}, {}}); }
+  // Replaces directory `dir`'s listing in the clone with `entries`.
+  void PutListing(Ino dir, std::vector<DirEntry> entries) {
+    ops_.push_back(Op{Op::kPutListing, dir, 0, {}, std::move(entries), {}, {}});
+  }
+  // Adds or replaces one entry of a listing the clone has.
+  void PutEntry(Ino dir, DirEntry entry) {
+    std::vector<DirEntry> one;
+    one.push_back(std::move(entry));
+    ops_.push_back(Op{Op::kPutEntry, dir, 0, {}, std::move(one), {}, {}});
+  }
+  void DeleteEntry(Ino dir, std::string name) {
+    ops_.push_back(Op{Op::kDeleteEntry, dir, 0, {}, {}, std::move(name), {}});
+  }
+  // `data`: the block's new content (block_size() bytes, fewer at the end
+  // of the file).
+  void PutBlock(Ino ino, uint64_t block, std::string_view data) {
+    ops_.push_back(Op{Op::kPutBlock, ino, block, {}, {}, {}, std::string(data)});
+  }
+  // Drops the clone's blocks of `ino` numbered `first_block` and up.
+  void DropBlocks(Ino ino, uint64_t first_block) {
+    ops_.push_back(Op{Op::kDropBlocks, ino, first_block, {}, {}, {}, {}});
+  }
+  bool empty() const { return ops_.empty(); }
+
+ private:
+  friend class Store;
+  struct Op {
+    enum Kind {
+      kPutInode,
+      kDeleteInode,
+      kPutListing,
+      kPutEntry,
+      kDeleteEntry,
+      kPutBlock,
+      kDropBlocks
+    };
+    Kind kind;
+    Ino ino;
+    uint64_t block;
+    CloneInode inode;
+    std::vector<DirEntry> entries;
+    std::string name;
+    std::string data;
+  };
+  std::vector<Op> ops_;
+};
+
 struct GcResult {
   uint64_t records_dropped = 0;
   uint64_t blocks_freed = 0;
@@ -232,6 +306,18 @@ class ReadView {
   // Where block `block` of file `ino` comes from in snapshot `snap`.
   Result<BlockLocation> FindBlock(Ino ino, uint64_t block, SnapId snap);
 
+  // ---- the clone of snapshot `snap` (see CloneChange) ----
+  // The clone's own record of object `ino`, or nullopt.
+  Result<std::optional<CloneInode>> FindCloneInode(SnapId snap, Ino ino);
+  // Whether the clone has its own listing of directory `dir`.
+  Result<bool> HasCloneListing(SnapId snap, Ino dir);
+  // The clone's entries of `dir`, in name order, after `after`.
+  Status ListCloneEntries(SnapId snap, Ino dir, const std::string& after,
+                          const std::function<bool(const DirEntry&)>& fn);
+  Result<std::optional<DirEntry>> LookupCloneEntry(SnapId snap, Ino dir, const std::string& name);
+  // The clone's own block, or nullopt (kZero or kStored otherwise).
+  Result<std::optional<BlockLocation>> FindCloneBlock(SnapId snap, Ino ino, uint64_t block);
+
  private:
   friend class Store;
   struct Impl;
@@ -281,6 +367,21 @@ class Store {
   // The snapshots `policy` would delete at `now_ns` (never held ones, never
   // `keep` itself), oldest first.
   Result<std::vector<SnapshotInfo>> RetentionCandidates(int64_t now_ns, SnapId keep) const;
+
+  // ---- clones ----
+  // Gives snapshot `snap` a writable clone (durable on return). Errors:
+  // ENOENT, EEXIST when it has one (writable or frozen).
+  Status CreateClone(SnapId snap);
+  // Makes the clone read-only for good (idempotent). Errors: ENOENT, EINVAL
+  // when the snapshot has no clone.
+  Status FreezeClone(SnapId snap, int64_t now_ns);
+  // A new object number for the clone of `snap`: counted down from 2^40-1,
+  // so never a backing inode number (ext4's are 32-bit). Durable.
+  Result<Ino> AllocCloneIno(SnapId snap);
+  // Applies `change` to the writable clone of `snap`: all of it or nothing,
+  // durable on return. Errors: ENOENT, EROFS when the clone is frozen or
+  // absent, ENOSPC, EIO.
+  Status ApplyClone(SnapId snap, CloneChange& change);
 
   // ---- preservation (write side) ----
   // Makes `batch` durable for epoch `epoch` (normally LatestSnapshot()).
