@@ -1818,6 +1818,24 @@ Status Store::ApplyClone(SnapId snap, CloneChange& change) {
       }
       return Status();
     };
+    auto drop_listing = [&](Ino dir) -> Status {
+      std::vector<std::string> keys;
+      {
+        Cursor c;
+        if (Status s = c.Open(t, impl_->cdirents); !s.ok()) return s;
+        const std::string prefix = CloneDirentKey(snap, dir, "");
+        MDB_val k, v;
+        for (int rc = c.SeekGe(prefix, &k, &v); rc == 0 && View(k).substr(0, 16) == prefix;
+             rc = c.Get(&k, &v, MDB_NEXT)) {
+          keys.emplace_back(View(k));
+        }
+      }
+      for (const std::string& key : keys) {
+        MDB_val k = Val(key);
+        (void)mdb_del(t, impl_->cdirents, &k, nullptr);
+      }
+      return Status();
+    };
     auto put = [&](MDB_dbi dbi, const std::string& key, const std::string& value) {
       MDB_val k = Val(key), v = Val(value);
       return FromLmdb(mdb_put(t, dbi, &k, &v, 0), "write clone record");
@@ -1835,24 +1853,11 @@ Status Store::ApplyClone(SnapId snap, CloneChange& change) {
           int rc = mdb_del(t, impl_->cinodes, &k, nullptr);
           result = rc == MDB_NOTFOUND ? Status() : FromLmdb(rc, "delete clone inode");
           if (result.ok()) result = drop_data_from(op.ino, 0);
+          if (result.ok()) result = drop_listing(op.ino);
           break;
         }
         case CloneChange::Op::kPutListing: {
-          std::vector<std::string> keys;
-          {
-            Cursor c;
-            result = c.Open(t, impl_->cdirents);
-            const std::string prefix = CloneDirentKey(snap, op.ino, "");
-            MDB_val k, v;
-            for (int rc = result.ok() ? c.SeekGe(prefix, &k, &v) : MDB_NOTFOUND;
-                 rc == 0 && View(k).substr(0, 16) == prefix; rc = c.Get(&k, &v, MDB_NEXT)) {
-              keys.emplace_back(View(k));
-            }
-          }
-          for (const std::string& key : keys) {
-            MDB_val k = Val(key);
-            (void)mdb_del(t, impl_->cdirents, &k, nullptr);
-          }
+          result = drop_listing(op.ino);
           if (result.ok()) result = put(impl_->cdirents, CloneDirentKey(snap, op.ino, ""), "");
           for (const DirEntry& de : op.entries) {
             if (!result.ok() || de.name.empty()) continue;

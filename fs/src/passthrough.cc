@@ -101,16 +101,23 @@ int BackingOpenFlags(int flags, bool writeback) {
 // the backing filesystem clears set-id bits and file capabilities as it
 // would for that caller (creds.h). Returns op()'s result, or -EPERM if the
 // switch failed.
-template <typename F>
-auto AsUnprivilegedCaller(fuse_req_t req, F&& op) -> decltype(op()) {
-  const fuse_ctx* ctx = fuse_req_ctx(req);
+std::vector<gid_t> GroupsOf(fuse_req_t req) {
   std::vector<gid_t> groups(32);
   int n = fuse_req_getgroups(req, static_cast<int>(groups.size()), groups.data());
   if (n > static_cast<int>(groups.size())) {
     groups.resize(static_cast<size_t>(n));
     n = fuse_req_getgroups(req, n, groups.data());
   }
-  ScopedUnprivilegedCaller caller(ctx->uid, ctx->gid, groups.data(), n > 0 ? n : 0);
+  groups.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  return groups;
+}
+
+template <typename F>
+auto AsUnprivilegedCaller(fuse_req_t req, F&& op) -> decltype(op()) {
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  std::vector<gid_t> groups = GroupsOf(req);
+  ScopedUnprivilegedCaller caller(ctx->uid, ctx->gid, groups.data(),
+                                  static_cast<int>(groups.size()));
   if (!caller.ok()) return -EPERM;
   return op();
 }
@@ -135,6 +142,19 @@ void ReplyErrOrEntry(fuse_req_t req, int r, const fuse_entry_param& e) {
   } else {
     fuse_reply_err(req, -r);
   }
+}
+
+// The caller of `req`, for snapshot clone changes.
+SnapshotView::Caller CallerOf(fuse_req_t req, bool kill_suidgid) {
+  const fuse_ctx* ctx = fuse_req_ctx(req);
+  SnapshotView::Caller c;
+  c.uid = ctx->uid;
+  c.gid = ctx->gid;
+  c.umask = ctx->umask;
+  c.kill_suidgid = kill_suidgid;
+  c.groups = GroupsOf(req);
+  c.fsetid = ProcessHasCapability(ctx->pid, CAP_FSETID);
+  return c;
 }
 
 void ReplyErrOrAttr(fuse_req_t req, int r, const struct stat& st, double timeout) {
@@ -346,6 +366,40 @@ void Filesystem::ExpireHold() {
   }
 }
 
+Result<cow_store::SnapshotInfo> Filesystem::CloneSnapshot(const std::string& key) {
+  Result<cow_store::SnapshotInfo> info = store_->FindSnapshot(key);
+  if (!info.ok()) return info.status();
+  if (Status st = store_->CreateClone(info.value().id); !st.ok()) return st;
+  snaps_->Refresh();
+  // Attributes cached while the snapshot was read-only may carry its
+  // long cache lifetime: drop them.
+  InvalidateSnapshotDir(info.value().name);
+  LOG_INFO("snapshot %s has a writable clone", info.value().name.c_str());
+  return store_->GetSnapshot(info.value().id);
+}
+
+Result<cow_store::SnapshotInfo> Filesystem::FreezeSnapshot(const std::string& key) {
+  Result<cow_store::SnapshotInfo> info = store_->FindSnapshot(key);
+  if (!info.ok()) return info.status();
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  // The store refuses clone writes from the commit on; the view then
+  // stops offering them.
+  if (Status st =
+          store_->FreezeClone(info.value().id, int64_t{now.tv_sec} * 1000000000 + now.tv_nsec);
+      !st.ok()) {
+    return st;
+  }
+  snaps_->Refresh();
+  // Under the writeback cache the kernel keeps its own mtime and ctime of
+  // regular files and does not advance them for the clone's direct writes:
+  // dropping the snapshot's cached dentries (and with them every inode no
+  // descriptor holds) makes the frozen state's stored times visible.
+  InvalidateSnapshotDir(info.value().name);
+  LOG_INFO("snapshot %s frozen", info.value().name.c_str());
+  return store_->GetSnapshot(info.value().id);
+}
+
 Result<cow_store::GcResult> Filesystem::DeleteSnapshot(const std::string& key) {
   if (held_.owns_lock()) {
     return Status::Error(EBUSY, "writes are held for a snapshot set; try again shortly");
@@ -553,6 +607,10 @@ int Filesystem::GetAttr(fuse_ino_t ino, fuse_file_info* fi, struct stat* st) {
 
 int Filesystem::SetAttr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr, int to_set,
                         fuse_file_info* fi, struct stat* out) {
+  if (SnapshotView::IsSnapshotNode(ino)) {
+    const bool kill = (to_set & FUSE_SET_ATTR_KILL_SUID) && KillprivV2Negotiated();
+    return snaps_->SetAttr(ino, CallerOf(req, kill), attr, to_set, out);
+  }
   if (ino >= kReservedNodeIdBase) return -EROFS;
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
@@ -571,12 +629,14 @@ int Filesystem::SetAttr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr,
   // and times (so a chown's clearing of set-id bits cannot undo a new mode).
   // chown(f, -1, -1) still clears set-id bits and capabilities. It reaches
   // us as a bare ctime update for regular files under the writeback cache,
-  // and as an empty request for other files. An empty request on a regular
-  // file is the kernel's own privilege removal before a write (its set-id
-  // part is ours to do on the WRITE), so it is left alone. utimensat never
-  // sends either.
+  // and as an empty request for other files and, without the writeback
+  // cache, for regular files too. An empty request on a regular file may
+  // also be the kernel's own privilege removal before a caller's write.
+  // Either way, when the file has set-id bits and the caller lacks
+  // CAP_FSETID, chown(-1, -1) as the caller does what both need; otherwise
+  // it is left alone. utimensat never sends either.
   if ((to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) || to_set == FUSE_SET_ATTR_CTIME ||
-      (to_set == 0 && !S_ISREG(inode->type))) {
+      (to_set == 0 && (!S_ISREG(inode->type) || MayDropSetidFor(req, path_fd)))) {
     uid_t uid = (to_set & FUSE_SET_ATTR_UID) ? attr.st_uid : static_cast<uid_t>(-1);
     gid_t gid = (to_set & FUSE_SET_ATTR_GID) ? attr.st_gid : static_cast<gid_t>(-1);
     auto chown = [&] {
@@ -661,6 +721,9 @@ int Filesystem::ReadLink(fuse_ino_t ino, std::string* target) {
 
 int Filesystem::MakeNode(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
                          dev_t rdev, const char* link_target, fuse_entry_param* e) {
+  if (SnapshotView::IsSnapshotNode(parent)) {
+    return snaps_->MakeNode(parent, CallerOf(req, false), name, mode, rdev, link_target, e);
+  }
   if (int r = CheckNewName(parent, name); r != 0) return r;
   std::shared_ptr<Inode> p = Get(parent);
   if (!p) return -ESTALE;
@@ -687,6 +750,15 @@ int Filesystem::MakeNode(fuse_req_t req, fuse_ino_t parent, const char* name, mo
 
 int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
                        fuse_file_info* fi, fuse_entry_param* e) {
+  if (SnapshotView::IsSnapshotNode(parent)) {
+    int r = snaps_->MakeNode(parent, CallerOf(req, false), name, S_IFREG | (mode & 07777), 0,
+                             nullptr, e);
+    if (r == -EEXIST && !(fi->flags & O_EXCL)) r = snaps_->Lookup(parent, name, e);
+    if (r != 0) return r;
+    r = Open(req, e->ino, fi);
+    if (r != 0) snaps_->Forget(e->ino, 1);
+    return r;
+  }
   if (int r = CheckNewName(parent, name); r != 0) return r;
   std::shared_ptr<Inode> p = Get(parent);
   if (!p) return -ESTALE;
@@ -737,8 +809,12 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode
 
 int Filesystem::Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (SnapshotView::IsSnapshotNode(ino)) {
-    int r = snaps_->Open(ino, fi->flags, &fi->fh);
-    fi->keep_cache = r == 0 && config_.timeout > 0;
+    int r = snaps_->Open(ino, fi->flags, CallerOf(req, RequestKillsSuidgid()), &fi->fh);
+    // A clone changes: no page cache, so that every write reaches the
+    // clone at once (and fails once it is frozen).
+    const bool clone = snaps_->TimeoutFor(ino) == 0;
+    fi->direct_io = clone;
+    fi->keep_cache = r == 0 && !clone && config_.timeout > 0;
     return r;
   }
   if (ino == kSnapshotDirNodeId) return -EISDIR;
@@ -810,9 +886,12 @@ int Filesystem::Lseek(fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi,
 }
 
 int Filesystem::Link(fuse_ino_t ino, fuse_ino_t parent, const char* name, fuse_entry_param* e) {
+  if (SnapshotView::IsSnapshotNode(ino) && SnapshotView::IsSnapshotNode(parent)) {
+    return snaps_->Link(ino, parent, name, e);
+  }
   if (int r = CheckNewName(parent, name); r != 0) return r;
   if (ino == kSnapshotDirNodeId) return -EPERM;
-  if (SnapshotView::IsSnapshotNode(ino)) return -EXDEV;
+  if (SnapshotView::IsSnapshotNode(ino) || SnapshotView::IsSnapshotNode(parent)) return -EXDEV;
   std::shared_ptr<Inode> inode = Get(ino);
   std::shared_ptr<Inode> p = Get(parent);
   if (!inode || !p) return -ESTALE;
@@ -833,6 +912,7 @@ int Filesystem::Link(fuse_ino_t ino, fuse_ino_t parent, const char* name, fuse_e
 }
 
 int Filesystem::Remove(fuse_ino_t parent, const char* name, bool directory) {
+  if (SnapshotView::IsSnapshotNode(parent)) return snaps_->Remove(parent, name, directory);
   if (parent >= kReservedNodeIdBase) return -EROFS;
   switch (ReservedName(parent, name)) {
     case Reserved::kStore:
@@ -887,6 +967,13 @@ void Filesystem::MarkBorn(uint64_t nodeid, const CowEngine::Epoch& epoch) {
 
 int Filesystem::Rename(fuse_ino_t parent, const char* name, fuse_ino_t newparent,
                        const char* newname, unsigned flags) {
+  if (SnapshotView::IsSnapshotNode(parent) && SnapshotView::IsSnapshotNode(newparent)) {
+    return snaps_->Rename(parent, name, newparent, newname, flags);
+  }
+  if (SnapshotView::IsSnapshotNode(parent) != SnapshotView::IsSnapshotNode(newparent) &&
+      parent != kSnapshotDirNodeId && newparent != kSnapshotDirNodeId) {
+    return -EXDEV;
+  }
   if (parent >= kReservedNodeIdBase || newparent >= kReservedNodeIdBase) return -EROFS;
   Reserved from = ReservedName(parent, name);
   Reserved to = ReservedName(newparent, newname);
@@ -1082,31 +1169,37 @@ int Filesystem::GetXattr(fuse_ino_t ino, const char* name, size_t size, std::str
   return static_cast<int>(n);
 }
 
-int Filesystem::ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size, std::string* list) {
-  if (ino == kSnapshotDirNodeId) return 0;
-  if (SnapshotView::IsSnapshotNode(ino)) return snaps_->ListXattr(ino, size, list);
+int Filesystem::ListLiveXattr(fuse_ino_t ino, std::string* all) {
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
   const int fd = inode->fd.get();
   std::string symlink;
   if (int r = SymlinkPath(*inode, &symlink); r != 0) return r;
-  // The whole list, whatever `size` is: it may need filtering. It can grow
-  // between the two calls; retry then.
-  std::string all;
+  // It can grow between the two calls; retry then.
   for (int attempt = 0;; ++attempt) {
     ssize_t n = BackingListXattr(fd, symlink, nullptr, 0);
     if (n <= 0) {
-      if (n < 0) return static_cast<int>(n);
-      all.clear();
-      break;
+      all->clear();
+      return static_cast<int>(n);
     }
-    all.resize(static_cast<size_t>(n));
-    ssize_t m = BackingListXattr(fd, symlink, all.data(), all.size());
+    all->resize(static_cast<size_t>(n));
+    ssize_t m = BackingListXattr(fd, symlink, all->data(), all->size());
     if (m >= 0) {
-      all.resize(static_cast<size_t>(m));
-      break;
+      all->resize(static_cast<size_t>(m));
+      return static_cast<int>(m);
     }
     if (m != -ERANGE || attempt == 3) return static_cast<int>(m);
+  }
+}
+
+int Filesystem::ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size, std::string* list) {
+  if (ino == kSnapshotDirNodeId) return 0;
+  // The whole list, whatever `size` is: it may need filtering.
+  std::string all;
+  if (SnapshotView::IsSnapshotNode(ino)) {
+    if (int r = snaps_->ListXattr(ino, &all); r < 0) return r;
+  } else if (int r = ListLiveXattr(ino, &all); r < 0) {
+    return r;
   }
   // Linux lists trusted.* names only to CAP_SYS_ADMIN; vssfs reads them as
   // root, so it filters them for other callers.
@@ -1134,6 +1227,9 @@ int Filesystem::ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size, std::stri
 
 int Filesystem::SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value,
                          size_t size, int flags) {
+  if (SnapshotView::IsSnapshotNode(ino)) {
+    return snaps_->SetXattr(ino, CallerOf(req, false), name, std::string(value, size), flags);
+  }
   if (ino >= kReservedNodeIdBase) return -EROFS;
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
@@ -1165,6 +1261,7 @@ int Filesystem::SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const
 }
 
 int Filesystem::RemoveXattr(fuse_ino_t ino, const char* name) {
+  if (SnapshotView::IsSnapshotNode(ino)) return snaps_->RemoveXattr(ino, name);
   if (ino >= kReservedNodeIdBase) return -EROFS;
   std::shared_ptr<Inode> inode = Get(ino);
   if (!inode) return -ESTALE;
@@ -1193,6 +1290,9 @@ int Filesystem::PreserveForWrite(const CowEngine::Epoch& epoch, Inode* inode, of
 
 int Filesystem::Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
                           fuse_file_info* fi) {
+  if (SnapshotView::IsSnapshotNode(ino)) {
+    return snaps_->Fallocate(ino, fi->fh, CallerOf(req, false), mode, offset, length);
+  }
   if (ino >= kReservedNodeIdBase) return -EROFS;
   const int fd = static_cast<int>(fi->fh);
   std::shared_ptr<Inode> inode = Get(ino);
@@ -1220,9 +1320,12 @@ int Filesystem::Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset
 ssize_t Filesystem::CopyFileRange(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
                                   fuse_file_info* fi_in, fuse_ino_t ino_out, off_t off_out,
                                   fuse_file_info* fi_out, size_t len, int flags) {
-  if (ino_out >= kReservedNodeIdBase) return -EROFS;
-  // A snapshot source has no backing descriptor: the kernel then copies
-  // through read and write.
+  // A snapshot file has no backing descriptor: the kernel then copies
+  // through read and write (into a writable clone; else EROFS).
+  if (ino_out >= kReservedNodeIdBase) {
+    return SnapshotView::IsSnapshotNode(ino_out) && snaps_->TimeoutFor(ino_out) == 0 ? -EXDEV
+                                                                                     : -EROFS;
+  }
   if (ino_in >= kReservedNodeIdBase) return -EXDEV;
   loff_t in = off_in;
   loff_t out = off_out;
@@ -1277,14 +1380,14 @@ void OpGetAttr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (!fs.after_init_done.load(std::memory_order_relaxed)) fs.AfterInit();
   struct stat st {};
   int r = Run([&] { return fs.GetAttr(ino, fi, &st); });
-  ReplyErrOrAttr(req, r, st, fs.config().timeout);
+  ReplyErrOrAttr(req, r, st, fs.AttrTimeout(ino));
 }
 
 void OpSetAttr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi) {
   Filesystem& fs = Fs(req);
   struct stat st {};
   int r = Run([&] { return fs.SetAttr(req, ino, *attr, to_set, fi, &st); });
-  ReplyErrOrAttr(req, r, st, fs.config().timeout);
+  ReplyErrOrAttr(req, r, st, fs.AttrTimeout(ino));
 }
 
 void OpReadLink(fuse_req_t req, fuse_ino_t ino) {
@@ -1456,6 +1559,24 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, fuse
     src.buf[0].mem = const_cast<char*>(payload);
   }
   const size_t len = fuse_buf_size(&src);
+  if (ino >= kReservedNodeIdBase) {
+    // A snapshot file: only a writable clone takes it.
+    int r = Run([&] {
+      std::string data(len, '\0');
+      fuse_bufvec dst = FUSE_BUFVEC_INIT(len);
+      dst.buf[0].mem = data.data();
+      ssize_t got = fuse_buf_copy(&dst, &src, static_cast<fuse_buf_copy_flags>(0));
+      if (got < 0) return static_cast<int>(got);
+      return Fs(req).CloneWrite(ino, fi->fh, CallerOf(req, RequestKillsSuidgid()), data.data(),
+                                static_cast<size_t>(got), off);
+    });
+    if (r >= 0) {
+      fuse_reply_write(req, static_cast<size_t>(r));
+    } else {
+      fuse_reply_err(req, -r);
+    }
+    return;
+  }
   fuse_bufvec out = FUSE_BUFVEC_INIT(len);
   out.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
   out.buf[0].fd = static_cast<int>(fi->fh);

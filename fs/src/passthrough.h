@@ -73,6 +73,8 @@ class Filesystem : public snapshot_ctl::Volume {
       const std::string& name, std::optional<cow_store::Guid> guid) override;
   // Deletes a snapshot (by name, id or GUID) and frees what it alone held.
   cow_store::Result<cow_store::GcResult> DeleteSnapshot(const std::string& key) override;
+  cow_store::Result<cow_store::SnapshotInfo> CloneSnapshot(const std::string& key) override;
+  cow_store::Result<cow_store::SnapshotInfo> FreezeSnapshot(const std::string& key) override;
   std::string MountPoint() const override { return config_.mountpoint; }
   cow_store::Result<std::vector<std::string>> ApplyRetention(bool dry_run) override;
   cow_store::Status HoldWrites(int timeout_ms) override;
@@ -112,12 +114,24 @@ class Filesystem : public snapshot_ctl::Volume {
   int StatFs(struct statvfs* st);
   int GetXattr(fuse_ino_t ino, const char* name, size_t size, std::string* value);
   int ListXattr(fuse_req_t req, fuse_ino_t ino, size_t size, std::string* list);
+  // Every xattr name of live node `ino` into *all; its length or -errno.
+  int ListLiveXattr(fuse_ino_t ino, std::string* all);
   int SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size,
                int flags);
   int RemoveXattr(fuse_ino_t ino, const char* name);
   int Lseek(fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi, off_t* result);
   void Release(fuse_ino_t ino, fuse_file_info* fi);
   int Read(fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi, std::string* out);
+  // A write to a snapshot file (a writable clone's, else EROFS): bytes
+  // written or -errno.
+  int CloneWrite(fuse_ino_t ino, uint64_t fh, const SnapshotView::Caller& caller, const char* data,
+                 size_t size, off_t off) {
+    return snaps_->Write(ino, fh, caller, data, size, off);
+  }
+  // Attribute cache lifetime for replies about `ino`.
+  double AttrTimeout(fuse_ino_t ino) const {
+    return SnapshotView::IsSnapshotNode(ino) ? snaps_->TimeoutFor(ino) : config_.timeout;
+  }
   int Fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset, off_t length,
                 fuse_file_info* fi);
   ssize_t CopyFileRange(fuse_req_t req, fuse_ino_t ino_in, off_t off_in, fuse_file_info* fi_in,

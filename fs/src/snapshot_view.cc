@@ -58,7 +58,7 @@ void SnapshotView::RefreshLocked() {
     LOG_ERROR("cannot list snapshots: %s", all.status().message().c_str());
     return;
   }
-  for (const auto& s : all.value()) live_.insert(s.id);
+  for (const auto& s : all.value()) live_[s.id] = s.clone;
 }
 
 std::shared_ptr<SnapshotView::Node> SnapshotView::FindLive(uint64_t nodeid) {
@@ -103,6 +103,15 @@ int SnapshotView::Resolve(const Node& n, bool with_xattrs, InodeMeta* meta) {
   std::shared_lock stripe(cow_->Stripe(n.ino));
   cow_store::Result<std::unique_ptr<cow_store::ReadView>> view = cow_->store().BeginRead();
   if (!view.ok()) return ErrnoOf(view.status());
+  if (CloneOf(n.snap) != cow_store::CloneState::kNone) {
+    cow_store::Result<std::optional<cow_store::CloneInode>> own =
+        view.value()->FindCloneInode(n.snap, n.ino);
+    if (!own.ok()) return ErrnoOf(own.status());
+    if (own.value()) {
+      *meta = std::move(own.value()->meta);
+      return 0;
+    }
+  }
   cow_store::Result<std::optional<InodeMeta>> rec = view.value()->FindInode(n.ino, n.snap);
   if (!rec.ok()) return ErrnoOf(rec.status());
   if (rec.value()) {
@@ -119,13 +128,19 @@ int SnapshotView::Entries(const Node& n, std::vector<DirEntry>* out) {
   std::shared_lock stripe(cow_->Stripe(n.ino));
   cow_store::Result<std::unique_ptr<cow_store::ReadView>> view = cow_->store().BeginRead();
   if (!view.ok()) return ErrnoOf(view.status());
+  auto add = [&](const DirEntry& d) {
+    out->push_back(d);
+    return true;
+  };
+  if (CloneOf(n.snap) != cow_store::CloneState::kNone) {
+    cow_store::Result<bool> own = view.value()->HasCloneListing(n.snap, n.ino);
+    if (!own.ok()) return ErrnoOf(own.status());
+    if (own.value()) return ErrnoOf(view.value()->ListCloneEntries(n.snap, n.ino, "", add));
+  }
   cow_store::Result<std::optional<SnapId>> listing = view.value()->FindListing(n.ino, n.snap);
   if (!listing.ok()) return ErrnoOf(listing.status());
   if (listing.value()) {
-    return ErrnoOf(view.value()->ListEntries(n.ino, *listing.value(), "", [&](const DirEntry& d) {
-      out->push_back(d);
-      return true;
-    }));
+    return ErrnoOf(view.value()->ListEntries(n.ino, *listing.value(), "", add));
   }
   UniqueFd fd = OpenByHandle(cow_->mount_fd(), n.handle, O_PATH | O_DIRECTORY);
   if (!fd) return -errno;
@@ -160,9 +175,15 @@ int SnapshotView::Enter(SnapId snap, Ino ino, mode_t type, const std::string& ha
   *e = fuse_entry_param{};
   e->ino = id;
   FillStat(id, meta, &e->attr);
-  e->attr_timeout = timeout_;
-  e->entry_timeout = timeout_;
+  e->attr_timeout = TimeoutFor(id);
+  e->entry_timeout = e->attr_timeout;
   return 0;
+}
+
+double SnapshotView::TimeoutFor(uint64_t node) const {
+  const SnapId snap = (node & ~kReservedNodeIdBase) >> kSnapShift;
+  std::shared_lock lock(snapshots_mutex_);
+  return CloneOf(snap) == cow_store::CloneState::kNone ? timeout_ : 0;
 }
 
 int SnapshotView::LookupSnapshot(const char* name, fuse_entry_param* e) {
@@ -192,6 +213,7 @@ int SnapshotView::Lookup(uint64_t parent, const char* name, fuse_entry_param* e)
   std::shared_ptr<Node> p = FindLive(parent);
   if (!p) return -ESTALE;
   if (!S_ISDIR(p->type)) return -ENOTDIR;
+  if (std::strlen(name) > NAME_MAX) return -ENAMETOOLONG;
   if (p->ino == root_ino_ && IsReservedRootName(name)) return -ENOENT;
   Ino ino = 0;
   mode_t type = 0;
@@ -200,11 +222,19 @@ int SnapshotView::Lookup(uint64_t parent, const char* name, fuse_entry_param* e)
     std::shared_lock stripe(cow_->Stripe(p->ino));
     cow_store::Result<std::unique_ptr<cow_store::ReadView>> view = cow_->store().BeginRead();
     if (!view.ok()) return ErrnoOf(view.status());
-    cow_store::Result<std::optional<SnapId>> listing = view.value()->FindListing(p->ino, p->snap);
+    bool own = false;
+    if (CloneOf(p->snap) != cow_store::CloneState::kNone) {
+      cow_store::Result<bool> has = view.value()->HasCloneListing(p->snap, p->ino);
+      if (!has.ok()) return ErrnoOf(has.status());
+      own = has.value();
+    }
+    cow_store::Result<std::optional<SnapId>> listing =
+        own ? std::optional<SnapId>() : view.value()->FindListing(p->ino, p->snap);
     if (!listing.ok()) return ErrnoOf(listing.status());
-    if (listing.value()) {
+    if (own || listing.value()) {
       cow_store::Result<std::optional<DirEntry>> de =
-          view.value()->LookupEntry(p->ino, *listing.value(), name);
+          own ? view.value()->LookupCloneEntry(p->snap, p->ino, name)
+              : view.value()->LookupEntry(p->ino, *listing.value(), name);
       if (!de.ok()) return ErrnoOf(de.status());
       if (!de.value()) return -ENOENT;
       ino = de.value()->ino;
@@ -264,12 +294,16 @@ int SnapshotView::List(uint64_t node, std::vector<Listed>* out) {
   return 0;
 }
 
-int SnapshotView::Open(uint64_t node, int flags, uint64_t* fh) {
-  if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC)) return -EROFS;
+int SnapshotView::Open(uint64_t node, int flags, const Caller& caller, uint64_t* fh) {
+  const bool writes = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC);
+  // Writers take clone_mutex_ first (the lock order), readers never.
+  std::unique_lock<std::mutex> writer;
+  if (writes) writer = std::unique_lock(clone_mutex_);
   std::shared_lock lock(snapshots_mutex_);
   std::shared_ptr<Node> n = FindLive(node);
   if (!n) return -ESTALE;
   if (S_ISDIR(n->type)) return -EISDIR;
+  if (writes && CloneOf(n->snap) != cow_store::CloneState::kWritable) return -EROFS;
   InodeMeta meta;
   if (int r = Resolve(*n, false, &meta); r != 0) return r;
   auto f = std::make_shared<File>();
@@ -277,6 +311,15 @@ int SnapshotView::Open(uint64_t node, int flags, uint64_t* fh) {
   f->ino = n->ino;
   f->size = meta.size;
   f->handle = n->handle;
+  if ((flags & O_TRUNC) && S_ISREG(n->type)) {
+    cow_store::CloneInode ci;
+    if (int r = CloneInodeOf(*n, &ci); r != 0) return r;
+    cow_store::CloneChange change;
+    if (int r = Truncate(*f, &ci, 0, &change); r != 0) return r;
+    if (caller.kill_suidgid) DropSetid(&ci.meta, caller);
+    change.PutInode(n->ino, std::move(ci));
+    if (int r = Apply(n->snap, change); r != 0) return r;
+  }
   std::lock_guard flock(files_mutex_);
   *fh = next_file_++;
   files_.emplace(*fh, std::move(f));
@@ -284,8 +327,30 @@ int SnapshotView::Open(uint64_t node, int flags, uint64_t* fh) {
 }
 
 void SnapshotView::Release(uint64_t fh) {
-  std::lock_guard lock(files_mutex_);
-  files_.erase(fh);
+  std::shared_ptr<File> f;
+  {
+    std::lock_guard lock(files_mutex_);
+    auto it = files_.find(fh);
+    if (it == files_.end()) return;
+    f = std::move(it->second);
+    files_.erase(it);
+  }
+  // The last descriptor of a clone object that lost its last name drops it.
+  std::lock_guard writer(clone_mutex_);
+  std::shared_lock lock(snapshots_mutex_);
+  if (CloneOf(f->snap) != cow_store::CloneState::kWritable || IsOpen(f->snap, f->ino)) return;
+  cow_store::Result<std::unique_ptr<cow_store::ReadView>> view = cow_->store().BeginRead();
+  if (!view.ok()) return;
+  cow_store::Result<std::optional<cow_store::CloneInode>> own =
+      view.value()->FindCloneInode(f->snap, f->ino);
+  view.value().reset();
+  if (own.ok() && own.value() && own.value()->meta.nlink == 0) {
+    cow_store::CloneChange change;
+    change.DeleteInode(f->ino);
+    if (int r = Apply(f->snap, change); r != 0) {
+      LOG_WARN("cannot drop an unlinked clone object: %s", std::strerror(-r));
+    }
+  }
 }
 
 int SnapshotView::Read(uint64_t node, uint64_t fh, size_t size, off_t off, std::string* out) {
@@ -300,30 +365,50 @@ int SnapshotView::Read(uint64_t node, uint64_t fh, size_t size, off_t off, std::
   std::shared_lock lock(snapshots_mutex_);
   if (!SnapshotExists(f->snap)) return -ESTALE;
   out->clear();
+  uint64_t file_size = f->size;
+  uint64_t limit = f->size;
+  const bool clone = CloneOf(f->snap) != cow_store::CloneState::kNone;
+  if (clone) {
+    cow_store::Result<std::unique_ptr<cow_store::ReadView>> view = cow_->store().BeginRead();
+    if (!view.ok()) return ErrnoOf(view.status());
+    cow_store::Result<std::optional<cow_store::CloneInode>> own =
+        view.value()->FindCloneInode(f->snap, f->ino);
+    if (!own.ok()) return ErrnoOf(own.status());
+    if (own.value()) {
+      file_size = own.value()->meta.size;
+      limit = own.value()->base_limit;
+    }
+  }
   const uint64_t start = static_cast<uint64_t>(off);
-  if (start >= f->size || size == 0) return 0;
-  const uint64_t end = std::min<uint64_t>(f->size, start + size);
+  if (start >= file_size || size == 0) return 0;
+  return ReadRange(*f, clone, limit, start, std::min<uint64_t>(file_size, start + size), out);
+}
+
+int SnapshotView::ReadRange(File& file, bool clone, uint64_t limit, uint64_t start, uint64_t end,
+                            std::string* out) {
+  File* f = &file;
   out->assign(static_cast<size_t>(end - start), '\0');
   const uint64_t bs = cow_->store().block_size();
 
   std::shared_lock stripe(cow_->Stripe(f->ino));
   cow_store::Result<std::unique_ptr<cow_store::ReadView>> view = cow_->store().BeginRead();
   if (!view.ok()) return ErrnoOf(view.status());
+  auto open_live = [&] {
+    std::lock_guard fl(f->mutex);
+    if (!f->live_tried && !f->handle.empty()) {
+      f->live_tried = true;
+      f->live_fd = OpenByHandle(cow_->mount_fd(), f->handle, O_RDONLY | O_NOATIME);
+      if (!f->live_fd && errno == EPERM) {
+        f->live_fd = OpenByHandle(cow_->mount_fd(), f->handle, O_RDONLY);
+      }
+    }
+  };
   // Runs of live blocks are read with one pread each.
   uint64_t live_lo = 0, live_hi = 0;
   auto flush_live = [&]() -> int {
     if (live_hi <= live_lo) return 0;
-    {
-      std::lock_guard fl(f->mutex);
-      if (!f->live_tried) {
-        f->live_tried = true;
-        f->live_fd = OpenByHandle(cow_->mount_fd(), f->handle, O_RDONLY | O_NOATIME);
-        if (!f->live_fd && errno == EPERM) {
-          f->live_fd = OpenByHandle(cow_->mount_fd(), f->handle, O_RDONLY);
-        }
-      }
-      if (!f->live_fd) return -EIO;
-    }
+    open_live();
+    if (!f->live_fd) return -EIO;
     uint64_t pos = live_lo;
     while (pos < live_hi) {
       ssize_t n = pread(f->live_fd.get(), out->data() + (pos - start), live_hi - pos,
@@ -338,25 +423,37 @@ int SnapshotView::Read(uint64_t node, uint64_t fh, size_t size, off_t off, std::
     live_lo = live_hi = 0;
     return 0;
   };
-  {
-    std::lock_guard fl(f->mutex);
-    if (!f->live_tried) {
-      f->live_tried = true;
-      f->live_fd = OpenByHandle(cow_->mount_fd(), f->handle, O_RDONLY | O_NOATIME);
-      if (!f->live_fd && errno == EPERM) {
-        f->live_fd = OpenByHandle(cow_->mount_fd(), f->handle, O_RDONLY);
-      }
-    }
-  }
-  // Where every block comes from; the disk reads for all of them are
-  // started at once (readahead), then copied in order.
-  std::vector<cow_store::Result<BlockLocation>> locs;
+  // Where every block comes from: the clone's own block, else the
+  // snapshot's below `limit` (zeros above it). The disk reads for all of
+  // them are started at once (readahead), then copied in order.
+  std::vector<BlockLocation> locs;
+  std::vector<uint64_t> base_end;  // Bytes of the block that come from the base.
   for (uint64_t b = start / bs; b * bs < end; ++b) {
-    locs.push_back(view.value()->FindBlock(f->ino, b, f->snap));
-    if (!locs.back().ok()) return ErrnoOf(locs.back().status());
-    if (locs.back().value().kind == BlockLocation::Kind::kStored) {
-      cow_->store().Prefetch(locs.back().value());
-    } else if (locs.back().value().kind == BlockLocation::Kind::kLive) {
+    std::optional<BlockLocation> own;
+    if (clone) {
+      cow_store::Result<std::optional<BlockLocation>> c =
+          view.value()->FindCloneBlock(f->snap, f->ino, b);
+      if (!c.ok()) return ErrnoOf(c.status());
+      own = c.value();
+    }
+    if (own) {
+      locs.push_back(*own);
+      base_end.push_back(std::min(end, (b + 1) * bs));
+    } else if (b * bs >= limit) {
+      BlockLocation zero;
+      zero.kind = BlockLocation::Kind::kZero;
+      locs.push_back(zero);
+      base_end.push_back(std::min(end, (b + 1) * bs));
+    } else {
+      cow_store::Result<BlockLocation> loc = view.value()->FindBlock(f->ino, b, f->snap);
+      if (!loc.ok()) return ErrnoOf(loc.status());
+      locs.push_back(loc.value());
+      base_end.push_back(std::min({end, (b + 1) * bs, limit}));
+    }
+    if (locs.back().kind == BlockLocation::Kind::kStored) {
+      cow_->store().Prefetch(locs.back());
+    } else if (locs.back().kind == BlockLocation::Kind::kLive) {
+      open_live();
       std::lock_guard fl(f->mutex);
       if (f->live_fd) {
         (void)posix_fadvise(f->live_fd.get(), static_cast<off_t>(b * bs), static_cast<off_t>(bs),
@@ -366,10 +463,11 @@ int SnapshotView::Read(uint64_t node, uint64_t fh, size_t size, off_t off, std::
   }
   std::string block;
   for (uint64_t b = start / bs; b * bs < end; ++b) {
+    const BlockLocation& loc = locs[b - start / bs];
     const uint64_t lo = std::max(start, b * bs);
-    const uint64_t hi = std::min(end, (b + 1) * bs);
-    const cow_store::Result<BlockLocation>& loc = locs[b - start / bs];
-    if (loc.value().kind == BlockLocation::Kind::kLive) {
+    const uint64_t hi = base_end[b - start / bs];  // Zeros from here to the block's end.
+    if (hi <= lo) continue;
+    if (loc.kind == BlockLocation::Kind::kLive) {
       if (live_hi == lo) {
         live_hi = hi;
       } else {
@@ -380,17 +478,16 @@ int SnapshotView::Read(uint64_t node, uint64_t fh, size_t size, off_t off, std::
       continue;
     }
     if (int r = flush_live(); r != 0) return r;
-    if (loc.value().kind == BlockLocation::Kind::kZero) continue;
-    const uint64_t len = loc.value().length;
+    if (loc.kind == BlockLocation::Kind::kZero) continue;
+    const uint64_t len = loc.length;
     if (lo == b * bs && hi - lo == len) {
-      if (cow_store::Status s = cow_->store().ReadBlock(loc.value(), out->data() + (lo - start));
-          !s.ok()) {
+      if (cow_store::Status s = cow_->store().ReadBlock(loc, out->data() + (lo - start)); !s.ok()) {
         return ErrnoOf(s);
       }
       continue;
     }
     block.resize(len);
-    if (cow_store::Status s = cow_->store().ReadBlock(loc.value(), block.data()); !s.ok()) {
+    if (cow_store::Status s = cow_->store().ReadBlock(loc, block.data()); !s.ok()) {
       return ErrnoOf(s);
     }
     const uint64_t from = lo - b * bs;
@@ -402,7 +499,21 @@ int SnapshotView::Read(uint64_t node, uint64_t fh, size_t size, off_t off, std::
   return flush_live();
 }
 
+int XattrNameError(const char* name) {
+  static constexpr const char* kPrefixes[] = {"user.", "trusted.", "security."};
+  for (const char* p : kPrefixes) {
+    const size_t n = std::strlen(p);
+    if (std::strncmp(name, p, n) == 0) return name[n] == '\0' ? -EINVAL : 0;
+  }
+  if (std::strcmp(name, "system.posix_acl_access") == 0 ||
+      std::strcmp(name, "system.posix_acl_default") == 0) {
+    return 0;
+  }
+  return -EOPNOTSUPP;
+}
+
 int SnapshotView::GetXattr(uint64_t node, const char* name, size_t size, std::string* value) {
+  if (int r = XattrNameError(name); r != 0) return r;
   std::shared_lock lock(snapshots_mutex_);
   std::shared_ptr<Node> n = FindLive(node);
   if (!n) return -ESTALE;
@@ -418,20 +529,17 @@ int SnapshotView::GetXattr(uint64_t node, const char* name, size_t size, std::st
   return -ENODATA;
 }
 
-int SnapshotView::ListXattr(uint64_t node, size_t size, std::string* list) {
+int SnapshotView::ListXattr(uint64_t node, std::string* list) {
   std::shared_lock lock(snapshots_mutex_);
   std::shared_ptr<Node> n = FindLive(node);
   if (!n) return -ESTALE;
   InodeMeta meta;
   if (int r = Resolve(*n, true, &meta); r != 0) return r;
-  std::string all;
+  list->clear();
   for (const auto& [k, v] : meta.xattrs) {
-    all.append(k);
-    all.push_back('\0');
+    list->append(k);
+    list->push_back('\0');
   }
-  if (size == 0) return static_cast<int>(all.size());
-  if (all.size() > size) return -ERANGE;
-  *list = std::move(all);
   return static_cast<int>(list->size());
 }
 

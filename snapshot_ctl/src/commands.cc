@@ -29,6 +29,8 @@ constexpr char kTopHelp[] =
     "  snapshot delete SNAPSHOT...                   delete snapshots, free their blocks\n"
     "  snapshot hold SNAPSHOT [--reason TEXT]        keep a snapshot from deletion\n"
     "  snapshot release SNAPSHOT                     undo a hold\n"
+    "  snapshot clone SNAPSHOT                       make a snapshot writable (auto-recovery)\n"
+    "  snapshot freeze SNAPSHOT                      make its clone read-only for good\n"
     "  retention show | set [--keep-last N] [--days D] | apply [--dry-run]\n"
     "                                                the volume's retention policy\n"
     "  df                                            space used by snapshots\n"
@@ -53,7 +55,8 @@ constexpr char kTopHelp[] =
     "6 already exists, 7 FSRVP error (set commands).\n";
 
 constexpr char kSnapshotHelp[] =
-    "Usage: vssctl [-m MOUNT] [--json] snapshot create|list|show|delete ...\n"
+    "Usage: vssctl [-m MOUNT] [--json] snapshot create|list|show|delete|hold|release|\n"
+    "                                           clone|freeze ...\n"
     "\n"
     "  create [--name NAME] [--guid GUID]\n"
     "      Takes a snapshot of the whole volume: flushes writes that completed\n"
@@ -66,7 +69,19 @@ constexpr char kSnapshotHelp[] =
     "  show SNAPSHOT\n"
     "      One snapshot's id, name, GUID, creation time and state.\n"
     "  delete SNAPSHOT...\n"
-    "      Deletes snapshots; blocks no other snapshot needs are freed.\n";
+    "      Deletes snapshots; blocks no other snapshot needs are freed (a clone's\n"
+    "      too). A held snapshot is refused (exit 1) until released.\n"
+    "  hold SNAPSHOT [--reason TEXT] | release SNAPSHOT\n"
+    "      Keeps a snapshot from deletion, by hand or by retention; undoes that.\n"
+    "  clone SNAPSHOT\n"
+    "      Gives the snapshot a writable clone (Remote VSS auto-recovery): from now\n"
+    "      on MOUNT/.snapshot/NAME takes writes, creates, deletes, renames, truncates\n"
+    "      and xattr changes. They are kept in the block store and seen only there:\n"
+    "      the live tree and other snapshots do not change. Exit 6 if it has one.\n"
+    "  freeze SNAPSHOT\n"
+    "      Makes the clone read-only for good: every write fails with EROFS, for\n"
+    "      root and through descriptors opened before. What backups then read is\n"
+    "      the snapshot's instant plus the recovery changes.\n";
 
 constexpr char kDfHelp[] =
     "Usage: vssctl [-m MOUNT] [--json] df\n"
@@ -114,6 +129,18 @@ std::string Pad(const std::string& s, size_t n) {
   return s.size() >= n ? s + " " : s + std::string(n - s.size(), ' ');
 }
 
+const char* CloneName(cow_store::CloneState c) {
+  switch (c) {
+    case cow_store::CloneState::kWritable:
+      return "writable";
+    case cow_store::CloneState::kFrozen:
+      return "frozen";
+    case cow_store::CloneState::kNone:
+      break;
+  }
+  return "none";
+}
+
 std::string SnapshotJson(const SnapshotInfo& s) {
   char id[32];
   std::snprintf(id, sizeof id, "%" PRIu64, s.id);
@@ -122,7 +149,8 @@ std::string SnapshotJson(const SnapshotInfo& s) {
          ",\"created\":" + JsonString(FormatTime(s.created_ns)) +
          ",\"created_ns\":" + std::to_string(s.created_ns) +
          ",\"intact\":" + (s.intact ? "true" : "false") + ",\"damage\":" + JsonString(s.damage) +
-         ",\"hold\":" + JsonString(s.hold) + "}";
+         ",\"hold\":" + JsonString(s.hold) + ",\"clone\":" + JsonString(CloneName(s.clone)) +
+         ",\"frozen\":" + JsonString(s.frozen_ns != 0 ? FormatTime(s.frozen_ns) : "") + "}";
 }
 
 CommandResult Fail(int code, const std::string& message) {
@@ -268,6 +296,18 @@ CommandResult RunCommand(Volume& volume, const std::vector<std::string>& all_arg
   const std::string& cmd = args[0];
   const std::string sub = args.size() > 1 ? args[1] : "";
 
+  if (cmd == "snapshot" && (sub == "clone" || sub == "freeze")) {
+    if (args.size() != 3) return Fail(kExitUsage, "usage: snapshot " + sub + " SNAPSHOT");
+    Result<SnapshotInfo> snap =
+        sub == "clone" ? volume.CloneSnapshot(args[2]) : volume.FreezeSnapshot(args[2]);
+    if (!snap.ok()) return FromStatus(snap.status());
+    const std::string path = volume.MountPoint() + "/.snapshot/" + snap.value().name;
+    r.out = json ? SnapshotJson(snap.value()) + "\n"
+                 : (sub == "clone" ? "writable clone of " + snap.value().name + " at\n  " + path
+                                   : "froze " + snap.value().name + " (read-only for good)") +
+                       "\n";
+    return r;
+  }
   if (cmd == "snapshot" && (sub == "hold" || sub == "release")) {
     if (args.size() < 3) return Fail(kExitUsage, "usage: snapshot " + sub + " SNAPSHOT");
     std::string reason = sub == "hold" ? "held by the administrator" : "";
@@ -427,9 +467,13 @@ CommandResult RunCommand(Volume& volume, const std::vector<std::string>& all_arg
     }
     r.out = Pad("ID", 6) + Pad("NAME", 26) + Pad("CREATED", 24) + Pad("GUID", 38) + "STATE\n";
     for (const SnapshotInfo& s : all.value()) {
-      r.out += Pad(std::to_string(s.id), 6) + Pad(s.name, 26) + Pad(FormatTime(s.created_ns), 24) +
-               Pad(s.guid.ToString(), 38) + (s.intact ? "ok" : "DAMAGED") +
-               (s.hold.empty() ? "" : ", held") + "\n";
+      r.out +=
+          Pad(std::to_string(s.id), 6) + Pad(s.name, 26) + Pad(FormatTime(s.created_ns), 24) +
+          Pad(s.guid.ToString(), 38) + (s.intact ? "ok" : "DAMAGED") +
+          (s.hold.empty() ? "" : ", held") +
+          (s.clone == cow_store::CloneState::kNone ? ""
+                                                   : std::string(", clone ") + CloneName(s.clone)) +
+          "\n";
     }
     return r;
   }
@@ -447,7 +491,11 @@ CommandResult RunCommand(Volume& volume, const std::vector<std::string>& all_arg
               "\nguid:     " + s.value().guid.ToString() +
               "\ncreated:  " + FormatTime(s.value().created_ns) + "\npath:     " + path +
               "\nstate:    " + (s.value().intact ? "ok" : "DAMAGED: " + s.value().damage) +
-              "\nhold:     " + (s.value().hold.empty() ? "none" : s.value().hold) + "\n";
+              "\nhold:     " + (s.value().hold.empty() ? "none" : s.value().hold) +
+              "\nclone:    " + CloneName(s.value().clone) +
+              (s.value().frozen_ns != 0 ? " (frozen " + FormatTime(s.value().frozen_ns) + ")"
+                                        : std::string()) +
+              "\n";
     }
     return r;
   }

@@ -2571,6 +2571,18 @@ int MakeWorkspaces(const Options& o, std::array<Side, 2>* side) {
     Print("difftest: DIR_A and DIR_B are the same directory\n");
     return kExitUsage;
   }
+  if (!o.reuse.empty()) {
+    for (int s = 0; s < 2; ++s) {
+      Side& sd = (*side)[s];
+      sd.root = dirs[s] + "/" + o.reuse;
+      sd.dir.reset(open(sd.root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (!sd.dir) {
+        Print(StrPrintf("difftest: --reuse %s: %s\n", sd.root.c_str(), strerror(errno)));
+        return kExitUsage;
+      }
+    }
+    return kExitPass;
+  }
   std::string name = StrPrintf("dt-%llu", static_cast<unsigned long long>(o.seed));
   for (int n = 1;; ++n) {
     struct stat st;
@@ -2625,6 +2637,9 @@ std::string Usage() {
          "                  snapshot with its model at every check\n"
          "  --snapshot-percent P  chance of a snapshot per check (default 40)\n"
          "  --models DIR    where models are kept (default DIR_A/dt-<seed>-models)\n"
+         "  --reuse NAME    run in the existing identical workspaces DIR_A/NAME and\n"
+         "                  DIR_B/NAME (a snapshot model and its writable clone); no\n"
+         "                  fixture, nothing removed afterwards\n"
          "  --keep-snapshots  leave snapshots and models (for --verify-snapshots)\n"
          "  --verify-snapshots --mount MNT --models DIR\n"
          "                  only compare the kept snapshots with their models\n"
@@ -2650,7 +2665,7 @@ ParseResult ParseArgs(const std::vector<std::string>& args, Options* o, std::str
                              arg == "--uid" || arg == "--gid" || arg == "--groups" ||
                              arg == "--check-every" || arg == "--stall-timeout" ||
                              arg == "--exclude-ops" || arg == "--vssctl" || arg == "--mount" ||
-                             arg == "--models" || arg == "--snapshot-percent";
+                             arg == "--models" || arg == "--snapshot-percent" || arg == "--reuse";
     const size_t eq = arg.find('=');
     if (arg.rfind("--", 0) == 0 && eq != std::string::npos) {
       value = arg.substr(eq + 1);
@@ -2674,6 +2689,12 @@ ParseResult ParseArgs(const std::vector<std::string>& args, Options* o, std::str
       o->mount = value;
     } else if (arg == "--models") {
       o->models = value;
+    } else if (arg == "--reuse") {
+      if (value.empty() || value.find('/') != std::string::npos || value == "." || value == "..") {
+        *error = "--reuse needs a directory name";
+        return ParseResult::kError;
+      }
+      o->reuse = value;
     } else if (arg == "--snapshot-percent") {
       if (!number(arg, value, &n) || n > 100) return ParseResult::kError;
       o->snapshot_percent = static_cast<unsigned>(n);
@@ -2812,7 +2833,7 @@ int RunDifftest(const Options& options_in) {
     keep_note();
     Print("difftest: FAIL, rerun with " + RerunHint(options) + "\n");
   };
-  {
+  if (options.reuse.empty()) {
     FixtureMaker fixture(&side, ids);
     for (int i = 0; i < options.threads; ++i) {
       if (!fixture.Make(StrPrintf("t%d", i))) {
@@ -2925,7 +2946,7 @@ int RunDifftest(const Options& options_in) {
   if (!checker.have_btime() && options.verbose) {
     Print("difftest: note: A has no birth times; inode-number stability was not checked\n");
   }
-  if (!options.keep) {
+  if (!options.keep && options.reuse.empty()) {
     side[0].dir.reset();
     side[1].dir.reset();
     RemoveTree(side[0].root);

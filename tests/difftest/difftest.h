@@ -58,10 +58,14 @@ struct Options {
   // its model at every check.
   std::string vssctl;
   std::string mount;
-  std::string models;               // model copies; default DIR_A/dt-<seed>-models
-  unsigned snapshot_percent = 40;   // chance per check of taking a snapshot
-  bool keep_snapshots = false;      // leave snapshots and models for --verify-snapshots
-  bool verify_only = false;         // --verify-snapshots: compare existing ones, run nothing
+  std::string models;              // model copies; default DIR_A/dt-<seed>-models
+  unsigned snapshot_percent = 40;  // chance per check of taking a snapshot
+  bool keep_snapshots = false;     // leave snapshots and models for --verify-snapshots
+  bool verify_only = false;        // --verify-snapshots: compare existing ones, run nothing
+  // --reuse NAME: run in the existing, identical workspaces DIR_A/NAME and
+  // DIR_B/NAME (e.g. a snapshot's model and its writable clone) instead of
+  // new ones; no fixture is made and nothing is removed afterwards.
+  std::string reuse;
 };
 
 enum class ParseResult { kOk, kHelp, kError };

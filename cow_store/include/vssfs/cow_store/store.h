@@ -205,7 +205,8 @@ class CloneChange {
   void PutInode(Ino ino, CloneInode inode) {
     ops_.push_back(Op{Op::kPutInode, ino, 0, std::move(inode), {}, {}, {}});
   }
-  // Drops the object's record and every block the clone has for it.
+  // Drops the object's record and every block (and, for a directory, the
+  // listing) the clone has for it.
   void DeleteInode(Ino ino) { ops_.push_back(Op{Op::kDeleteInode, ino, 0, {}, {}, {}, {}}); }
   // Replaces directory `dir`'s listing in the clone with `entries`.
   void PutListing(Ino dir, std::vector<DirEntry> entries) {

@@ -45,6 +45,14 @@ class Volume {
   virtual cow_store::Result<cow_store::SnapshotInfo> CreateSnapshot(
       const std::string& name, std::optional<cow_store::Guid> guid) = 0;
   virtual cow_store::Result<cow_store::GcResult> DeleteSnapshot(const std::string& key) = 0;
+  // Gives a snapshot a writable clone (auto-recovery): from now on
+  // MOUNT/.snapshot/<name> takes writes, kept in the block store. Errors:
+  // ENOENT, EEXIST (it has one, writable or frozen).
+  virtual cow_store::Result<cow_store::SnapshotInfo> CloneSnapshot(const std::string& key) = 0;
+  // Freezes a snapshot's clone for good (idempotent): every write path,
+  // root's and already open descriptors' included, fails with EROFS once
+  // this returns. Errors: ENOENT, EINVAL (no clone).
+  virtual cow_store::Result<cow_store::SnapshotInfo> FreezeSnapshot(const std::string& key) = 0;
   // Deletes the snapshots the retention policy no longer keeps (names
   // returned), or with `dry_run` only lists them. Also run after each
   // snapshot is taken.
