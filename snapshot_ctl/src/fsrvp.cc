@@ -86,6 +86,8 @@ const char* FsrvpErrorName(FsrvpError e) {
       return "E_ACCESSDENIED";
     case FsrvpError::kInvalidArg:
       return "E_INVALIDARG";
+    case FsrvpError::kUnexpected:
+      return "E_UNEXPECTED";
   }
   return "E_FAIL";
 }

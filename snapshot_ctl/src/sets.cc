@@ -156,6 +156,26 @@ void ReleaseHolds(const ShadowCopySet& s, std::string* err) {
   }
 }
 
+// Freezes the writable clones of an auto-recovery set: every copy read-only
+// for good. Returns false (with *err) when a volume could not be frozen.
+bool Freeze(const ShadowCopySet& s, std::string* err) {
+  if (!AutoRecovery(s.context)) return true;
+  std::map<std::string, std::string> snaps;
+  for (const ShadowCopy& c : s.copies) {
+    if (!c.snapshot.empty()) snaps[c.volume] = c.snapshot;
+  }
+  bool ok = true;
+  for (const auto& [volume, snap] : snaps) {
+    Result<CommandResult> r = Daemon(volume, {"snapshot", "freeze", snap});
+    if (!r.ok() || r.value().exit_code != 0) {
+      *err += "vssctl: cannot freeze snapshot " + snap + " of " + volume + ": " +
+              (r.ok() ? r.value().err : r.status().message() + "\n");
+      ok = false;
+    }
+  }
+  return ok;
+}
+
 // Deletes the snapshots a removed set had taken (best effort, reported).
 void CleanUp(const ShadowCopySet& s, std::string* err) {
   std::map<std::string, std::string> snaps;  // volume -> snapshot
@@ -213,11 +233,6 @@ Result<Guid> SetArg(const std::vector<std::string>& args, size_t i) {
 
 // The operations, on a loaded machine. Each returns the FSRVP outcome.
 FsrvpStatus DoStart(FsrvpMachine& m, uint32_t context, Guid* id) {
-  if (AutoRecovery(context)) {
-    return FsrvpStatus::Error(FsrvpError::kUnsupportedContext,
-                              "writable auto-recovery shadow copies are not available yet in "
-                              "this vssfs; use a context without +auto-recovery");
-  }
   const int64_t now = NowNs();
   const std::string client = "vssctl-" + std::to_string(getpid());
   FsrvpStatus s = m.SetContext(context, client, now, nullptr);
@@ -317,6 +332,19 @@ FsrvpStatus DoCommit(FsrvpMachine& m, const Guid& set, std::string* err) {
     }
     taken[c.volume] = out.substr(at + 8, end - at - 8);
   }
+  // Auto-recovery: each snapshot gets its writable clone, where the
+  // requestor's writers recover before RecoveryComplete freezes it.
+  if (ok && AutoRecovery(sc->context)) {
+    for (const auto& [volume, snap] : taken) {
+      Result<CommandResult> r = Daemon(volume, {"snapshot", "clone", snap});
+      if (!r.ok() || r.value().exit_code != 0) {
+        ok = false;
+        why = volume + ": cannot make snapshot " + snap +
+              " writable: " + (r.ok() ? r.value().err : r.status().message());
+        break;
+      }
+    }
+  }
   std::vector<std::string> names;
   if (ok) {
     for (const ShadowCopy& c : sc->copies) names.push_back(taken[c.volume]);
@@ -366,17 +394,20 @@ std::string SetHelp() {
          "  set prepare SET                  PrepareShadowCopySet\n"
          "  set commit SET                   take the shadow copies (one snapshot per volume)\n"
          "  set expose SET                   expose them (prints each shadow copy's path)\n"
-         "  set recovery-complete SET        end recovery; the copies are read-only\n"
+         "  set recovery-complete SET        end recovery: auto-recovery copies are frozen\n"
+         "                                   read-only for good (EROFS, also for open files)\n"
          "  set abort SET                    abort a set not yet recovered (drops its snapshots)\n"
          "  set delete SET [--delete-snapshots]\n"
          "                                   remove the exposure; snapshots are kept unless asked\n"
          "  set list | set show SET\n"
-         "  set create-expose --context CTX [--strict] PATH...\n"
+         "  set create-expose --context CTX [--auto-recovery] [--strict] PATH...\n"
          "                                   start, add, prepare, commit and expose in one go\n"
          "\n"
          "CTX: backup (0x0), file-share-backup (0x10), nas-rollback (0x19), app-rollback (0x9),\n"
-         "optionally +no-auto-recovery; or a number. +auto-recovery (writable clones) is not\n"
-         "available yet.\n"
+         "optionally +auto-recovery or +no-auto-recovery; or a number. With auto-recovery\n"
+         "(or --auto-recovery), commit gives every shadow copy a writable clone at its path\n"
+         "(MOUNT/.snapshot/NAME/...): writes go to the block store, seen only there, until\n"
+         "recovery-complete (or set delete) freezes it. Without, copies are read-only.\n"
          "\n"
          "State: $VSSFS_STATE_DIR (default /var/lib/vssfs)/fsrvp.state; the message sequence\n"
          "timer (180 s, 1800 s after add, prepare and get-mapping) aborts stalled sets, checked\n"
@@ -476,8 +507,15 @@ CommandResult RunSetCommand(const std::vector<std::string>& args, bool json) {
     } else if (sub == "expose") {
       st = DoExpose(m, id);
     } else if (sub == "recovery-complete") {
-      // Without auto-recovery the copies are read-only from the start.
-      st = m.RecoveryComplete(id, NowNs());
+      // Without auto-recovery the copies are read-only from the start; with
+      // it, they are frozen first (the state changes only once they are).
+      const ShadowCopySet* s = m.Find(id);
+      if (s != nullptr && s->state == SetState::kExposed && !Freeze(*s, &r.err)) {
+        st = FsrvpStatus::Error(FsrvpError::kUnexpected,
+                                "the shadow copies could not all be made read-only");
+      } else {
+        st = m.RecoveryComplete(id, NowNs());
+      }
     } else if (sub == "abort") {
       ShadowCopySet removed;
       st = m.Abort(id, NowNs(), &removed);
@@ -516,7 +554,9 @@ CommandResult RunSetCommand(const std::vector<std::string>& args, bool json) {
         if (delete_snapshots) {
           CleanUp(copy, &r.err);
         } else {
-          ReleaseHolds(copy, &r.err);  // Kept as backups, under the retention policy.
+          // Kept as backups, frozen, under the retention policy.
+          (void)Freeze(copy, &r.err);
+          ReleaseHolds(copy, &r.err);
         }
         r.out =
             json ? "{\"deleted\":" + JsonString(copy.id.ToString()) +

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -114,9 +115,6 @@ TEST_CASE("vssctl set: the FSRVP sequence over two volumes", "[snapshot_ctl][set
   CHECK_THAT(out, Catch::Contains("snapshots are kept"));
   CHECK(Vssctl({"set", "show", set}, &out) == 3);
   REQUIRE(Vssctl({"-m", v1.mnt, "snapshot", "show", snap1}, &out) == 0);
-  // Writable clones are not there yet: auto-recovery is refused clearly.
-  CHECK(Vssctl({"set", "start", "--context", "backup+auto-recovery"}, &out) == 7);
-  CHECK_THAT(out, Catch::Contains("FSRVP_E_UNSUPPORTED_CONTEXT"));
   CHECK(Vssctl({"set", "start", "--context", "sideways"}, &out) == 2);
   REQUIRE(m1.Unmount() == 0);
   REQUIRE(m2.Unmount() == 0);
@@ -295,4 +293,99 @@ TEST_CASE("vssctl set: a share failing the structure check is warned about or re
                  &out) == 0);
   CHECK_THAT(out, Catch::Contains("warning") && Catch::Contains("fails the structure check"));
   REQUIRE(m.Unmount() == 0);
+}
+
+TEST_CASE("vssctl set: auto-recovery clones take writes, recovery-complete freezes them for good",
+          "[snapshot_ctl][sets][clone]") {
+  REQUIRE(geteuid() == 0);
+  TempDir state;
+  StateEnv env(state.path());
+  VolumeDirs v1, v2;
+  ScopedMount m1(v1.backing, v1.mnt), m2(v2.backing, v2.mnt);
+  for (const std::string& d : {v1.mnt + "/share1", v2.mnt + "/share3"}) {
+    REQUIRE(mkdir(d.c_str(), 0755) == 0);
+  }
+  Write(v1.mnt + "/share1/vm.vhdx", "before");
+  Write(v1.mnt + "/share1/old.avhdx", "to be merged");
+  Write(v2.mnt + "/share3/db.mdf", "db before");
+  std::string out;
+  REQUIRE(Vssctl({"--json", "set", "create-expose", "--context", "backup", "--auto-recovery",
+                  v1.mnt + "/share1", v2.mnt + "/share3"},
+                 &out) == 0);
+  const std::string set = Field(out, "id");
+  CHECK(Field(out, "state") == "Exposed");
+  CHECK(Field(out, "context") == "backup+auto-recovery");
+  const std::string snap1 = Field(out, "snapshot");
+  const std::string clone1 = v1.mnt + "/.snapshot/" + snap1 + "/share1";
+  const size_t third = out.find(v2.mnt + "/.snapshot/");
+  REQUIRE(third != std::string::npos);
+  const std::string clone3 = out.substr(third, out.find('"', third) - third);
+  Write(v1.mnt + "/share1/vm.vhdx", "live after");
+
+  // The requestor's writers recover in the clones: every kind of change.
+  Write(clone1 + "/vm.vhdx", "recovered");
+  Write(clone1 + "/journal.tmp", "replayed");
+  REQUIRE(rename((clone1 + "/journal.tmp").c_str(), (clone1 + "/journal.log").c_str()) == 0);
+  REQUIRE(unlink((clone1 + "/old.avhdx").c_str()) == 0);
+  REQUIRE(mkdir((clone1 + "/Snapshots").c_str(), 0755) == 0);
+  REQUIRE(truncate((clone3 + "/db.mdf").c_str(), 2) == 0);
+  REQUIRE(setxattr((clone3 + "/db.mdf").c_str(), "user.DOSATTRIB", "A", 1, 0) == 0);
+  CHECK(ReadFile(clone1 + "/vm.vhdx") == "recovered");
+  CHECK(ReadFile(clone3 + "/db.mdf") == "db");
+  // Only there: the live tree keeps its own state.
+  CHECK(ReadFile(v1.mnt + "/share1/vm.vhdx") == "live after");
+  CHECK(ReadFile(v1.mnt + "/share1/old.avhdx") == "to be merged");
+  CHECK(access((v1.mnt + "/share1/journal.log").c_str(), F_OK) != 0);
+  CHECK(ReadFile(v2.mnt + "/share3/db.mdf") == "db before");
+  // A descriptor opened before the freeze.
+  const int early = open((clone1 + "/journal.log").c_str(), O_WRONLY | O_APPEND);
+  REQUIRE(early >= 0);
+  REQUIRE(write(early, "+1", 2) == 2);
+
+  REQUIRE(Vssctl({"--json", "set", "recovery-complete", set}, &out) == 0);
+  CHECK(Field(out, "state") == "Recovered");
+  // Frozen: EROFS on every write path, for root and for the early descriptor.
+  errno = 0;
+  CHECK(write(early, "+2", 2) == -1);
+  CHECK(errno == EROFS);
+  close(early);
+  auto erofs = [](int rc) { return rc != 0 && errno == EROFS; };
+  CHECK(open((clone1 + "/vm.vhdx").c_str(), O_WRONLY) == -1);
+  CHECK(errno == EROFS);
+  CHECK(erofs(unlink((clone1 + "/vm.vhdx").c_str())));
+  CHECK(erofs(mkdir((clone1 + "/more").c_str(), 0755)));
+  CHECK(erofs(truncate((clone3 + "/db.mdf").c_str(), 0)));
+  CHECK(erofs(chmod((clone3 + "/db.mdf").c_str(), 0600)));
+  CHECK(erofs(setxattr((clone3 + "/db.mdf").c_str(), "user.x", "1", 1, 0)));
+  CHECK(erofs(rename((clone1 + "/vm.vhdx").c_str(), (clone1 + "/vm2.vhdx").c_str())));
+  // What backups read: the instant plus the recovery.
+  CHECK(ReadFile(clone1 + "/vm.vhdx") == "recovered");
+  CHECK(ReadFile(clone1 + "/journal.log") == "replayed+1");
+  CHECK(access((clone1 + "/old.avhdx").c_str(), F_OK) != 0);
+  REQUIRE(Vssctl({"-m", v1.mnt, "--json", "snapshot", "show", snap1}, &out) == 0);
+  CHECK(Field(out, "clone") == "frozen");
+
+  // Deleting the exposure keeps the frozen snapshots; they survive a
+  // remount and the stores check clean.
+  REQUIRE(Vssctl({"set", "delete", set}, &out) == 0);
+  REQUIRE(m1.Unmount() == 0);
+  ScopedMount again(v1.backing, v1.mnt);
+  CHECK(ReadFile(clone1 + "/vm.vhdx") == "recovered");
+  CHECK(open((clone1 + "/vm.vhdx").c_str(), O_WRONLY) == -1);
+  CHECK(errno == EROFS);
+  REQUIRE(Vssctl({"-m", v1.mnt, "fsck"}, &out) == 0);
+
+  // A set deleted without recovery-complete is frozen too.
+  Write(v1.mnt + "/share1/vm.vhdx", "second");
+  REQUIRE(Vssctl({"--json", "set", "create-expose", "--context", "file-share-backup",
+                  "--auto-recovery", v1.mnt + "/share1"},
+                 &out) == 0);
+  const std::string set2 = Field(out, "id");
+  const std::string clone2 = v1.mnt + "/.snapshot/" + Field(out, "snapshot") + "/share1";
+  Write(clone2 + "/vm.vhdx", "second recovered");
+  REQUIRE(Vssctl({"set", "delete", set2}, &out) == 0);
+  CHECK(erofs(truncate((clone2 + "/vm.vhdx").c_str(), 0)));
+  CHECK(ReadFile(clone2 + "/vm.vhdx") == "second recovered");
+  REQUIRE(again.Unmount() == 0);
+  REQUIRE(m2.Unmount() == 0);
 }

@@ -58,6 +58,7 @@ enum class FsrvpError : uint32_t {
   kWaitFailed = 0xFFFFFFFF,
   kAccessDenied = 0x80070005,
   kInvalidArg = 0x80070057,
+  kUnexpected = 0x8000FFFF,  // E_UNEXPECTED: a provider failure (e.g. a freeze).
 };
 // "FSRVP_E_BAD_STATE" etc.
 const char* FsrvpErrorName(FsrvpError e);
