@@ -202,34 +202,26 @@ struct CloneInode {
 // else reads as the snapshot shows it. Data is copied in.
 class CloneChange {
  public:
-  void PutInode(Ino ino, CloneInode inode) {
-    ops_.push_back(Op{Op::kPutInode, ino, 0, std::move(inode), {}, {}, {}});
-  }
+  void PutInode(Ino ino, CloneInode inode) { Add(Op::kPutInode, ino).inode = std::move(inode); }
   // Drops the object's record and every block (and, for a directory, the
   // listing) the clone has for it.
-  void DeleteInode(Ino ino) { ops_.push_back(Op{Op::kDeleteInode, ino, 0, {}, {}, {}, {}}); }
+  void DeleteInode(Ino ino) { Add(Op::kDeleteInode, ino); }
   // Replaces directory `dir`'s listing in the clone with `entries`.
   void PutListing(Ino dir, std::vector<DirEntry> entries) {
-    ops_.push_back(Op{Op::kPutListing, dir, 0, {}, std::move(entries), {}, {}});
+    Add(Op::kPutListing, dir).entries = std::move(entries);
   }
   // Adds or replaces one entry of a listing the clone has.
   void PutEntry(Ino dir, DirEntry entry) {
-    std::vector<DirEntry> one;
-    one.push_back(std::move(entry));
-    ops_.push_back(Op{Op::kPutEntry, dir, 0, {}, std::move(one), {}, {}});
+    Add(Op::kPutEntry, dir).entries.push_back(std::move(entry));
   }
-  void DeleteEntry(Ino dir, std::string name) {
-    ops_.push_back(Op{Op::kDeleteEntry, dir, 0, {}, {}, std::move(name), {}});
-  }
+  void DeleteEntry(Ino dir, std::string name) { Add(Op::kDeleteEntry, dir).name = std::move(name); }
   // `data`: the block's new content (block_size() bytes, fewer at the end
   // of the file).
   void PutBlock(Ino ino, uint64_t block, std::string_view data) {
-    ops_.push_back(Op{Op::kPutBlock, ino, block, {}, {}, {}, std::string(data)});
+    Add(Op::kPutBlock, ino, block).data.assign(data);
   }
   // Drops the clone's blocks of `ino` numbered `first_block` and up.
-  void DropBlocks(Ino ino, uint64_t first_block) {
-    ops_.push_back(Op{Op::kDropBlocks, ino, first_block, {}, {}, {}, {}});
-  }
+  void DropBlocks(Ino ino, uint64_t first_block) { Add(Op::kDropBlocks, ino, first_block); }
   bool empty() const { return ops_.empty(); }
 
  private:
@@ -244,14 +236,21 @@ class CloneChange {
       kPutBlock,
       kDropBlocks
     };
-    Kind kind;
-    Ino ino;
-    uint64_t block;
+    Kind kind = kPutInode;
+    Ino ino = 0;
+    uint64_t block = 0;
     CloneInode inode;
     std::vector<DirEntry> entries;
     std::string name;
     std::string data;
   };
+  Op& Add(Op::Kind kind, Ino ino, uint64_t block = 0) {
+    Op& op = ops_.emplace_back();
+    op.kind = kind;
+    op.ino = ino;
+    op.block = block;
+    return op;
+  }
   std::vector<Op> ops_;
 };
 
