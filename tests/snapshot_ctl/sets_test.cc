@@ -389,3 +389,61 @@ TEST_CASE("vssctl set: auto-recovery clones take writes, recovery-complete freez
   REQUIRE(again.Unmount() == 0);
   REQUIRE(m2.Unmount() == 0);
 }
+
+TEST_CASE("vssctl set: kill -9 of the daemon after commit and after expose leaves a usable set",
+          "[snapshot_ctl][sets][clone][crash]") {
+  REQUIRE(geteuid() == 0);
+  TempDir state;
+  StateEnv env(state.path());
+  VolumeDirs v;
+  auto mount = std::make_unique<ScopedMount>(v.backing, v.mnt);
+  REQUIRE(mkdir((v.mnt + "/share").c_str(), 0755) == 0);
+  Write(v.mnt + "/share/db.mdf", "committed page");
+  std::string out;
+  REQUIRE(Vssctl({"--json", "set", "start", "--context", "app-rollback+auto-recovery"}, &out) == 0);
+  const std::string set = Field(out, "id");
+  REQUIRE(Vssctl({"set", "add", set, v.mnt + "/share"}, &out) == 0);
+  REQUIRE(Vssctl({"set", "prepare", set}, &out) == 0);
+  REQUIRE(Vssctl({"--json", "set", "commit", set}, &out) == 0);
+  const std::string snap = Field(out, "snapshot");
+  REQUIRE_FALSE(snap.empty());
+  const std::string copy = v.mnt + "/.snapshot/" + snap + "/share";
+
+  // Crash between commit and expose: the set stays Committed (MS-FSRVP
+  // allows expose, abort or the timer from there) and its clone writable.
+  mount->Kill();
+  mount = std::make_unique<ScopedMount>(v.backing, v.mnt);
+  REQUIRE(Vssctl({"--json", "set", "show", set}, &out) == 0);
+  CHECK(Field(out, "state") == "Committed");
+  REQUIRE(Vssctl({"--json", "set", "expose", set}, &out) == 0);
+  CHECK(Field(out, "state") == "Exposed");
+  Write(copy + "/db.mdf", "rolled back page");
+  Write(copy + "/recovery.log", "done");
+
+  // Crash between expose and recovery-complete: the recovery writes were
+  // durable when they returned, the set is still Exposed.
+  mount->Kill();
+  mount = std::make_unique<ScopedMount>(v.backing, v.mnt);
+  REQUIRE(Vssctl({"--json", "set", "show", set}, &out) == 0);
+  CHECK(Field(out, "state") == "Exposed");
+  CHECK(ReadFile(copy + "/db.mdf") == "rolled back page");
+  CHECK(ReadFile(copy + "/recovery.log") == "done");
+  CHECK(ReadFile(v.mnt + "/share/db.mdf") == "committed page");
+  REQUIRE(Vssctl({"-m", v.mnt, "fsck"}, &out) == 0);
+  REQUIRE(Vssctl({"--json", "set", "recovery-complete", set}, &out) == 0);
+  CHECK(Field(out, "state") == "Recovered");
+  errno = 0;
+  CHECK(open((copy + "/db.mdf").c_str(), O_WRONLY) == -1);
+  CHECK(errno == EROFS);
+
+  // And after a crash once frozen, it stays frozen.
+  mount->Kill();
+  mount = std::make_unique<ScopedMount>(v.backing, v.mnt);
+  CHECK(open((copy + "/db.mdf").c_str(), O_WRONLY) == -1);
+  CHECK(errno == EROFS);
+  CHECK(ReadFile(copy + "/db.mdf") == "rolled back page");
+  INFO(out);
+  REQUIRE(Vssctl({"-m", v.mnt, "fsck"}, &out) == 0);
+  REQUIRE(Vssctl({"set", "delete", set}, &out) == 0);
+  REQUIRE(mount->Unmount() == 0);
+}
