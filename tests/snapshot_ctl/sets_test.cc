@@ -447,3 +447,46 @@ TEST_CASE("vssctl set: kill -9 of the daemon after commit and after expose leave
   REQUIRE(Vssctl({"set", "delete", set}, &out) == 0);
   REQUIRE(mount->Unmount() == 0);
 }
+
+TEST_CASE("vssctl set: 64 shares in one set, one instant; a 65th is refused",
+          "[snapshot_ctl][sets]") {
+  REQUIRE(geteuid() == 0);
+  TempDir state;
+  StateEnv env(state.path());
+  VolumeDirs v;
+  ScopedMount m(v.backing, v.mnt);
+  std::vector<std::string> args = {"--json", "set", "create-expose", "--context",
+                                   "file-share-backup"};
+  for (int i = 0; i < 65; ++i) {
+    const std::string d = v.mnt + "/share" + std::to_string(i);
+    REQUIRE(mkdir(d.c_str(), 0755) == 0);
+    Write(d + "/vm.vhdx", "disk " + std::to_string(i));
+    if (i < 64) args.push_back(d);
+  }
+  std::string out;
+  REQUIRE(Vssctl(args, &out) == 0);
+  const std::string set = Field(out, "id");
+  size_t copies = 0;
+  for (size_t at = out.find("\"share\":"); at != std::string::npos;
+       at = out.find("\"share\":", at + 1)) {
+    ++copies;
+  }
+  CHECK(copies == 64);
+  // One snapshot holds all 64 shares.
+  std::string list;
+  REQUIRE(Vssctl({"-m", v.mnt, "--json", "snapshot", "list"}, &list) == 0);
+  CHECK(list.find("\"id\":1,") != std::string::npos);
+  CHECK(list.find("\"id\":2,") == std::string::npos);
+  const std::string snap = Field(out, "snapshot");
+  CHECK(ReadFile(v.mnt + "/.snapshot/" + snap + "/share63/vm.vhdx") == "disk 63");
+  REQUIRE(Vssctl({"set", "recovery-complete", set}, &out) == 0);
+  REQUIRE(Vssctl({"set", "delete", set, "--delete-snapshots"}, &out) == 0);
+
+  // A 65th share does not fit.
+  args.push_back(v.mnt + "/share64");
+  CHECK(Vssctl(args, &out) != 0);
+  CHECK_THAT(out, Catch::Contains("at most 64 shares"));
+  REQUIRE(Vssctl({"--json", "set", "list"}, &out) == 0);
+  CHECK(out == "[]\n");
+  REQUIRE(m.Unmount() == 0);
+}
