@@ -73,6 +73,12 @@ int Main(int argc, char** argv) {
   SetLogLevel(level);
 
   if (cow_store::Status s = CheckFuseDevice(); !s.ok()) return Fail(s.message());
+  std::optional<gid_t> control_group;
+  if (!opts.control_group.empty()) {
+    cow_store::Result<gid_t> gid = snapshot_ctl::GroupId(opts.control_group);
+    if (!gid.ok()) return Fail(gid.status().message());
+    control_group = gid.value();
+  }
   cow_store::Result<ResolvedPaths> paths =
       CheckPaths(opts.backing_dir, opts.mountpoint, opts.store_dir);
   if (!paths.ok()) return Fail(paths.status().message());
@@ -156,7 +162,7 @@ int Main(int argc, char** argv) {
   {
     cow_store::Result<std::unique_ptr<snapshot_ctl::ControlServer>> server =
         snapshot_ctl::ControlServer::Start(snapshot_ctl::ControlSocketPath(config.mountpoint),
-                                           fs.value().get());
+                                           fs.value().get(), control_group);
     if (!server.ok()) {
       LOG_ERROR("cannot start the control socket: %s", server.status().message().c_str());
       fuse_session_unmount(se.get());

@@ -91,6 +91,9 @@ Status ApplyMountOption(const std::string& item, Options* o) {
   } else if (name == "log_level") {
     if (Status s = need_value(); !s.ok()) return s;
     o->log_level = value;
+  } else if (name == "control_group") {
+    if (Status s = need_value(); !s.ok()) return s;
+    o->control_group = value;
   } else if (name == "timeout" || name == "negative_timeout") {
     double v;
     if (!has_value || !ParseDouble(value, &v)) {
@@ -203,6 +206,15 @@ Result<Options> ParseOptions(int argc, const char* const* argv) {
         o.store_dir = arg.substr(8);
       }
       if (o.store_dir.empty()) return Invalid("option '--store' needs a directory");
+    } else if (arg == "--control-group" || arg.rfind("--control-group=", 0) == 0) {
+      if (arg == "--control-group") {
+        Result<std::string> v = next_value(arg);
+        if (!v.ok()) return v.status();
+        o.control_group = v.value();
+      } else {
+        o.control_group = arg.substr(16);
+      }
+      if (o.control_group.empty()) return Invalid("option '--control-group' needs a group");
     } else if (arg == "--log-level" || arg.rfind("--log-level=", 0) == 0) {
       if (arg == "--log-level") {
         Result<std::string> v = next_value(arg);
@@ -246,10 +258,13 @@ std::string UsageText(const std::string& program) {
     << "  -s, --single-thread     serve requests on one thread\n"
     << "  --store=DIR             snapshot store directory (default BACKING_DIR/.vssfs)\n"
     << "  --log-level=LEVEL       error, warn, info (default) or debug\n"
+    << "  --control-group=GROUP   members of GROUP may use vssctl on this volume too\n"
+    << "                          (default: the control socket serves root only)\n"
     << "\n"
     << "Mount options (-o opt[,opt...]):\n"
     << "  allow_other             let other users (e.g. smbd serving users) use the mount\n"
-    << "  store=DIR, log_level=LEVEL  as --store and --log-level (for /etc/fstab)\n"
+    << "  store=DIR, log_level=LEVEL, control_group=GROUP\n"
+    << "                          as --store, --log-level, --control-group (for fstab)\n"
     << "  timeout=SECS            entry and attribute cache lifetime (default 60)\n"
     << "  negative_timeout=SECS   cache lifetime of 'no such file' answers (default 60)\n"
     << "  threads=N               at most N worker threads (default 8)\n"

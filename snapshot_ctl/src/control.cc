@@ -1,5 +1,6 @@
 #include "vssfs/snapshot_ctl/control.h"
 
+#include <grp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -126,15 +127,51 @@ std::string ControlSocketPath(const std::string& mountpoint) {
   return RunDir() + name;
 }
 
-Result<std::unique_ptr<ControlServer>> ControlServer::Start(const std::string& path,
-                                                            Volume* volume) {
+Result<gid_t> GroupId(const std::string& name) {
+  if (!name.empty() && name.find_first_not_of("0123456789") == std::string::npos &&
+      name.size() < 10) {
+    return static_cast<gid_t>(std::stoul(name));
+  }
+  std::vector<char> buf(16384);
+  group gr{};
+  group* found = nullptr;
+  if (getgrnam_r(name.c_str(), &gr, buf.data(), buf.size(), &found) != 0 || found == nullptr) {
+    return Status::Error(ENOENT, "no group '" + name + "'");
+  }
+  return found->gr_gid;
+}
+
+bool ControlServer::Allowed(const struct ucred& peer) const {
+  if (peer.uid == 0) return true;
+  if (!group_) return false;
+  if (peer.gid == *group_) return true;
+  // Supplementary groups: from the peer's /proc status ("Groups: 1 2 3").
+  std::ifstream status("/proc/" + std::to_string(peer.pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("Groups:", 0) != 0) continue;
+    std::istringstream groups(line.substr(7));
+    unsigned long g = 0;
+    while (groups >> g) {
+      if (g == *group_) return true;
+    }
+  }
+  return false;
+}
+
+Result<std::unique_ptr<ControlServer>> ControlServer::Start(const std::string& path, Volume* volume,
+                                                            std::optional<gid_t> group) {
   std::unique_ptr<ControlServer> server(new ControlServer());
   server->path_ = path;
   server->volume_ = volume;
+  server->group_ = group;
   const std::string dir = path.substr(0, path.rfind('/'));
   if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return Status::FromErrno(errno, "create " + dir);
   }
+  // Members of the group must reach the socket; they cannot list the
+  // directory.
+  if (group && chmod(dir.c_str(), 0711) != 0) return Status::FromErrno(errno, "chmod " + dir);
   bool ok = false;
   sockaddr_un addr = Address(path, &ok);
   if (!ok) return Status::Error(ENAMETOOLONG, "control socket path too long: " + path);
@@ -151,7 +188,13 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const std::string& p
   if (bind(server->listen_fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     return Status::FromErrno(errno, "bind " + path);
   }
-  chmod(path.c_str(), 0600);
+  if (group) {
+    if (chown(path.c_str(), 0, *group) != 0 || chmod(path.c_str(), 0660) != 0) {
+      return Status::FromErrno(errno, "give " + path + " to its group");
+    }
+  } else {
+    chmod(path.c_str(), 0600);
+  }
   if (listen(server->listen_fd_.get(), 16) != 0) return Status::FromErrno(errno, "listen " + path);
   server->stop_fd_.reset(eventfd(0, EFD_CLOEXEC));
   if (!server->stop_fd_) return Status::FromErrno(errno, "eventfd");
@@ -187,9 +230,12 @@ void ControlServer::Serve() {
     ucred cred{};
     socklen_t len = sizeof cred;
     std::string request;
-    if (getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != 0) {
+    if (getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || !Allowed(cred)) {
       result.exit_code = kExitPermission;
-      result.err = "vssctl: permission denied: the control socket serves root only\n";
+      result.err = group_ ? "vssctl: permission denied: the control socket serves root and "
+                            "members of group " +
+                                std::to_string(*group_) + " only\n"
+                          : "vssctl: permission denied: the control socket serves root only\n";
     } else if (!ReadAll(conn.get(), &request, kMaxRequest)) {
       result.exit_code = kExitUsage;
       result.err = "vssctl: request too large or unreadable\n";

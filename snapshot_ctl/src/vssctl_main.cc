@@ -270,7 +270,9 @@ int Main(int argc, char** argv) {
       return kExitNotFound;
     }
     if (err == EACCES) {
-      std::cerr << "vssctl: permission denied: the control socket serves root only\n";
+      std::cerr
+          << "vssctl: permission denied: the control socket serves root (and the group given\n"
+             "        to vssfs --control-group, if any) only\n";
       return kExitPermission;
     }
     std::cerr << "vssctl: " << result.status().message() << "\n";

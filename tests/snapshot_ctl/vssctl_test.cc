@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -117,4 +118,48 @@ TEST_CASE("vssctl: holds and the retention policy", "[snapshot_ctl]") {
   CHECK_THAT(out, Catch::StartsWith("[{\"id\":5,\"name\":\"e\""));
   CHECK(Vssctl({"-m", m, "retention", "set", "--keep-last", "x"}, &out) == 2);
   REQUIRE(mount.Unmount() == 0);
+}
+
+TEST_CASE("vssctl: the control socket serves root, and a configured group's members",
+          "[snapshot_ctl]") {
+  REQUIRE(geteuid() == 0);
+  VolumeDirs dirs;
+  REQUIRE(chmod(dirs.tmp.path().c_str(), 0755) == 0);
+  REQUIRE(chmod(dirs.mnt.c_str(), 0755) == 0);
+  // A private run directory, so that the test leaves /run/vssfs alone.
+  const std::string run = dirs.tmp.Sub("run");
+  setenv("VSSFS_RUN_DIR", run.c_str(), 1);
+  auto as = [&](const std::string& groups, std::vector<std::string> args, std::string* out) {
+    std::vector<std::string> argv = {"setpriv", "--reuid", "65534", "--regid", "65534"};
+    if (groups.empty()) {
+      argv.push_back("--clear-groups");
+    } else {
+      argv.insert(argv.end(), {"--groups", groups});
+    }
+    argv.push_back(VSSFS_VSSCTL_BINARY);
+    argv.insert(argv.end(), args.begin(), args.end());
+    return RunCommand(argv, out);
+  };
+  std::string out;
+  {
+    // Default: root only.
+    ScopedMount mount(dirs.backing, dirs.mnt);
+    CHECK(as("65533", {"-m", dirs.mnt, "snapshot", "list"}, &out) == 4);
+    CHECK_THAT(out, Catch::Contains("permission denied"));
+    REQUIRE(mount.Unmount() == 0);
+  }
+  {
+    ScopedMount mount(dirs.backing, dirs.mnt, {"--control-group=65533"});
+    CHECK(as("65533", {"-m", dirs.mnt, "snapshot", "create", "--name", "by-group"}, &out) == 0);
+    CHECK(as("", {"-m", dirs.mnt, "snapshot", "list"}, &out) == 4);
+    CHECK_THAT(out, Catch::Contains("permission denied"));
+    CHECK(Vssctl({"-m", dirs.mnt, "snapshot", "show", "by-group"}, &out) == 0);
+    REQUIRE(mount.Unmount() == 0);
+  }
+  unsetenv("VSSFS_RUN_DIR");
+  // An unknown group is refused before mounting.
+  CHECK(RunCommand({vssfs::testing::VssfsBinary(), "--control-group=no-such-group-x", dirs.backing,
+                    dirs.mnt},
+                   &out) != 0);
+  CHECK_THAT(out, Catch::Contains("no group 'no-such-group-x'"));
 }

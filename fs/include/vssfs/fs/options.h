@@ -24,6 +24,9 @@ struct Options {
   std::string mountpoint;   // Second positional argument, as given.
   std::string store_dir;    // --store; empty means BACKING_DIR/.vssfs.
   std::string log_level = "info";
+  // --control-group / -o control_group: a group (name or number) whose
+  // members may use the control socket besides root; empty: root only.
+  std::string control_group;
 
   bool foreground = false;     // -f, --foreground
   bool debug = false;          // -d, --debug: libfuse request trace

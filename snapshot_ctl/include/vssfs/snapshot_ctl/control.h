@@ -16,6 +16,9 @@
 #ifndef VSSFS_SNAPSHOT_CTL_CONTROL_H_
 #define VSSFS_SNAPSHOT_CTL_CONTROL_H_
 
+#include <sys/socket.h>
+#include <sys/types.h>
+
 #include <memory>
 #include <optional>
 #include <string>
@@ -91,6 +94,9 @@ std::vector<std::string> VssfsMounts();
 // is `path` or a prefix of it), or "".
 std::string VolumeContaining(const std::string& path);
 
+// The group id of `name` (a group name or a number). Errors: ENOENT.
+cow_store::Result<gid_t> GroupId(const std::string& name);
+
 // The control socket of the volume mounted at `mountpoint` (absolute,
 // canonical path).
 std::string ControlSocketPath(const std::string& mountpoint);
@@ -98,10 +104,13 @@ std::string ControlSocketPath(const std::string& mountpoint);
 class ControlServer {
  public:
   // Binds the socket (replacing a stale one) and starts serving `volume`
-  // (borrowed; must outlive the server). Errors: EADDRINUSE when another
-  // daemon answers on the path, errno from socket calls.
-  static cow_store::Result<std::unique_ptr<ControlServer>> Start(const std::string& path,
-                                                                 Volume* volume);
+  // (borrowed; must outlive the server): root always, and the members of
+  // `group` (primary or supplementary) when given — the socket is then
+  // group-owned (0660) and its directory searchable (0711). Errors:
+  // EADDRINUSE when another daemon answers on the path, errno from socket
+  // calls.
+  static cow_store::Result<std::unique_ptr<ControlServer>> Start(
+      const std::string& path, Volume* volume, std::optional<gid_t> group = std::nullopt);
   // Stops serving (waits for a request in progress) and removes the socket.
   ~ControlServer();
 
@@ -109,8 +118,12 @@ class ControlServer {
   ControlServer() = default;
   void Serve();
 
+  // Whether the peer may use the socket: root, or a member of group_.
+  bool Allowed(const struct ucred& peer) const;
+
   std::string path_;
   Volume* volume_ = nullptr;
+  std::optional<gid_t> group_;
   cow_store::UniqueFd listen_fd_;
   cow_store::UniqueFd stop_fd_;  // eventfd: written to stop.
   std::thread thread_;
