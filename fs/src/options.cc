@@ -1,6 +1,7 @@
 #include "vssfs/fs/options.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <set>
 #include <sstream>
 
@@ -158,6 +159,19 @@ std::vector<std::string> SplitOptionList(const std::string& list) {
   return items;
 }
 
+// The field a long option with a value (--store, --log-level,
+// --control-group) sets, or null.
+std::string* LongOption(const std::string& arg, Options* o) {
+  const std::pair<const char*, std::string*> kLong[] = {{"--store", &o->store_dir},
+                                                        {"--log-level", &o->log_level},
+                                                        {"--control-group", &o->control_group}};
+  for (const auto& [name, field] : kLong) {
+    const size_t n = std::strlen(name);
+    if (arg.compare(0, n, name) == 0 && (arg.size() == n || arg[n] == '=')) return field;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 Result<Options> ParseOptions(int argc, const char* const* argv) {
@@ -197,32 +211,17 @@ Result<Options> ParseOptions(int argc, const char* const* argv) {
       for (const std::string& item : SplitOptionList(list)) {
         if (Status s = ApplyMountOption(item, &o); !s.ok()) return s;
       }
-    } else if (arg == "--store" || arg.rfind("--store=", 0) == 0) {
-      if (arg == "--store") {
+    } else if (std::string* target = LongOption(arg, &o)) {
+      // --name VALUE or --name=VALUE.
+      const size_t eq = arg.find('=');
+      if (eq == std::string::npos) {
         Result<std::string> v = next_value(arg);
         if (!v.ok()) return v.status();
-        o.store_dir = v.value();
+        *target = v.value();
       } else {
-        o.store_dir = arg.substr(8);
+        *target = arg.substr(eq + 1);
       }
-      if (o.store_dir.empty()) return Invalid("option '--store' needs a directory");
-    } else if (arg == "--control-group" || arg.rfind("--control-group=", 0) == 0) {
-      if (arg == "--control-group") {
-        Result<std::string> v = next_value(arg);
-        if (!v.ok()) return v.status();
-        o.control_group = v.value();
-      } else {
-        o.control_group = arg.substr(16);
-      }
-      if (o.control_group.empty()) return Invalid("option '--control-group' needs a group");
-    } else if (arg == "--log-level" || arg.rfind("--log-level=", 0) == 0) {
-      if (arg == "--log-level") {
-        Result<std::string> v = next_value(arg);
-        if (!v.ok()) return v.status();
-        o.log_level = v.value();
-      } else {
-        o.log_level = arg.substr(12);
-      }
+      if (target->empty()) return Invalid("option '" + arg.substr(0, eq) + "' needs a value");
     } else {
       return Invalid("unknown option '" + arg + "' (see vssfs --help)");
     }
