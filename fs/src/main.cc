@@ -161,8 +161,11 @@ int Main(int argc, char** argv) {
   std::unique_ptr<snapshot_ctl::ControlServer> control;
   {
     cow_store::Result<std::unique_ptr<snapshot_ctl::ControlServer>> server =
-        snapshot_ctl::ControlServer::Start(snapshot_ctl::ControlSocketPath(config.mountpoint),
-                                           fs.value().get(), control_group);
+        snapshot_ctl::ControlServer::Start(
+            snapshot_ctl::ControlSocketPath(config.mountpoint), fs.value().get(), control_group,
+            [](const std::string& m) {
+              LOG_WARN("%.*s", static_cast<int>(m.find_last_not_of('\n') + 1), m.c_str());
+            });
     if (!server.ok()) {
       LOG_ERROR("cannot start the control socket: %s", server.status().message().c_str());
       fuse_session_unmount(se.get());

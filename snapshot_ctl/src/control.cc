@@ -9,12 +9,15 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+
+#include "sets.h"
 
 namespace vssfs::snapshot_ctl {
 
@@ -159,9 +162,12 @@ bool ControlServer::Allowed(const struct ucred& peer) const {
   return false;
 }
 
-Result<std::unique_ptr<ControlServer>> ControlServer::Start(const std::string& path, Volume* volume,
-                                                            std::optional<gid_t> group) {
+Result<std::unique_ptr<ControlServer>> ControlServer::Start(
+    const std::string& path, Volume* volume, std::optional<gid_t> group,
+    std::function<void(const std::string&)> log) {
   std::unique_ptr<ControlServer> server(new ControlServer());
+  server->log_ = log ? std::move(log)
+                     : [](const std::string& m) { std::fprintf(stderr, "vssfs: %s", m.c_str()); };
   server->path_ = path;
   server->volume_ = volume;
   server->group_ = group;
@@ -199,10 +205,27 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(const std::string& p
   server->stop_fd_.reset(eventfd(0, EFD_CLOEXEC));
   if (!server->stop_fd_) return Status::FromErrno(errno, "eventfd");
   server->thread_ = std::thread([s = server.get()] { s->Serve(); });
+  server->sweeper_ = std::thread([s = server.get()] {
+    std::unique_lock lock(s->sweep_mutex_);
+    while (!s->sweep_cv_.wait_for(lock, std::chrono::seconds(1), [s] { return s->stopping_; })) {
+      lock.unlock();
+      const std::string report = SweepExpiredSets();
+      if (!report.empty()) s->log_(report);
+      lock.lock();
+    }
+  });
   return server;
 }
 
 ControlServer::~ControlServer() {
+  if (sweeper_.joinable()) {
+    {
+      std::lock_guard lock(sweep_mutex_);
+      stopping_ = true;
+    }
+    sweep_cv_.notify_all();
+    sweeper_.join();
+  }
   if (thread_.joinable()) {
     uint64_t one = 1;
     (void)!write(stop_fd_.get(), &one, sizeof one);

@@ -382,6 +382,23 @@ FsrvpStatus DoExpose(FsrvpMachine& m, const Guid& set) {
 
 }  // namespace
 
+std::string SweepExpiredSets() {
+  struct stat st;
+  if (stat((StateDir() + "/fsrvp.state").c_str(), &st) != 0) return "";
+  Result<Registry> reg = Registry::Open();
+  if (!reg.ok()) return "cannot read the FSRVP state: " + reg.status().message() + "\n";
+  std::vector<ShadowCopySet> expired;
+  if (!reg.value().machine().Expire(NowNs(), &expired)) return "";
+  std::string report;
+  for (const ShadowCopySet& s : expired) {
+    report += "shadow copy set " + s.id.ToString() + " (" + SetStateName(s.state) +
+              ") was aborted by the message sequence timer\n";
+    CleanUp(s, &report);
+  }
+  if (Status s = reg.value().Save(); !s.ok()) report += "cannot save the FSRVP state: " + s.message();
+  return report;
+}
+
 std::string SetHelp() {
   return "Usage: vssctl [--json] set COMMAND ...\n"
          "\n"

@@ -19,7 +19,10 @@
 #include <sys/socket.h>
 #include <sys/types.h>
 
+#include <condition_variable>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -108,9 +111,12 @@ class ControlServer {
   // `group` (primary or supplementary) when given — the socket is then
   // group-owned (0660) and its directory searchable (0711). Errors:
   // EADDRINUSE when another daemon answers on the path, errno from socket
-  // calls.
+  // calls. A thread of the server also fires the FSRVP message sequence
+  // timer (aborting stalled sets) about once a second; what it did goes to
+  // `log` (a line each; stderr when empty).
   static cow_store::Result<std::unique_ptr<ControlServer>> Start(
-      const std::string& path, Volume* volume, std::optional<gid_t> group = std::nullopt);
+      const std::string& path, Volume* volume, std::optional<gid_t> group = std::nullopt,
+      std::function<void(const std::string&)> log = {});
   // Stops serving (waits for a request in progress) and removes the socket.
   ~ControlServer();
 
@@ -124,9 +130,15 @@ class ControlServer {
   std::string path_;
   Volume* volume_ = nullptr;
   std::optional<gid_t> group_;
+  std::function<void(const std::string&)> log_;
   cow_store::UniqueFd listen_fd_;
   cow_store::UniqueFd stop_fd_;  // eventfd: written to stop.
   std::thread thread_;
+  // Fires the FSRVP timer about once a second (SweepExpiredSets).
+  std::thread sweeper_;
+  std::mutex sweep_mutex_;
+  std::condition_variable sweep_cv_;
+  bool stopping_ = false;  // Guarded by sweep_mutex_.
 };
 
 // Client side: sends `args` to the daemon at `path`. Errors: ENOENT /
