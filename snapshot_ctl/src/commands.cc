@@ -39,6 +39,7 @@ constexpr char kTopHelp[] =
     "  check PATH... [--depth N]                     the share structure rules (exit 5: fails)\n"
     "  restore SNAPSHOT PATH... [--to DIR]           copy files or directories back from a\n"
     "                                                snapshot, with attributes and xattrs\n"
+    "  rollback SNAPSHOT PATH...                     revert a live tree to a snapshot\n"
     "  set start|add|prepare|commit|expose|recovery-complete|abort|delete|list|show\n"
     "      |create-expose ...                        shadow copy sets (vssctl set --help)\n"
     "\n"
@@ -113,6 +114,22 @@ constexpr char kRestoreHelp[] =
     "to PATH: a file is replaced atomically, a directory is merged into (files the\n"
     "snapshot does not have are left alone). With --to it goes to DIR/<name>.\n"
     "Exit status: 0 restored, 3 no such snapshot, path or volume, 1 a copy failed.\n";
+
+constexpr char kRollbackHelp[] =
+    "Usage: vssctl [-m MOUNT] [--json] rollback SNAPSHOT PATH... [--no-safety-snapshot]\n"
+    "\n"
+    "Reverts each PATH (a share, or any file or directory of a mounted vssfs volume)\n"
+    "to what it was in SNAPSHOT: files and directories created since are removed,\n"
+    "changed ones are rewritten (large files in place, only the 1 MiB chunks that\n"
+    "differ), deleted ones come back, with owners, modes, times, xattrs and ACLs.\n"
+    "It goes through the mount like every change, so every snapshot - older or\n"
+    "newer than SNAPSHOT - keeps what it shows (unlike a rollback that discards newer\n"
+    "snapshots). First it takes a snapshot of the volume (printed), so that the\n"
+    "rollback itself can be undone; --no-safety-snapshot skips that. Meant for the\n"
+    "NAS and application rollback contexts (vssctl set rollback SET does it for\n"
+    "every share of a set). Applications using PATH should be stopped first.\n"
+    "Exit status: 0 rolled back, 3 no such snapshot, path or volume, 1 failed (the\n"
+    "tree may be partly rolled back; run it again).\n";
 
 constexpr char kFsckHelp[] =
     "Usage: vssctl [-m MOUNT] [--json] fsck [--repair]\n"
@@ -274,6 +291,7 @@ std::string HelpFor(const std::vector<std::string>& words) {
   if (words[0] == "set") return SetHelp();
   if (words[0] == "check") return kCheckHelp;
   if (words[0] == "restore") return kRestoreHelp;
+  if (words[0] == "rollback") return kRollbackHelp;
   return kTopHelp;
 }
 

@@ -23,6 +23,7 @@
 #include <sstream>
 
 #include "commands.h"
+#include "restore.h"
 #include "vssfs/snapshot_ctl/control.h"
 #include "vssfs/snapshot_ctl/fsrvp.h"
 #include "vssfs/snapshot_ctl/structure_check.h"
@@ -368,6 +369,54 @@ FsrvpStatus DoCommit(FsrvpMachine& m, const Guid& set, std::string* err) {
   return e;
 }
 
+// vssctl set rollback: every share of a NAS or application rollback set back
+// to its shadow copy (one safety snapshot per volume first).
+FsrvpStatus DoRollback(const FsrvpMachine& m, const Guid& set, std::string* out) {
+  const ShadowCopySet* s = m.Find(set);
+  if (s == nullptr) {
+    return FsrvpStatus::Error(FsrvpError::kShadowCopySetIdMismatch,
+                              "no shadow copy set " + set.ToString());
+  }
+  const uint32_t base = s->context & ~(kAttrAutoRecovery | kAttrNoAutoRecovery);
+  if (base != kCtxNasRollback && base != kCtxAppRollback) {
+    return FsrvpStatus::Error(FsrvpError::kUnsupportedContext,
+                              "rollback is for the nas-rollback and app-rollback contexts; this "
+                              "set is " +
+                                  ContextName(s->context));
+  }
+  if (s->state != SetState::kExposed && s->state != SetState::kRecovered) {
+    return FsrvpStatus::Error(FsrvpError::kBadState,
+                              "the set must be Exposed or Recovered to roll back to it");
+  }
+  std::map<std::string, std::string> safety;
+  for (const ShadowCopy& c : s->copies) {
+    if (safety.count(c.volume)) continue;
+    Result<CommandResult> r = Daemon(c.volume, {"snapshot", "create", "--json"});
+    if (!r.ok() || r.value().exit_code != 0) {
+      return FsrvpStatus::Error(FsrvpError::kUnexpected,
+                                c.volume + ": cannot take the safety snapshot: " +
+                                    (r.ok() ? r.value().err : r.status().message()));
+    }
+    const std::string& j = r.value().out;
+    const size_t at = j.find("\"name\":\"");
+    safety[c.volume] =
+        at == std::string::npos ? "" : j.substr(at + 8, j.find('"', at + 8) - at - 8);
+  }
+  for (const ShadowCopy& c : s->copies) {
+    Result<RestoreStats> st = Rollback(c.volume + "/.snapshot/" + c.snapshot,
+                                       Relative(c.share, c.volume), c.share, c.volume);
+    if (!st.ok()) {
+      return FsrvpStatus::Error(
+          FsrvpError::kUnexpected,
+          c.share + ": rollback failed (run it again): " + st.status().message());
+    }
+    *out += "rolled " + c.share + " back to " + c.snapshot + ": " + HumanBytes(st.value().bytes) +
+            " written, " + std::to_string(st.value().removed) +
+            " entries removed; the state before is snapshot " + safety[c.volume] + "\n";
+  }
+  return FsrvpStatus();
+}
+
 FsrvpStatus DoExpose(FsrvpMachine& m, const Guid& set) {
   const ShadowCopySet* sc = m.Find(set);
   std::vector<std::string> paths;
@@ -395,7 +444,8 @@ std::string SweepExpiredSets() {
               ") was aborted by the message sequence timer\n";
     CleanUp(s, &report);
   }
-  if (Status s = reg.value().Save(); !s.ok()) report += "cannot save the FSRVP state: " + s.message();
+  if (Status s = reg.value().Save(); !s.ok())
+    report += "cannot save the FSRVP state: " + s.message();
   return report;
 }
 
@@ -414,6 +464,9 @@ std::string SetHelp() {
          "  set recovery-complete SET        end recovery: auto-recovery copies are frozen\n"
          "                                   read-only for good (EROFS, also for open files)\n"
          "  set abort SET                    abort a set not yet recovered (drops its snapshots)\n"
+         "  set rollback SET                 nas-rollback / app-rollback sets: revert every\n"
+         "                                   share's live tree to its shadow copy (vssctl\n"
+         "                                   rollback --help); Exposed or Recovered sets\n"
          "  set delete SET [--delete-snapshots]\n"
          "                                   remove the exposure; snapshots are kept unless asked\n"
          "  set list | set show SET\n"
@@ -510,7 +563,7 @@ CommandResult RunSetCommand(const std::vector<std::string>& args, bool json) {
     }
     shown = set.value();
   } else if (sub == "prepare" || sub == "commit" || sub == "expose" || sub == "recovery-complete" ||
-             sub == "abort" || sub == "show") {
+             sub == "abort" || sub == "show" || sub == "rollback") {
     Result<Guid> set = need_set(2);
     if (!set.ok()) return Fail(kExitUsage, set.status().message());
     if (args.size() > 3)
@@ -533,6 +586,10 @@ CommandResult RunSetCommand(const std::vector<std::string>& args, bool json) {
       } else {
         st = m.RecoveryComplete(id, NowNs());
       }
+    } else if (sub == "rollback") {
+      std::string done;
+      st = DoRollback(m, id, &done);
+      if (!json) r.out += done;
     } else if (sub == "abort") {
       ShadowCopySet removed;
       st = m.Abort(id, NowNs(), &removed);

@@ -52,19 +52,27 @@ int OfflineFsck(const std::string& dir, bool repair, bool json) {
 }
 
 // vssctl restore SNAPSHOT PATH... [--to DIR]
+// vssctl rollback SNAPSHOT PATH... [--no-safety-snapshot]
 int RestoreCommand(const std::string& mount_opt, const std::vector<std::string>& args, bool json) {
+  const bool rollback = args[0] == "rollback";
   std::string to;
+  bool safety = rollback;
   std::vector<std::string> paths;
   for (size_t i = 2; i < args.size(); ++i) {
-    if (args[i] == "--to" && i + 1 < args.size()) {
+    if (!rollback && args[i] == "--to" && i + 1 < args.size()) {
       to = args[++i];
+    } else if (rollback && args[i] == "--no-safety-snapshot") {
+      safety = false;
     } else if (!args[i].empty() && args[i][0] == '-') {
-      return Usage("restore: unknown option '" + args[i] + "'");
+      return Usage(args[0] + ": unknown option '" + args[i] + "'");
     } else {
       paths.push_back(args[i]);
     }
   }
-  if (args.size() < 2 || paths.empty()) return Usage("usage: restore SNAPSHOT PATH... [--to DIR]");
+  if (args.size() < 2 || paths.empty()) {
+    return Usage(rollback ? "usage: rollback SNAPSHOT PATH... [--no-safety-snapshot]"
+                          : "usage: restore SNAPSHOT PATH... [--to DIR]");
+  }
   std::string json_items;
   for (const std::string& path : paths) {
     // The live path may be gone: resolve its directory.
@@ -113,10 +121,26 @@ int RestoreCommand(const std::string& mount_opt, const std::vector<std::string>&
       }
       target = std::string(rt) + "/" + (rel.empty() ? name : rel.substr(rel.rfind('/') + 1));
     }
-    cow_store::Result<RestoreStats> st = Restore(root, rel, target);
+    std::string safety_name;
+    if (safety) {
+      // The state being rolled back stays reachable (and the rollback
+      // undoable): one O(1) snapshot first.
+      cow_store::Result<CommandResult> made =
+          CallDaemon(ControlSocketPath(mount), {"snapshot", "create", "--json"});
+      if (!made.ok() || made.value().exit_code != 0) {
+        std::cerr << "vssctl: rollback: cannot take the safety snapshot: "
+                  << (made.ok() ? made.value().err : made.status().message() + "\n");
+        return kExitFailed;
+      }
+      const std::string& mj = made.value().out;
+      const size_t n = mj.find("\"name\":\"");
+      safety_name = mj.substr(n + 8, mj.find('"', n + 8) - n - 8);
+    }
+    cow_store::Result<RestoreStats> st =
+        rollback ? Rollback(root, rel, target, mount) : Restore(root, rel, target);
     if (!st.ok()) {
-      std::cerr << "vssctl: restore " << live << " from " << name << ": " << st.status().message()
-                << "\n";
+      std::cerr << "vssctl: " << args[0] << " " << live << " from " << name << ": "
+                << st.status().message() << "\n";
       return ExitCodeFor(st.status().error()) == kExitOk ? kExitFailed
                                                          : ExitCodeFor(st.status().error());
     }
@@ -127,7 +151,18 @@ int RestoreCommand(const std::string& mount_opt, const std::vector<std::string>&
                     ",\"to\":" + JsonString(target) +
                     ",\"files\":" + std::to_string(st.value().files) +
                     ",\"directories\":" + std::to_string(st.value().directories) +
-                    ",\"bytes\":" + std::to_string(st.value().bytes) + "}";
+                    ",\"bytes\":" + std::to_string(st.value().bytes) +
+                    (rollback ? ",\"removed\":" + std::to_string(st.value().removed) +
+                                    ",\"safety_snapshot\":" + JsonString(safety_name)
+                              : std::string()) +
+                    "}";
+    } else if (rollback) {
+      std::cout << "rolled " << target << " back to snapshot " << name << ": " << st.value().files
+                << " files and " << st.value().directories << " directories checked, "
+                << HumanBytes(st.value().bytes) << " written, " << st.value().removed
+                << " entries removed"
+                << (safety_name.empty() ? "" : "; the state before is snapshot " + safety_name)
+                << "\n";
     } else {
       std::cout << "restored " << target << " from snapshot " << name << ": " << st.value().files
                 << " files, " << st.value().directories << " directories, "
@@ -208,7 +243,7 @@ int Main(int argc, char** argv) {
     if (json) std::cout << "[" << json_items << "]\n";
     return rc;
   }
-  if (args[0] == "restore") {
+  if (args[0] == "restore" || args[0] == "rollback") {
     return RestoreCommand(mount, args, json);
   }
   if (args[0] == "set") {

@@ -89,3 +89,87 @@ TEST_CASE("vssctl restore: a directory and a file, in place and elsewhere",
   CHECK(RunCommand({VSSFS_VSSCTL_BINARY, "-m", v.mnt, "restore", "s1"}, &out) == 2);
   REQUIRE(m.Unmount() == 0);
 }
+
+namespace {
+
+std::string Sum(const std::string& path) {
+  std::string out;
+  RunCommand({"sh", "-c",
+              "cd '" + path +
+                  "' && find . -printf '%y %m %U %s %p\\n' | sort && "
+                  "find . -type f -exec md5sum {} + | sort && getfattr -R -d -m - . 2>/dev/null | "
+                  "grep -v '^# file' | sort"},
+             &out);
+  return out;
+}
+
+int Vssctl(std::vector<std::string> args, std::string* out) {
+  args.insert(args.begin(), VSSFS_VSSCTL_BINARY);
+  return RunCommand(args, out);
+}
+
+std::string Field(const std::string& json, const std::string& key) {
+  const std::string k = "\"" + key + "\":";
+  size_t at = json.find(k);
+  if (at == std::string::npos) return "";
+  at += k.size();
+  if (json[at] == '"') return json.substr(at + 1, json.find('"', at + 1) - at - 1);
+  return json.substr(at, json.find_first_of(",}", at) - at);
+}
+
+}  // namespace
+
+TEST_CASE(
+    "vssctl rollback: a share back to a snapshot, writing only what changed; newer "
+    "snapshots keep theirs",
+    "[snapshot_ctl][restore][rollback]") {
+  REQUIRE(geteuid() == 0);
+  VolumeDirs v;
+  ScopedMount m(v.backing, v.mnt);
+  const std::string share = v.mnt + "/app";
+  REQUIRE(mkdir(share.c_str(), 0755) == 0);
+  REQUIRE(mkdir((share + "/logs").c_str(), 0700) == 0);
+  REQUIRE(RunCommand({"dd", "if=/dev/urandom", "of=" + share + "/db.mdf", "bs=1M", "count=16",
+                      "status=none"}) == 0);
+  Write(share + "/logs/a.log", "first");
+  Write(share + "/config", "v1");
+  REQUIRE(setxattr((share + "/config").c_str(), "user.DOSATTRIB", "A", 1, 0) == 0);
+  std::string out;
+  REQUIRE(Vssctl({"-m", v.mnt, "snapshot", "create", "--name", "good"}, &out) == 0);
+  const std::string good = Sum(share);
+
+  // What the application did afterwards.
+  REQUIRE(RunCommand({"dd", "if=/dev/urandom", "of=" + share + "/db.mdf", "bs=64K", "count=4",
+                      "seek=40", "conv=notrunc", "status=none"}) == 0);
+  REQUIRE(truncate((share + "/db.mdf").c_str(), 20 << 20) == 0);
+  Write(share + "/config", "v2");
+  REQUIRE(removexattr((share + "/config").c_str(), "user.DOSATTRIB") == 0);
+  REQUIRE(setxattr((share + "/config").c_str(), "user.other", "x", 1, 0) == 0);
+  REQUIRE(unlink((share + "/logs/a.log").c_str()) == 0);
+  REQUIRE(mkdir((share + "/logs/a.log").c_str(), 0755) == 0);  // Now a directory.
+  REQUIRE(mkdir((share + "/tmp").c_str(), 0755) == 0);
+  Write(share + "/tmp/new", "new");
+  REQUIRE(chmod((share + "/logs").c_str(), 0755) == 0);
+  REQUIRE(Vssctl({"-m", v.mnt, "snapshot", "create", "--name", "later"}, &out) == 0);
+  const std::string later = Sum(share);
+  REQUIRE(later != good);
+
+  REQUIRE(Vssctl({"-m", v.mnt, "--json", "rollback", "good", share}, &out) == 0);
+  CHECK(Sum(share) == good);
+  // Only the 1 MiB chunk that changed, the config and the log were written.
+  CHECK(std::stoull(Field(out, "bytes")) <= (1u << 20) + 64);
+  CHECK(Field(out, "removed") == "2");  // tmp, and the directory a.log.
+  const std::string safety = Field(out, "safety_snapshot");
+  REQUIRE_FALSE(safety.empty());
+  // Every other snapshot still shows its own state: the newer one, and the
+  // safety snapshot (the state the rollback replaced).
+  CHECK(Sum(v.mnt + "/.snapshot/later/app") == later);
+  CHECK(Sum(v.mnt + "/.snapshot/" + safety + "/app") == later);
+  CHECK(Sum(v.mnt + "/.snapshot/good/app") == good);
+  // Undo: roll forward to the safety snapshot.
+  REQUIRE(Vssctl({"-m", v.mnt, "rollback", safety, share, "--no-safety-snapshot"}, &out) == 0);
+  CHECK(Sum(share) == later);
+  REQUIRE(Vssctl({"-m", v.mnt, "fsck"}, &out) == 0);
+  CHECK(Vssctl({"-m", v.mnt, "rollback", "missing", share}, &out) == 3);
+  REQUIRE(m.Unmount() == 0);
+}

@@ -521,3 +521,42 @@ TEST_CASE("vssctl set: 64 shares in one set, one instant; a 65th is refused",
   CHECK(out == "[]\n");
   REQUIRE(m.Unmount() == 0);
 }
+
+TEST_CASE("vssctl set rollback: a rollback set's shares back to their shadow copies",
+          "[snapshot_ctl][sets][rollback]") {
+  REQUIRE(geteuid() == 0);
+  TempDir state;
+  StateEnv env(state.path());
+  VolumeDirs v1, v2;
+  ScopedMount m1(v1.backing, v1.mnt), m2(v2.backing, v2.mnt);
+  for (const std::string& d : {v1.mnt + "/db", v2.mnt + "/logs"}) {
+    REQUIRE(mkdir(d.c_str(), 0755) == 0);
+  }
+  Write(v1.mnt + "/db/data.mdf", "consistent");
+  Write(v2.mnt + "/logs/db.ldf", "log 1");
+  std::string out;
+  REQUIRE(Vssctl({"--json", "set", "create-expose", "--context", "app-rollback", v1.mnt + "/db",
+                  v2.mnt + "/logs"},
+                 &out) == 0);
+  const std::string set = Field(out, "id");
+  Write(v1.mnt + "/db/data.mdf", "corrupted by a bad upgrade");
+  Write(v1.mnt + "/db/upgrade.tmp", "junk");
+  Write(v2.mnt + "/logs/db.ldf", "log 1 + bad");
+  REQUIRE(Vssctl({"set", "rollback", set}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("rolled " + v1.mnt + "/db back"));
+  CHECK(ReadFile(v1.mnt + "/db/data.mdf") == "consistent");
+  CHECK(access((v1.mnt + "/db/upgrade.tmp").c_str(), F_OK) != 0);
+  CHECK(ReadFile(v2.mnt + "/logs/db.ldf") == "log 1");
+  REQUIRE(Vssctl({"set", "recovery-complete", set}, &out) == 0);
+  REQUIRE(Vssctl({"set", "delete", set}, &out) == 0);
+
+  // A backup set is not for rolling back.
+  REQUIRE(Vssctl({"--json", "set", "create-expose", "--context", "backup", v1.mnt + "/db"}, &out) ==
+          0);
+  const std::string backup = Field(out, "id");
+  CHECK(Vssctl({"set", "rollback", backup}, &out) == 7);
+  CHECK_THAT(out, Catch::Contains("FSRVP_E_UNSUPPORTED_CONTEXT"));
+  REQUIRE(Vssctl({"set", "recovery-complete", backup}, &out) == 0);
+  REQUIRE(m1.Unmount() == 0);
+  REQUIRE(m2.Unmount() == 0);
+}
