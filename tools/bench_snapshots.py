@@ -16,6 +16,11 @@ without snapshots in the same run:
   space-10pct                store growth for overwriting 10% of a 1 GiB file
   space-zero                 store growth for overwriting a 1 GiB file of zeros
   space-dedup                store growth for overwriting two identical 64 MiB files
+  files-unlisted             first 1 MiB sequential overwrite of a file that the
+                             only snapshot's target file list leaves out, vs no
+                             snapshot (and the store growth: none expected)
+  files-vs-whole             the same overwrite after a target-file-list snapshot
+                             vs after a whole-volume snapshot (the saving)
 
 Throughput jobs use fio (psync, buffered, end_fsync=1); each is run --repeat
 times alternating with its baseline and the medians are compared. Must run as
@@ -67,7 +72,9 @@ class Volume:
         deadline = time.time() + 15
         while not (os.path.ismount(self.mnt) and os.path.exists(self.sock)):
             if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("vssfs did not mount; see " + self.log.name)
+                self.stop()
+                raise RuntimeError("vssfs did not mount (or has no control socket); see " +
+                                   self.log.name)
             time.sleep(0.05)
 
     def call(self, *args):
@@ -163,6 +170,8 @@ def main(argv):
     ap.add_argument("--runtime", type=int, default=10, help="seconds per time-based job")
     ap.add_argument("--vssfs-opt", action="append", default=[], help="extra vssfs argument")
     ap.add_argument("--json", action="store_true", help="JSON on stdout, report on stderr")
+    ap.add_argument("--files-only", action="store_true",
+                    help="run only the target-file-list jobs (files-unlisted, files-vs-whole)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -200,6 +209,41 @@ def main(argv):
             code, out, err = vol.call("snapshot", "list", "--json")
             for s in json.loads(out):
                 vol.delete(s["name"])
+
+        # -- target file lists: writes to files no snapshot lists ------------
+        f = os.path.join(m, "vm.vhdx")
+        listed = os.path.join(m, "sql.mdf")
+        note("target file list jobs on a %d MiB file, %d rounds" % (a.size, a.repeat))
+        fio(f, "write", "1M", size)
+        write_file(listed, 16 * MIB)
+        tl = {"base": [], "partial": [], "whole": [], "grow": []}
+        for r in range(a.repeat):
+            tl["base"].append(fio(f, "write", "1M", size))
+            snap_id[0] += 1
+            code, out, err = vol.call("snapshot", "create", "--name", "t%d" % snap_id[0],
+                                      "--file", listed)
+            if code != 0:
+                raise RuntimeError("snapshot create --file failed: " + err)
+            s0 = vol.df()["preserved_bytes"]
+            tl["partial"].append(fio(f, "write", "1M", size))
+            tl["grow"].append(vol.df()["preserved_bytes"] - s0)
+            delete_all()
+            snap()
+            tl["whole"].append(fio(f, "write", "1M", size))
+            delete_all()
+            note("  round %d: unlisted %.0f MB/s, no snapshot %.0f MB/s, whole-volume "
+                 "snapshot %.0f MB/s" % (r + 1, tl["partial"][-1] / 1e6, tl["base"][-1] / 1e6,
+                                         tl["whole"][-1] / 1e6))
+        pm, bm, wm = (statistics.median(tl[k]) for k in ("partial", "base", "whole"))
+        grow = max(tl["grow"]) / MIB
+        row("files-unlisted", pm / bm, "x", ">= 0.90", pm / bm >= 0.90 and grow == 0,
+            "%.0f vs %.0f MB/s, store +%.1f MiB" % (pm / 1e6, bm / 1e6, grow))
+        row("files-vs-whole", pm / wm, "x", ">= 1.5", pm / wm >= 1.5,
+            "%.0f vs %.0f MB/s after a whole-volume snapshot" % (pm / 1e6, wm / 1e6))
+        os.unlink(f)
+        os.unlink(listed)
+        if a.files_only:
+            return report(rows, results, a)
 
         # -- create latency: a volume with 100 MiB and one with 10 GiB and
         # 10000 more files, mounted side by side; creates alternate between
@@ -340,6 +384,10 @@ def main(argv):
         else:
             note("work directory kept: " + work)
 
+    return report(rows, results, a)
+
+
+def report(rows, results, a):
     out = sys.stdout if not a.json else sys.stderr
     print("\nvssfs snapshot benchmark (%s)" % time.strftime("%Y-%m-%d %H:%M:%S"), file=out)
     print("%-16s %10s %-6s %-10s %-7s %s" % ("job", "value", "unit", "goal", "result", "detail"),

@@ -232,7 +232,7 @@ bool DecodeEntry(std::string_view key, std::string_view v, DirEntry* de) {
 
 std::string EncodeSnapshot(const SnapshotInfo& s) {
   Encoder e;
-  e.U8(3);
+  e.U8(4);
   e.Raw(std::string_view(reinterpret_cast<const char*>(s.guid.bytes.data()), 16));
   e.I64(s.created_ns);
   e.U8(s.intact ? 1 : 0);
@@ -241,13 +241,16 @@ std::string EncodeSnapshot(const SnapshotInfo& s) {
   e.Str(s.hold);                        // Record version 2.
   e.U8(static_cast<uint8_t>(s.clone));  // Record version 3.
   e.I64(s.frozen_ns);
+  e.U8(s.partial ? 1 : 0);  // Record version 4.
+  e.U64(s.covered.size());
+  for (Ino ino : s.covered) e.U64(ino);
   return e.Take();
 }
 
 bool DecodeSnapshot(SnapId id, std::string_view v, SnapshotInfo* s) {
   Decoder d(v);
   const uint8_t version = d.U8();
-  if (version < 1 || version > 3) return false;
+  if (version < 1 || version > 4) return false;
   std::string g = d.Raw(16);
   if (!d.ok()) return false;
   std::memcpy(s->guid.bytes.data(), g.data(), 16);
@@ -262,6 +265,13 @@ bool DecodeSnapshot(SnapId id, std::string_view v, SnapshotInfo* s) {
     if (clone > static_cast<uint8_t>(CloneState::kFrozen)) return false;
     s->clone = static_cast<CloneState>(clone);
     s->frozen_ns = d.I64();
+  }
+  if (version >= 4) {
+    s->partial = d.U8() != 0;
+    const uint64_t n = d.U64();
+    if (!d.ok() || n > v.size() / 8) return false;
+    s->covered.resize(n);
+    for (uint64_t i = 0; i < n; ++i) s->covered[i] = d.U64();
   }
   return d.done();
 }
@@ -1305,7 +1315,7 @@ Result<std::unique_ptr<Store>> Store::Open(int dir_fd, const std::string& dir_pa
 SnapId Store::LatestSnapshot() const { return impl_->latest.load(std::memory_order_acquire); }
 
 Result<SnapshotInfo> Store::CreateSnapshot(const std::string& name, std::optional<Guid> guid,
-                                           int64_t created_ns) {
+                                           int64_t created_ns, const std::vector<Ino>* covered) {
   if (!ValidSnapshotName(name)) {
     return Status::Error(
         EINVAL, "invalid snapshot name '" + name + "' (1-255 bytes, no '/', not '.' or '..')");
@@ -1324,6 +1334,12 @@ Result<SnapshotInfo> Store::CreateSnapshot(const std::string& name, std::optiona
   info.guid = guid ? *guid : Guid::Random();
   info.name = name;
   info.created_ns = created_ns;
+  if (covered != nullptr) {
+    info.partial = true;
+    info.covered = *covered;
+    std::sort(info.covered.begin(), info.covered.end());
+    info.covered.erase(std::unique(info.covered.begin(), info.covered.end()), info.covered.end());
+  }
   std::string key = Be64(info.id), value = EncodeSnapshot(info), idv = Be64(info.id);
   MDB_val k = Val(key), v = Val(value), iv = Val(idv);
   if (Status s = FromLmdb(mdb_put(txn.get(), impl_->snapshots, &k, &v, 0), "write snapshot");

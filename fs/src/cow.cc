@@ -186,7 +186,25 @@ CowEngine::Epoch CowEngine::Enter() {
   Epoch e;
   e.lock_ = std::shared_lock(epoch_mutex_);
   e.latest_ = store_->LatestSnapshot();
+  std::lock_guard lock(coverage_mutex_);
+  e.covered_ = covered_;
   return e;
+}
+
+void CowEngine::SetCoverage(Coverage covered) {
+  std::lock_guard lock(coverage_mutex_);
+  covered_ = std::move(covered);
+}
+
+cow_store::Result<CowEngine::Coverage> CowEngine::CoverageOf(const cow_store::Store& store) {
+  cow_store::Result<std::vector<cow_store::SnapshotInfo>> all = store.ListSnapshots();
+  if (!all.ok()) return all.status();
+  auto set = std::make_shared<std::unordered_set<Ino>>();
+  for (const cow_store::SnapshotInfo& s : all.value()) {
+    if (!s.partial) return Coverage();
+    set->insert(s.covered.begin(), s.covered.end());
+  }
+  return Coverage(std::move(set));
 }
 
 std::string CowEngine::KeepName(Ino ino) {
@@ -230,7 +248,7 @@ int CowEngine::PreserveInodeLocked(const Epoch& e, int fd, Ino ino, uint64_t* si
 }
 
 int CowEngine::PreserveInode(const Epoch& e, Inode* inode, int fd, Ino ino) {
-  if (!Needed(e, inode)) return 0;
+  if (!Needed(e, inode) || !e.Covers(ino)) return 0;
   if (inode == nullptr) {
     cow_store::Result<cow_store::PreservedState> st = store_->GetPreservedState(ino, e.latest());
     if (!st.ok()) return ErrnoOf(st.status());
@@ -248,7 +266,7 @@ int CowEngine::PreserveInode(const Epoch& e, Inode* inode, int fd, Ino ino) {
 }
 
 int CowEngine::PreserveListing(const Epoch& e, Inode* inode, int dir_fd, Ino ino) {
-  if (!Needed(e, inode)) return 0;
+  if (!Needed(e, inode) || !e.Covers(ino)) return 0;
   std::unique_lock<std::mutex> lock;
   if (inode != nullptr) {
     lock = std::unique_lock(inode->cow_mutex);
@@ -274,7 +292,7 @@ int CowEngine::PreserveListing(const Epoch& e, Inode* inode, int dir_fd, Ino ino
 }
 
 int CowEngine::PreserveData(const Epoch& e, Inode& inode, uint64_t off, uint64_t len) {
-  if (!Needed(e, &inode)) return 0;
+  if (!Needed(e, &inode) || !e.Covers(inode.backing_ino)) return 0;
   std::unique_lock lock(inode.cow_mutex);
   const int fd = inode.fd.get();
   if (int r = Load(inode, e.latest(), fd); r != 0) return r;
@@ -360,7 +378,7 @@ int CowEngine::PreserveData(const Epoch& e, Inode& inode, uint64_t off, uint64_t
 }
 
 int CowEngine::Keep(const Epoch& e, int fd, Ino ino) {
-  if (!e.active()) return 0;
+  if (!e.active() || !e.Covers(ino)) return 0;
   std::string handle;
   if (int r = HandleAt(fd, "", AT_EMPTY_PATH, &handle); r != 0) return r;
   Preservation batch;

@@ -28,9 +28,11 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <unordered_set>
 
 #include "inode_table.h"
 #include "vssfs/cow_store/store.h"
@@ -52,20 +54,34 @@ class CowEngine {
   // keep directory (same filesystem as the backing tree).
   CowEngine(cow_store::Store* store, int mount_fd, int keep_fd, ino_t root_ino);
 
+  // Objects some existing snapshot covers; null: every object (a
+  // whole-volume snapshot exists). See SnapshotInfo::covered.
+  using Coverage = std::shared_ptr<const std::unordered_set<cow_store::Ino>>;
+
   class Epoch {
    public:
     cow_store::SnapId latest() const { return latest_; }
     bool active() const { return latest_ != 0; }
+    // Whether a snapshot may show `ino`: else nothing of it is preserved
+    // (the saving of target file lists).
+    bool Covers(cow_store::Ino ino) const { return !covered_ || covered_->count(ino) != 0; }
 
    private:
     friend class CowEngine;
     std::shared_lock<std::shared_mutex> lock_;
     cow_store::SnapId latest_ = 0;
+    Coverage covered_;
   };
   // Enters a mutating request: holds off snapshot cuts until destroyed.
   Epoch Enter();
   // The cut: no mutating request runs while the returned lock is held.
   std::unique_lock<std::shared_mutex> Cut() { return std::unique_lock(epoch_mutex_); }
+  // Sets what the snapshots cover (from the store's snapshot records),
+  // for requests entering from now on. Widen it only under the cut;
+  // narrowing (after a delete) is safe at any time.
+  void SetCoverage(Coverage covered);
+  // The coverage the store's snapshots describe now.
+  static cow_store::Result<Coverage> CoverageOf(const cow_store::Store& store);
 
   // Whether anything of `inode` may need preserving in this epoch.
   static bool Needed(const Epoch& e, const Inode* inode) {
@@ -110,6 +126,8 @@ class CowEngine {
   ino_t root_ino_;
   uint32_t block_size_;
   std::shared_mutex epoch_mutex_;
+  std::mutex coverage_mutex_;  // Leaf; guards covered_.
+  Coverage covered_;
   std::array<std::shared_mutex, kStripes> stripes_;
 };
 

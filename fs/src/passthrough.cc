@@ -228,6 +228,9 @@ Status Filesystem::AttachStore(cow_store::Store* store) {
   fs->cow_ = std::make_unique<CowEngine>(store, fs->mount_fd_.get(), fs->keep_fd_.get(), st.st_ino);
   fs->snaps_ =
       std::make_unique<SnapshotView>(fs->cow_.get(), st.st_ino, root_handle, config.timeout);
+  Result<CowEngine::Coverage> coverage = CowEngine::CoverageOf(*store);
+  if (!coverage.ok()) return coverage.status();
+  fs->cow_->SetCoverage(coverage.value());
   fs->ReconcileKept();
   Result<uint64_t> orphans = store->ReclaimOrphans();
   if (!orphans.ok()) return orphans.status();
@@ -281,8 +284,76 @@ void Filesystem::InvalidateSnapshotDir(const std::string& name) {
   fuse_lowlevel_notify_inval_entry(session_, kSnapshotDirNodeId, name.c_str(), name.size());
 }
 
+Result<std::vector<cow_store::Ino>> Filesystem::ResolveTargets(
+    const std::vector<std::string>& files) const {
+  std::vector<cow_store::Ino> inos;
+  struct stat root;
+  if (fstat(mount_fd_.get(), &root) != 0) return Status::FromErrno(errno, "stat backing root");
+  inos.push_back(root.st_ino);
+  for (const std::string& f : files) {
+    std::string rel = f;
+    if (rel.rfind(config_.mountpoint + "/", 0) == 0) {
+      rel = rel.substr(config_.mountpoint.size() + 1);
+    } else if (!rel.empty() && rel[0] == '/') {
+      return Status::Error(EINVAL, f + " is not on the volume mounted at " + config_.mountpoint);
+    }
+    // Walk down from the root without following symlinks: every directory
+    // on the way is covered too (the snapshot shows the file at its path).
+    UniqueFd dir(dup(mount_fd_.get()));
+    size_t pos = 0;
+    bool top = true;
+    while (pos <= rel.size()) {
+      size_t end = rel.find('/', pos);
+      if (end == std::string::npos) end = rel.size();
+      const std::string part = rel.substr(pos, end - pos);
+      pos = end + 1;
+      if (part.empty() || part == ".") continue;
+      if (part == ".." || (top && (part == ".snapshot" || part == cow_store::kDefaultStoreName))) {
+        return Status::Error(EINVAL, f + ": not a path of the live volume");
+      }
+      top = false;
+      UniqueFd next(openat(dir.get(), part.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+      if (!next) return Status::FromErrno(errno, "target file " + f);
+      struct stat st;
+      if (fstat(next.get(), &st) != 0) return Status::FromErrno(errno, "target file " + f);
+      inos.push_back(st.st_ino);
+      dir = std::move(next);
+      if (pos <= rel.size() && !S_ISDIR(st.st_mode)) {
+        return Status::Error(ENOTDIR, "target file " + f + ": a component is not a directory");
+      }
+    }
+    // A listed directory brings everything below it.
+    struct stat st;
+    if (fstat(dir.get(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      std::vector<std::string> todo = {ProcPath(dir.get()).path};
+      while (!todo.empty()) {
+        const std::string d = todo.back();
+        todo.pop_back();
+        std::unique_ptr<DIR, int (*)(DIR*)> listing(opendir(d.c_str()), closedir);
+        if (!listing) return Status::FromErrno(errno, "target directory " + f);
+        while (dirent* e = readdir(listing.get())) {
+          const std::string n = e->d_name;
+          if (n == "." || n == "..") continue;
+          struct stat cst;
+          if (fstatat(dirfd(listing.get()), n.c_str(), &cst, AT_SYMLINK_NOFOLLOW) != 0) continue;
+          inos.push_back(cst.st_ino);
+          if (S_ISDIR(cst.st_mode)) todo.push_back(d + "/" + n);
+        }
+      }
+    }
+  }
+  return inos;
+}
+
 Result<cow_store::SnapshotInfo> Filesystem::CreateSnapshot(const std::string& name,
-                                                           std::optional<cow_store::Guid> guid) {
+                                                           std::optional<cow_store::Guid> guid,
+                                                           const std::vector<std::string>& files) {
+  std::optional<std::vector<cow_store::Ino>> covered;
+  if (!files.empty()) {
+    Result<std::vector<cow_store::Ino>> inos = ResolveTargets(files);
+    if (!inos.ok()) return inos.status();
+    covered = std::move(inos.value());
+  }
   // Every write that completed before this request: out of the kernel's
   // writeback cache into the backing files, then onto stable storage.
   if (!syncer_) return Status::Error(EIO, "snapshots are not available before the mount");
@@ -300,7 +371,12 @@ Result<cow_store::SnapshotInfo> Filesystem::CreateSnapshot(const std::string& na
     {
       // Under a set's write barrier the cut is already held.
       std::unique_lock<std::shared_mutex> cut = held_.owns_lock() ? std::move(held_) : cow_->Cut();
-      info = store_->CreateSnapshot(chosen, guid, ns);
+      info = store_->CreateSnapshot(chosen, guid, ns, covered ? &*covered : nullptr);
+      // What the snapshots cover now, from the cut on.
+      if (info.ok()) {
+        Result<CowEngine::Coverage> coverage = CowEngine::CoverageOf(*store_);
+        cow_->SetCoverage(coverage.ok() ? coverage.value() : CowEngine::Coverage());
+      }
     }
     if (!info.ok() && info.status().error() == EEXIST && name.empty() && attempt < 3) {
       // Two default-named snapshots in one second: the second waits for the
@@ -414,6 +490,10 @@ Result<cow_store::GcResult> Filesystem::DeleteSnapshot(const std::string& key) {
     if (info.value().id == store_->LatestSnapshot()) cut = cow_->Cut();
     gc = store_->DeleteSnapshot(info.value().id);
     snaps_->RefreshLocked();
+  }
+  if (gc.ok()) {
+    Result<CowEngine::Coverage> coverage = CowEngine::CoverageOf(*store_);
+    if (coverage.ok()) cow_->SetCoverage(coverage.value());
   }
   if (!gc.ok()) return gc;
   for (cow_store::Ino ino : gc.value().released) {
@@ -956,7 +1036,7 @@ int Filesystem::PreserveVictim(const CowEngine::Epoch& epoch, Inode& dir, const 
   }
   if (st.st_nlink == 1) {
     if (int r = cow_->Keep(epoch, fd.get(), st.st_ino); r != 0) return r;
-    if (inode) inode->kept = true;
+    if (inode && epoch.Covers(st.st_ino)) inode->kept = true;
   }
   return 0;
 }

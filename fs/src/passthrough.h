@@ -69,11 +69,19 @@ class Filesystem : public snapshot_ctl::Volume {
   // mount) and the backing filesystem, then cuts. `name` empty: the
   // @GMT-... name of the current second (waiting for the next second if a
   // snapshot already has it).
+  // `files` non-empty: a target-file-list snapshot of those paths (absolute
+  // under the mount point, or relative to it) and their directories; a
+  // listed directory brings its whole subtree. Errors: ENOENT/ENOTDIR/EINVAL
+  // for a listed path.
   cow_store::Result<cow_store::SnapshotInfo> CreateSnapshot(
-      const std::string& name, std::optional<cow_store::Guid> guid) override;
+      const std::string& name, std::optional<cow_store::Guid> guid,
+      const std::vector<std::string>& files) override;
   // Deletes a snapshot (by name, id or GUID) and frees what it alone held.
   cow_store::Result<cow_store::GcResult> DeleteSnapshot(const std::string& key) override;
   cow_store::Result<cow_store::SnapshotInfo> CloneSnapshot(const std::string& key) override;
+  // The backing inode numbers a target file list covers (the root first).
+  cow_store::Result<std::vector<cow_store::Ino>> ResolveTargets(
+      const std::vector<std::string>& files) const;
   cow_store::Result<cow_store::SnapshotInfo> FreezeSnapshot(const std::string& key) override;
   std::string MountPoint() const override { return config_.mountpoint; }
   cow_store::Result<std::vector<std::string>> ApplyRetention(bool dry_run) override;

@@ -58,7 +58,20 @@ void SnapshotView::RefreshLocked() {
     LOG_ERROR("cannot list snapshots: %s", all.status().message().c_str());
     return;
   }
-  for (const auto& s : all.value()) live_[s.id] = s.clone;
+  partial_.clear();
+  for (const auto& s : all.value()) {
+    live_[s.id] = s.clone;
+    if (s.partial) {
+      partial_[s.id] =
+          std::make_shared<const std::unordered_set<Ino>>(s.covered.begin(), s.covered.end());
+    }
+  }
+}
+
+bool SnapshotView::Shows(SnapId snap, Ino ino) const {
+  auto it = partial_.find(snap);
+  // Objects a clone created are numbered above every backing inode.
+  return it == partial_.end() || ino > UINT32_MAX || it->second->count(ino) != 0;
 }
 
 std::shared_ptr<SnapshotView::Node> SnapshotView::FindLive(uint64_t nodeid) {
@@ -124,6 +137,16 @@ int SnapshotView::Resolve(const Node& n, bool with_xattrs, InodeMeta* meta) {
 }
 
 int SnapshotView::Entries(const Node& n, std::vector<DirEntry>* out) {
+  if (int r = EntriesUnfiltered(n, out); r != 0) return r;
+  if (partial_.count(n.snap) != 0) {
+    out->erase(std::remove_if(out->begin(), out->end(),
+                              [&](const DirEntry& d) { return !Shows(n.snap, d.ino); }),
+               out->end());
+  }
+  return 0;
+}
+
+int SnapshotView::EntriesUnfiltered(const Node& n, std::vector<DirEntry>* out) {
   out->clear();
   std::shared_lock stripe(cow_->Stripe(n.ino));
   cow_store::Result<std::unique_ptr<cow_store::ReadView>> view = cow_->store().BeginRead();
@@ -252,6 +275,7 @@ int SnapshotView::Lookup(uint64_t parent, const char* name, fuse_entry_param* e)
       if (int r = HandleAt(fd.get(), "", AT_EMPTY_PATH, &handle); r != 0) return r;
     }
   }
+  if (!Shows(p->snap, ino)) return -ENOENT;
   return Enter(p->snap, ino, type, handle, parent, e);
 }
 

@@ -34,6 +34,7 @@
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "cow.h"
@@ -209,6 +210,7 @@ class SnapshotView {
   int Resolve(const Node& n, bool with_xattrs, cow_store::InodeMeta* meta);
   // The entries of directory `n` at its snapshot.
   int Entries(const Node& n, std::vector<cow_store::DirEntry>* out);
+  int EntriesUnfiltered(const Node& n, std::vector<cow_store::DirEntry>* out);
   void FillStat(uint64_t nodeid, const cow_store::InodeMeta& m, struct stat* st) const;
 
   CowEngine* cow_;
@@ -220,6 +222,13 @@ class SnapshotView {
   mutable std::shared_mutex snapshots_mutex_;
   // Existing snapshots and their clone states. Guarded by snapshots_mutex_.
   std::map<cow_store::SnapId, cow_store::CloneState> live_;
+  // Target-file-list snapshots: the objects they show. Guarded by
+  // snapshots_mutex_.
+  std::map<cow_store::SnapId, std::shared_ptr<const std::unordered_set<cow_store::Ino>>> partial_;
+  // Whether snapshot `snap` shows object `ino` (a partial snapshot shows
+  // only what it covers, and what its clone created). Caller holds
+  // snapshots_mutex_.
+  bool Shows(cow_store::SnapId snap, cow_store::Ino ino) const;
 
   std::mutex nodes_mutex_;
   std::unordered_map<uint64_t, std::shared_ptr<Node>> nodes_;  // Guarded by nodes_mutex_.

@@ -1,10 +1,14 @@
 #include "commands.h"
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cinttypes>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <fstream>
 
 #include "sets.h"
 #include "vssfs/snapshot_ctl/control.h"
@@ -59,12 +63,17 @@ constexpr char kSnapshotHelp[] =
     "Usage: vssctl [-m MOUNT] [--json] snapshot create|list|show|delete|hold|release|\n"
     "                                           clone|freeze ...\n"
     "\n"
-    "  create [--name NAME] [--guid GUID]\n"
+    "  create [--name NAME] [--guid GUID] [--files LIST]\n"
     "      Takes a snapshot of the whole volume: flushes writes that completed\n"
     "      before the request, then records the instant (O(1): nothing is copied).\n"
     "      The default NAME is @GMT-YYYY.MM.DD-HH.MM.SS (UTC), the format Samba's\n"
     "      vfs_shadow_copy2 reads; a second snapshot in the same second waits for\n"
     "      the next second. The snapshot appears at MOUNT/.snapshot/NAME.\n"
+    "      --files LIST: a target file list (one path per line, relative to the mount\n"
+    "      point or absolute): the snapshot protects and shows only those files and\n"
+    "      directories (with everything below a listed directory) and the directories\n"
+    "      leading to them; while every snapshot of the volume has a list, writes to\n"
+    "      files no snapshot lists pay no copy-on-write at all.\n"
     "  list\n"
     "      All snapshots, oldest first.\n"
     "  show SNAPSHOT\n"
@@ -167,7 +176,9 @@ std::string SnapshotJson(const SnapshotInfo& s) {
          ",\"created_ns\":" + std::to_string(s.created_ns) +
          ",\"intact\":" + (s.intact ? "true" : "false") + ",\"damage\":" + JsonString(s.damage) +
          ",\"hold\":" + JsonString(s.hold) + ",\"clone\":" + JsonString(CloneName(s.clone)) +
-         ",\"frozen\":" + JsonString(s.frozen_ns != 0 ? FormatTime(s.frozen_ns) : "") + "}";
+         ",\"frozen\":" + JsonString(s.frozen_ns != 0 ? FormatTime(s.frozen_ns) : "") +
+         ",\"partial\":" + (s.partial ? "true" : "false") +
+         ",\"covered_objects\":" + std::to_string(s.covered.size()) + "}";
 }
 
 CommandResult Fail(int code, const std::string& message) {
@@ -436,8 +447,16 @@ CommandResult RunCommand(Volume& volume, const std::vector<std::string>& all_arg
   if (cmd == "snapshot" && sub == "create") {
     std::string name;
     std::optional<cow_store::Guid> guid;
+    std::vector<std::string> files;
     for (size_t i = 2; i < args.size(); ++i) {
-      if (args[i] == "--name" && i + 1 < args.size()) {
+      if (args[i] == "--file" && i + 1 < args.size()) {
+        // vssctl turns --files LIST into one --file PATH each (absolute,
+        // or relative to the mount point).
+        files.push_back(args[++i]);
+        if (files.back().empty() || files.back().size() > PATH_MAX) {
+          return Fail(kExitUsage, "--file needs a path");
+        }
+      } else if (args[i] == "--name" && i + 1 < args.size()) {
         name = args[++i];
         if (!cow_store::ValidSnapshotName(name)) {
           return Fail(kExitUsage, "invalid snapshot name '" + name +
@@ -457,7 +476,7 @@ CommandResult RunCommand(Volume& volume, const std::vector<std::string>& all_arg
         return Fail(kExitUsage, "snapshot create: unexpected argument '" + args[i] + "'");
       }
     }
-    Result<SnapshotInfo> info = volume.CreateSnapshot(name, guid);
+    Result<SnapshotInfo> info = volume.CreateSnapshot(name, guid, files);
     if (!info.ok()) return FromStatus(info.status());
     const std::string path = volume.MountPoint() + "/.snapshot/" + info.value().name;
     if (json) {
@@ -509,7 +528,10 @@ CommandResult RunCommand(Volume& volume, const std::vector<std::string>& all_arg
               "\nguid:     " + s.value().guid.ToString() +
               "\ncreated:  " + FormatTime(s.value().created_ns) + "\npath:     " + path +
               "\nstate:    " + (s.value().intact ? "ok" : "DAMAGED: " + s.value().damage) +
-              "\nhold:     " + (s.value().hold.empty() ? "none" : s.value().hold) +
+              "\nhold:     " + (s.value().hold.empty() ? "none" : s.value().hold) + "\ncovers:   " +
+              (s.value().partial
+                   ? std::to_string(s.value().covered.size()) + " objects (a target file list)"
+                   : std::string("the whole volume")) +
               "\nclone:    " + CloneName(s.value().clone) +
               (s.value().frozen_ns != 0 ? " (frozen " + FormatTime(s.value().frozen_ns) + ")"
                                         : std::string()) +
@@ -593,6 +615,21 @@ CommandResult RunCommand(Volume& volume, const std::vector<std::string>& all_arg
                                 : "snapshot: unknown subcommand '" + sub + "'");
   }
   return Fail(kExitUsage, "unknown command '" + cmd + "' (see vssctl --help)");
+}
+
+Result<std::vector<std::string>> ReadFileList(const std::string& list, const std::string& base) {
+  std::ifstream in(list);
+  if (!in) return Status::FromErrno(errno ? errno : ENOENT, "file list " + list);
+  std::vector<std::string> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+    if (line.empty() || line[0] == '#') continue;
+    out.push_back(line[0] == '/' || base.empty() ? line : base + "/" + line);
+  }
+  if (in.bad()) return Status::FromErrno(EIO, "read file list " + list);
+  if (out.empty()) return Status::Error(EINVAL, "file list " + list + " lists no file");
+  return out;
 }
 
 }  // namespace vssfs::snapshot_ctl

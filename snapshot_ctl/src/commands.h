@@ -22,6 +22,12 @@ std::string FormatTime(int64_t ns);
 // Bytes as "1.5 GiB".
 std::string HumanBytes(uint64_t bytes);
 std::string FsckText(const cow_store::FsckReport& r, bool json);
+// Reads a target file list (--files LIST): one path per line, blank lines
+// and lines starting with '#' skipped; relative paths are taken from
+// `base` (kept relative when it is empty). Errors: errno of reading LIST,
+// EINVAL when it lists nothing.
+cow_store::Result<std::vector<std::string>> ReadFileList(const std::string& list,
+                                                         const std::string& base);
 
 }  // namespace vssfs::snapshot_ctl
 

@@ -191,6 +191,19 @@ const ShadowCopySet* FsrvpMachine::Find(const Guid& id) const {
   return nullptr;
 }
 
+FsrvpStatus FsrvpMachine::SetFiles(const Guid& id, std::vector<std::string> files) {
+  ShadowCopySet* s = FindMutable(id);
+  if (s == nullptr) {
+    return FsrvpStatus::Error(FsrvpError::kShadowCopySetIdMismatch,
+                              "no shadow copy set " + id.ToString());
+  }
+  if (s->state != SetState::kStarted) {
+    return FsrvpStatus::Error(FsrvpError::kBadState, "a file list is set before the first add");
+  }
+  s->files = std::move(files);
+  return FsrvpStatus();
+}
+
 ShadowCopySet* FsrvpMachine::FindMutable(const Guid& id) {
   for (ShadowCopySet& s : sets_) {
     if (s.id == id) return &s;
@@ -438,6 +451,7 @@ std::string FsrvpMachine::Serialize() const {
           << Hex(c.volume) << ' ' << Hex(c.snapshot) << ' ' << (c.exposed ? 1 : 0) << ' '
           << Hex(c.exposed_path) << '\n';
     }
+    for (const std::string& f : s.files) out << "file " << Hex(f) << '\n';
   }
   out << "end\n";
   return out.str();
@@ -501,6 +515,10 @@ Result<FsrvpMachine> FsrvpMachine::Parse(const std::string& text, Timeouts timeo
       c.id = *g;
       c.exposed = exposed != 0;
       m.sets_.back().copies.push_back(std::move(c));
+    } else if (word == "file") {
+      std::string hex, path;
+      if (m.sets_.empty() || !(in >> hex) || !Unhex(hex, &path)) return damaged("file line");
+      m.sets_.back().files.push_back(std::move(path));
     } else {
       return damaged("unknown line '" + word + "'");
     }

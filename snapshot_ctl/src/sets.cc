@@ -200,6 +200,7 @@ std::string Relative(const std::string& share, const std::string& volume) {
 std::string SetJson(const ShadowCopySet& s) {
   std::string out = "{\"id\":" + JsonString(s.id.ToString()) +
                     ",\"state\":" + JsonString(SetStateName(s.state)) +
+                    ",\"target_files\":" + std::to_string(s.files.size()) +
                     ",\"context\":" + JsonString(ContextName(s.context)) +
                     ",\"created\":" + JsonString(FormatTime(s.created_ns)) + ",\"shadow_copies\":[";
   for (size_t i = 0; i < s.copies.size(); ++i) {
@@ -317,6 +318,19 @@ FsrvpStatus DoCommit(FsrvpMachine& m, const Guid& set, std::string* err) {
     if (taken.count(c.volume)) continue;
     std::vector<std::string> create = {"snapshot", "create", "--guid", set.ToString(), "--json"};
     if (!held.empty()) create.push_back("--held");
+    // A target file list: this volume's part of it.
+    bool listed = false;
+    for (const std::string& f : sc->files) {
+      if (f.rfind(c.volume + "/", 0) == 0) {
+        create.insert(create.end(), {"--file", f});
+        listed = true;
+      }
+    }
+    if (!sc->files.empty() && !listed) {
+      ok = false;
+      why = c.volume + ": the set's file list names no file on this volume";
+      break;
+    }
     Result<CommandResult> r = Daemon(c.volume, create);
     if (!r.ok() || r.value().exit_code != 0) {
       ok = false;
@@ -470,8 +484,11 @@ std::string SetHelp() {
          "  set delete SET [--delete-snapshots]\n"
          "                                   remove the exposure; snapshots are kept unless asked\n"
          "  set list | set show SET\n"
-         "  set create-expose --context CTX [--auto-recovery] [--strict] PATH...\n"
+         "  set create-expose --context CTX [--auto-recovery] [--strict] [--files LIST] PATH...\n"
          "                                   start, add, prepare, commit and expose in one go\n"
+         "  (set start and create-expose take --files LIST: a target file list, one path per\n"
+         "  line; the shadow copies then protect and show only those files and their\n"
+         "  directories, and writes to other files pay no copy-on-write)\n"
          "\n"
          "CTX: backup (0x0), file-share-backup (0x10), nas-rollback (0x19), app-rollback (0x9),\n"
          "optionally +auto-recovery or +no-auto-recovery; or a number. With auto-recovery\n"
@@ -516,9 +533,26 @@ CommandResult RunSetCommand(const std::vector<std::string>& args, bool json) {
   if (sub == "start" || sub == "create-expose") {
     std::optional<uint32_t> ctx;
     std::vector<std::string> paths;
+    std::vector<std::string> files;
     bool strict = false;
     for (size_t i = 2; i < args.size(); ++i) {
-      if (args[i] == "--context" && i + 1 < args.size()) {
+      if (args[i] == "--files" && i + 1 < args.size()) {
+        char cwd[PATH_MAX];
+        if (getcwd(cwd, sizeof cwd) == nullptr) return Fail(kExitFailed, "getcwd failed");
+        Result<std::vector<std::string>> list = ReadFileList(args[++i], cwd);
+        if (!list.ok()) {
+          return Fail(list.status().error() == EINVAL ? kExitUsage : kExitNotFound,
+                      list.status().message());
+        }
+        for (std::string& f : list.value()) {
+          // The volume's own spelling of the path (symlinks to it resolved).
+          char real[PATH_MAX];
+          if (realpath(f.c_str(), real) == nullptr) {
+            return Fail(kExitNotFound, "target file " + f + ": " + std::strerror(errno));
+          }
+          files.emplace_back(real);
+        }
+      } else if (args[i] == "--context" && i + 1 < args.size()) {
         ctx = ParseContext(args[++i]);
         if (!ctx)
           return Fail(kExitUsage, "invalid context '" + args[i] + "' (see vssctl set --help)");
@@ -540,6 +574,7 @@ CommandResult RunSetCommand(const std::vector<std::string>& args, bool json) {
     Guid id;
     st = DoStart(m, *ctx, &id);
     shown = id;
+    if (st.ok() && !files.empty()) st = m.SetFiles(id, files);
     if (st.ok() && sub == "create-expose") {
       for (const std::string& p : paths) {
         st = DoAdd(m, id, p, strict, &r.err);

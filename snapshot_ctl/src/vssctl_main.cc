@@ -297,6 +297,25 @@ int Main(int argc, char** argv) {
     return kExitNotFound;
   }
   if (json) args.push_back("--json");
+  if (args.size() >= 2 && args[0] == "snapshot" && args[1] == "create") {
+    // --files LIST is read here (the caller's files and directory) and
+    // sent as one --file per path.
+    for (size_t i = 2; i < args.size(); ++i) {
+      if (args[i] != "--files") continue;
+      if (i + 1 >= args.size()) return Usage("--files needs a LIST file");
+      cow_store::Result<std::vector<std::string>> files = ReadFileList(args[i + 1], "");
+      if (!files.ok()) {
+        std::cerr << "vssctl: " << files.status().message() << "\n";
+        return files.status().error() == EINVAL ? kExitUsage : kExitNotFound;
+      }
+      args.erase(args.begin() + static_cast<long>(i), args.begin() + static_cast<long>(i) + 2);
+      for (const std::string& f : files.value()) {
+        args.insert(args.begin() + static_cast<long>(i), {"--file", f});
+        i += 2;
+      }
+      --i;
+    }
+  }
   cow_store::Result<CommandResult> result = CallDaemon(ControlSocketPath(resolved), args);
   if (!result.ok()) {
     const int err = result.status().error();

@@ -1390,3 +1390,20 @@ TEST_CASE("Store clone DeleteInode drops the object's blocks", "[cow_store]") {
   INFO(Joined(report.problems));
   CHECK(report.clean());
 }
+
+TEST_CASE("Store keeps a partial snapshot's covered objects, sorted, across a reopen",
+          "[cow_store]") {
+  TestStore store;
+  const std::vector<Ino> covered = {30, 2, 17, 2};
+  SnapshotInfo made = Must(store->CreateSnapshot("part", std::nullopt, 5, &covered));
+  CHECK(made.partial);
+  CHECK(made.covered == std::vector<Ino>{2, 17, 30});
+  Snap(*store, "whole");
+  store.Reopen();
+  SnapshotInfo part = Must(store->FindSnapshot("part"));
+  CHECK(part.partial);
+  CHECK(part.covered == std::vector<Ino>{2, 17, 30});
+  SnapshotInfo whole = Must(store->FindSnapshot("whole"));
+  CHECK_FALSE(whole.partial);
+  CHECK(whole.covered.empty());
+}

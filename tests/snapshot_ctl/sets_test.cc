@@ -560,3 +560,82 @@ TEST_CASE("vssctl set rollback: a rollback set's shares back to their shadow cop
   REQUIRE(m1.Unmount() == 0);
   REQUIRE(m2.Unmount() == 0);
 }
+
+namespace {
+
+uint64_t Preserved(const std::string& mnt) {
+  std::string out;
+  if (Vssctl({"-m", mnt, "--json", "df"}, &out) != 0) return UINT64_MAX;
+  const size_t at = out.find("\"preserved_bytes\":");
+  return at == std::string::npos ? UINT64_MAX : std::stoull(out.substr(at + 18));
+}
+
+void Overwrite(const std::string& path, size_t mib) {
+  REQUIRE(RunCommand({"dd", "if=/dev/urandom", "of=" + path, "bs=1M",
+                      "count=" + std::to_string(mib), "conv=notrunc,fsync", "status=none"}) == 0);
+}
+
+}  // namespace
+
+TEST_CASE(
+    "vssctl set --files: shadow copies of listed files only; other writes pay no "
+    "copy-on-write",
+    "[snapshot_ctl][sets][files]") {
+  REQUIRE(geteuid() == 0);
+  TempDir state;
+  StateEnv env(state.path());
+  VolumeDirs v;
+  ScopedMount m(v.backing, v.mnt);
+  const std::string share = v.mnt + "/share";
+  for (const std::string& d : {share, share + "/vm1", share + "/vm2"}) {
+    REQUIRE(mkdir(d.c_str(), 0755) == 0);
+  }
+  Overwrite(share + "/vm1/disk.vhdx", 4);
+  Overwrite(share + "/vm2/disk.vhdx", 4);
+  Write(share + "/vm1/notes.txt", "notes");
+  const std::string vm1_before = ReadFile(share + "/vm1/disk.vhdx");
+  const std::string list = state.Sub("files.list");
+  Write(list, "# the SQL data file only\n" + share + "/vm1/disk.vhdx\n");
+  std::string out;
+  REQUIRE(Vssctl({"--json", "set", "create-expose", "--context", "backup", "--files", list, share},
+                 &out) == 0);
+  const std::string set = Field(out, "id");
+  const std::string snap = Field(out, "snapshot");
+  const std::string copy = v.mnt + "/.snapshot/" + snap + "/share";
+  REQUIRE(Vssctl({"-m", v.mnt, "--json", "snapshot", "show", snap}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("\"partial\":true"));
+
+  // Writes to files no snapshot lists preserve nothing; the listed one's do.
+  REQUIRE(Preserved(v.mnt) == 0);
+  Overwrite(share + "/vm2/disk.vhdx", 4);
+  Write(share + "/vm1/notes.txt", "changed");
+  REQUIRE(unlink((share + "/vm1/notes.txt").c_str()) == 0);
+  CHECK(Preserved(v.mnt) == 0);
+  Overwrite(share + "/vm1/disk.vhdx", 1);
+  CHECK(Preserved(v.mnt) == (1u << 20));
+  // The shadow copy shows the listed file as it was, its directories, and
+  // nothing else.
+  CHECK(ReadFile(copy + "/vm1/disk.vhdx") == vm1_before);
+  CHECK(access((copy + "/vm2").c_str(), F_OK) != 0);
+  CHECK(access((copy + "/vm1/notes.txt").c_str(), F_OK) != 0);
+  std::string listing;
+  REQUIRE(RunCommand({"ls", "-A", copy + "/vm1"}, &listing) == 0);
+  CHECK(listing == "disk.vhdx\n");
+
+  // A whole-volume snapshot covers everything again while it exists.
+  REQUIRE(Vssctl({"-m", v.mnt, "snapshot", "create", "--name", "full"}, &out) == 0);
+  Overwrite(share + "/vm2/disk.vhdx", 2);
+  CHECK(Preserved(v.mnt) == (3u << 20));
+  REQUIRE(Vssctl({"-m", v.mnt, "snapshot", "delete", "full"}, &out) == 0);
+  const uint64_t after_delete = Preserved(v.mnt);
+  Overwrite(share + "/vm2/disk.vhdx", 4);
+  CHECK(Preserved(v.mnt) == after_delete);
+  CHECK(ReadFile(copy + "/vm1/disk.vhdx") == vm1_before);
+
+  // A list naming nothing on the set's volumes is refused at commit.
+  REQUIRE(Vssctl({"set", "recovery-complete", set}, &out) == 0);
+  Write(list, "/nonexistent/file\n");
+  CHECK(Vssctl({"set", "create-expose", "--context", "backup", "--files", list, share}, &out) == 3);
+  REQUIRE(Vssctl({"-m", v.mnt, "fsck"}, &out) == 0);
+  REQUIRE(m.Unmount() == 0);
+}

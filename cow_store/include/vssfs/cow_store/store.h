@@ -88,6 +88,11 @@ struct SnapshotInfo {
   std::string hold;
   CloneState clone = CloneState::kNone;
   int64_t frozen_ns = 0;  // When the clone was frozen (CLOCK_REALTIME).
+  // A target-file-list snapshot protects and shows only the objects in
+  // `covered` (backing inode numbers of the listed files and of their
+  // directories, up to the root); otherwise it covers the whole volume.
+  bool partial = false;
+  std::vector<Ino> covered;  // Sorted, when partial.
 };
 
 // How many snapshots to keep: the newest `keep_last` that are not held (0:
@@ -350,8 +355,11 @@ class Store {
   // Records a new snapshot (durable on return). `name` must be unique
   // (EEXIST) and a valid name (EINVAL). The caller makes the cut (no
   // mutation in flight). `guid` nullopt: a random one.
+  // `covered` non-null: a partial snapshot of those objects (see
+  // SnapshotInfo::covered).
   Result<SnapshotInfo> CreateSnapshot(const std::string& name, std::optional<Guid> guid,
-                                      int64_t created_ns);
+                                      int64_t created_ns,
+                                      const std::vector<Ino>* covered = nullptr);
   Result<std::vector<SnapshotInfo>> ListSnapshots() const;
   // Finds by name, id ("#<n>" or digits) or GUID. ENOENT when absent.
   Result<SnapshotInfo> FindSnapshot(const std::string& key) const;

@@ -48,8 +48,10 @@ class Volume {
  public:
   virtual ~Volume() = default;
   // See fs/src/passthrough.h for the guarantees (cut, syncfs, naming).
+  // `files` non-empty: a target-file-list snapshot (fs/src/passthrough.h).
   virtual cow_store::Result<cow_store::SnapshotInfo> CreateSnapshot(
-      const std::string& name, std::optional<cow_store::Guid> guid) = 0;
+      const std::string& name, std::optional<cow_store::Guid> guid,
+      const std::vector<std::string>& files) = 0;
   virtual cow_store::Result<cow_store::GcResult> DeleteSnapshot(const std::string& key) = 0;
   // Gives a snapshot a writable clone (auto-recovery): from now on
   // MOUNT/.snapshot/<name> takes writes, kept in the block store. Errors:

@@ -104,6 +104,9 @@ struct ShadowCopySet {
   uint32_t context = kCtxBackup;
   int64_t created_ns = 0;
   std::vector<ShadowCopy> copies;
+  // Target file list (absolute paths; empty: whole shares): the shadow
+  // copies protect and show only these files and their directories.
+  std::vector<std::string> files;
   const ShadowCopy* Find(const cow_store::Guid& copy) const;
 };
 
@@ -167,6 +170,9 @@ class FsrvpMachine {
 
   const std::vector<ShadowCopySet>& sets() const { return sets_; }
   const ShadowCopySet* Find(const cow_store::Guid& id) const;
+  // Gives a Started set its target file list (vssfs extension). Errors:
+  // FSRVP_E_BAD_STATE after the first add, unknown set.
+  FsrvpStatus SetFiles(const cow_store::Guid& id, std::vector<std::string> files);
   bool context_set() const { return context_set_; }
   uint32_t context() const { return context_; }
   int64_t timer_deadline() const { return deadline_; }  // 0: stopped.
