@@ -186,14 +186,14 @@ CowEngine::Epoch CowEngine::Enter() {
   Epoch e;
   e.lock_ = std::shared_lock(epoch_mutex_);
   e.latest_ = store_->LatestSnapshot();
-  std::lock_guard lock(coverage_mutex_);
-  e.covered_ = covered_;
+  e.covered_ = covered_.load(std::memory_order_acquire);
   return e;
 }
 
 void CowEngine::SetCoverage(Coverage covered) {
   std::lock_guard lock(coverage_mutex_);
-  covered_ = std::move(covered);
+  covered_.store(covered.get(), std::memory_order_release);
+  if (covered) coverage_history_.push_back(std::move(covered));
 }
 
 cow_store::Result<CowEngine::Coverage> CowEngine::CoverageOf(const cow_store::Store& store) {

@@ -18,6 +18,10 @@
 // Inode (cow_* fields) and, on a miss, read from the store: an object counts
 // as preserved when it has a record at epoch >= k.
 //
+// Target file lists: while every snapshot is partial, objects none covers
+// are not preserved at all (SetCoverage; the check is one atomic load per
+// request and a hash lookup per preservation).
+//
 // Thread-safety: all methods may be called concurrently. Lock order:
 // epoch_mutex_ (shared by requests) -> Inode::write_mutex ->
 // Inode::cow_mutex -> stripes_ (only briefly, never two at once) -> store.
@@ -27,12 +31,14 @@
 #include <sys/stat.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
 #include <unordered_set>
+#include <vector>
 
 #include "inode_table.h"
 #include "vssfs/cow_store/store.h"
@@ -64,13 +70,15 @@ class CowEngine {
     bool active() const { return latest_ != 0; }
     // Whether a snapshot may show `ino`: else nothing of it is preserved
     // (the saving of target file lists).
-    bool Covers(cow_store::Ino ino) const { return !covered_ || covered_->count(ino) != 0; }
+    bool Covers(cow_store::Ino ino) const {
+      return covered_ == nullptr || covered_->count(ino) != 0;
+    }
 
    private:
     friend class CowEngine;
     std::shared_lock<std::shared_mutex> lock_;
     cow_store::SnapId latest_ = 0;
-    Coverage covered_;
+    const std::unordered_set<cow_store::Ino>* covered_ = nullptr;  // Null: everything.
   };
   // Enters a mutating request: holds off snapshot cuts until destroyed.
   Epoch Enter();
@@ -126,8 +134,12 @@ class CowEngine {
   ino_t root_ino_;
   uint32_t block_size_;
   std::shared_mutex epoch_mutex_;
-  std::mutex coverage_mutex_;  // Leaf; guards covered_.
-  Coverage covered_;
+  // Read lock-free on every request; the sets stay alive in
+  // coverage_history_ for the engine's life (one per change of coverage,
+  // which only partial snapshots cause).
+  std::atomic<const std::unordered_set<cow_store::Ino>*> covered_{nullptr};
+  std::mutex coverage_mutex_;  // Leaf; guards coverage_history_.
+  std::vector<Coverage> coverage_history_;
   std::array<std::shared_mutex, kStripes> stripes_;
 };
 
