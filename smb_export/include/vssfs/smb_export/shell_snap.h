@@ -1,0 +1,57 @@
+// The vfs_shell_snap commands for Samba's FSRVP server (vssfs-smb).
+//
+// Samba's `vfs_shell_snap` runs three configured commands with the share
+// path appended (through /bin/sh, unquoted: see docs/SAMBA.md for why share
+// paths must then be plain):
+//
+//   check-path SHARE_PATH        0 when the share lives on a vssfs volume;
+//                                also remembers it as being added to a set
+//   create SHARE_PATH            prints the path of the share's shadow copy
+//   delete BASE_PATH SNAP_PATH   the exposure is gone
+//
+// One instant per set: Samba calls create once per share, one after the
+// other. The first create on a volume takes one snapshot (with a writable
+// clone, for auto-recovery) of the whole volume for every share that
+// check-path announced on it since the last one; the following creates of
+// those shares answer from that snapshot. The snapshot is held while any of
+// its exposures exists; when the last one is deleted it is frozen, released
+// and left to the volume's retention policy.
+//
+// Everything goes through `vssctl` (run directly, never through a shell),
+// so these commands need what vssctl needs (root, or the control group).
+// State: STATE_DIR/smb.state, changed under an exclusive flock of
+// STATE_DIR/smb.lock and replaced atomically.
+//
+// Thread-safety: one call per process; concurrent processes serialise on the
+// lock.
+#ifndef VSSFS_SMB_EXPORT_SHELL_SNAP_H_
+#define VSSFS_SMB_EXPORT_SHELL_SNAP_H_
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace vssfs::smb_export {
+
+struct ShellSnapOptions {
+  std::string vssctl = "vssctl";  // The vssctl binary.
+  std::string state_dir = "/var/lib/vssfs";
+  bool strict = false;            // check-path refuses a share failing vssctl check.
+  int64_t batch_window_s = 1800;  // How long an announced share waits for its create.
+};
+
+// Runs one command: args = {"check-path", PATH} | {"create", PATH} |
+// {"delete", BASE, SNAP}. Output for Samba goes to `out`, messages to `err`.
+// Returns the exit status (0 success, 1 failure, 2 usage).
+int RunShellSnap(const ShellSnapOptions& options, const std::vector<std::string>& args,
+                 std::ostream& out, std::ostream& err);
+
+// Whether Samba can pass `path` to a shell_snap command intact: an absolute
+// path of letters, digits and "/._-+@,:=" only (the command line is built
+// unquoted and run by /bin/sh).
+bool PlainSharePath(const std::string& path);
+
+}  // namespace vssfs::smb_export
+
+#endif  // VSSFS_SMB_EXPORT_SHELL_SNAP_H_

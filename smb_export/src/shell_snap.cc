@@ -1,0 +1,373 @@
+// vfs_shell_snap commands over vssctl (see shell_snap.h).
+#include "vssfs/smb_export/shell_snap.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+namespace vssfs::smb_export {
+namespace {
+
+int64_t NowS() { return static_cast<int64_t>(time(nullptr)); }
+
+// Runs argv (no shell); captures stdout and stderr. Returns the exit status,
+// or -1 when it could not run.
+int Run(const std::vector<std::string>& argv, std::string* out, std::string* err) {
+  int o[2], e[2];
+  if (pipe2(o, O_CLOEXEC) != 0) return -1;
+  if (pipe2(e, O_CLOEXEC) != 0) {
+    close(o[0]);
+    close(o[1]);
+    return -1;
+  }
+  const pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    dup2(o[1], 1);
+    dup2(e[1], 2);
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
+    _exit(127);
+  }
+  close(o[1]);
+  close(e[1]);
+  pollfd fds[2] = {{o[0], POLLIN, 0}, {e[0], POLLIN, 0}};
+  int open_fds = 2;
+  char buf[4096];
+  while (open_fds > 0) {
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+      ssize_t n = read(fds[i].fd, buf, sizeof buf);
+      if (n > 0) {
+        (i == 0 ? out : err)->append(buf, static_cast<size_t>(n));
+      } else if (n == 0 || errno != EINTR) {
+        close(fds[i].fd);
+        fds[i].fd = -1;
+        --open_fds;
+      }
+    }
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// The string value of "key" in a flat JSON object, or "".
+std::string JsonField(const std::string& json, const std::string& key) {
+  const std::string k = "\"" + key + "\":\"";
+  size_t at = json.find(k);
+  if (at == std::string::npos) return "";
+  at += k.size();
+  return json.substr(at, json.find('"', at) - at);
+}
+
+struct State {
+  struct Pending {
+    std::string share;
+    int64_t at = 0;
+  };
+  struct Taken {
+    std::string share, snapshot;
+    int64_t at = 0;
+  };
+  struct Exposed {
+    std::string volume;
+    int count = 0;
+  };
+  std::vector<Pending> pending;
+  std::vector<Taken> taken;
+  std::map<std::string, Exposed> exposed;  // By snapshot name.
+};
+
+class Registry {
+ public:
+  // Locks and loads STATE_DIR/smb.state; false with *why on failure.
+  bool Open(const std::string& dir, std::string* why) {
+    dir_ = dir;
+    if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+      *why = "cannot create " + dir + ": " + std::strerror(errno);
+      return false;
+    }
+    lock_ = open((dir + "/smb.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock_ < 0 || flock(lock_, LOCK_EX) != 0) {
+      *why = "cannot lock " + dir + "/smb.lock: " + std::strerror(errno);
+      return false;
+    }
+    std::ifstream in(dir + "/smb.state");
+    std::string line;
+    if (in && std::getline(in, line) && line != "vssfs-smb 1") {
+      *why = dir + "/smb.state: unknown format";
+      return false;
+    }
+    while (std::getline(in, line)) {
+      std::istringstream words(line);
+      std::string kind;
+      words >> kind;
+      if (kind == "pending") {
+        State::Pending p;
+        words >> p.share >> p.at;
+        if (words) state.pending.push_back(p);
+      } else if (kind == "taken") {
+        State::Taken t;
+        words >> t.share >> t.snapshot >> t.at;
+        if (words) state.taken.push_back(t);
+      } else if (kind == "exposed") {
+        std::string snap;
+        State::Exposed e;
+        words >> snap >> e.volume >> e.count;
+        if (words) state.exposed[snap] = e;
+      }
+    }
+    return true;
+  }
+  ~Registry() {
+    if (lock_ >= 0) close(lock_);
+  }
+  bool Save(std::string* why) {
+    const std::string path = dir_ + "/smb.state", tmp = path + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      out << "vssfs-smb 1\n";
+      for (const auto& p : state.pending) out << "pending " << p.share << ' ' << p.at << '\n';
+      for (const auto& t : state.taken) {
+        out << "taken " << t.share << ' ' << t.snapshot << ' ' << t.at << '\n';
+      }
+      for (const auto& [snap, e] : state.exposed) {
+        out << "exposed " << snap << ' ' << e.volume << ' ' << e.count << '\n';
+      }
+      out.flush();
+      if (!out) {
+        *why = "cannot write " + tmp;
+        return false;
+      }
+    }
+    const int fd = open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      fsync(fd);
+      close(fd);
+    }
+    if (rename(tmp.c_str(), path.c_str()) != 0) {
+      *why = "cannot replace " + path + ": " + std::strerror(errno);
+      return false;
+    }
+    return true;
+  }
+  State state;
+
+ private:
+  std::string dir_;
+  int lock_ = -1;
+};
+
+class Commands {
+ public:
+  Commands(const ShellSnapOptions& o, std::ostream& out, std::ostream& err)
+      : o_(o), out_(out), err_(err) {}
+
+  int CheckPath(const std::string& path) {
+    std::string share, volume;
+    if (!Share(path, &share, &volume)) return 1;
+    std::string cout, cerr;
+    const int rc = Run({o_.vssctl, "check", share}, &cout, &cerr);
+    if (rc == 5) {
+      err_ << "vssfs-smb: " << share << " fails the structure check:\n" << cout;
+      if (o_.strict) return 1;
+    } else if (rc != 0) {
+      err_ << "vssfs-smb: vssctl check " << share << ": " << cerr;
+      return 1;
+    }
+    Registry reg;
+    std::string why;
+    if (!reg.Open(o_.state_dir, &why)) return Fail(why);
+    Expire(&reg.state);
+    auto& p = reg.state.pending;
+    p.erase(std::remove_if(p.begin(), p.end(), [&](const auto& x) { return x.share == share; }),
+            p.end());
+    p.push_back({share, NowS()});
+    return reg.Save(&why) ? 0 : Fail(why);
+  }
+
+  int Create(const std::string& path) {
+    std::string share, volume;
+    if (!Share(path, &share, &volume)) return 1;
+    Registry reg;
+    std::string why;
+    if (!reg.Open(o_.state_dir, &why)) return Fail(why);
+    Expire(&reg.state);
+    State& s = reg.state;
+    std::string snap;
+    auto taken = std::find_if(s.taken.begin(), s.taken.end(),
+                              [&](const auto& t) { return t.share == share; });
+    if (taken != s.taken.end()) {
+      // Another share of the same set took the volume's snapshot already.
+      snap = taken->snapshot;
+      s.taken.erase(taken);
+    } else {
+      std::string cout, cerr;
+      if (Run({o_.vssctl, "-m", volume, "--json", "snapshot", "create"}, &cout, &cerr) != 0) {
+        return Fail("snapshot of " + volume + " failed: " + cerr);
+      }
+      snap = JsonField(cout, "name");
+      if (snap.empty()) return Fail("unexpected reply from vssctl: " + cout);
+      // Writable for auto-recovery until the exposure goes (Samba never
+      // says whether the requestor asked for it); held while exposed.
+      if (Run({o_.vssctl, "-m", volume, "snapshot", "clone", snap}, &cout, &cerr) != 0 ||
+          Run({o_.vssctl, "-m", volume, "snapshot", "hold", snap, "--reason",
+               "Samba FSRVP shadow copy"},
+              &cout, &cerr) != 0) {
+        return Fail("cannot prepare snapshot " + snap + ": " + cerr);
+      }
+      // Every other share announced on this volume gets the same instant.
+      for (const auto& p : s.pending) {
+        if (p.share != share && Within(p.share, volume)) {
+          s.taken.push_back({p.share, snap, NowS()});
+        }
+      }
+      s.pending.erase(std::remove_if(s.pending.begin(), s.pending.end(),
+                                     [&](const auto& p) { return Within(p.share, volume); }),
+                      s.pending.end());
+    }
+    s.pending.erase(std::remove_if(s.pending.begin(), s.pending.end(),
+                                   [&](const auto& p) { return p.share == share; }),
+                    s.pending.end());
+    State::Exposed& e = s.exposed[snap];
+    e.volume = volume;
+    ++e.count;
+    if (!reg.Save(&why)) return Fail(why);
+    const std::string rel = share == volume ? "" : share.substr(volume.size());
+    out_ << volume << "/.snapshot/" << snap << rel << "\n";
+    return 0;
+  }
+
+  int Delete(const std::string& base, const std::string& snap_path) {
+    (void)base;
+    Registry reg;
+    std::string why;
+    if (!reg.Open(o_.state_dir, &why)) return Fail(why);
+    const std::string marker = "/.snapshot/";
+    const size_t at = snap_path.find(marker);
+    if (at == std::string::npos) return Fail(snap_path + " is not a vssfs shadow copy path");
+    const std::string volume = snap_path.substr(0, at);
+    std::string snap = snap_path.substr(at + marker.size());
+    snap = snap.substr(0, snap.find('/'));
+    auto it = reg.state.exposed.find(snap);
+    if (it != reg.state.exposed.end() && --it->second.count > 0) {
+      return reg.Save(&why) ? 0 : Fail(why);
+    }
+    if (it != reg.state.exposed.end()) reg.state.exposed.erase(it);
+    // The last exposure: frozen for good, kept under the retention policy.
+    std::string cout, cerr;
+    const int frc = Run({o_.vssctl, "-m", volume, "snapshot", "freeze", snap}, &cout, &cerr);
+    if (frc != 0 && frc != 2) return Fail("cannot freeze " + snap + ": " + cerr);
+    if (Run({o_.vssctl, "-m", volume, "snapshot", "release", snap}, &cout, &cerr) != 0) {
+      err_ << "vssfs-smb: warning: cannot release " << snap << ": " << cerr;
+    }
+    (void)Run({o_.vssctl, "-m", volume, "retention", "apply"}, &cout, &cerr);
+    return reg.Save(&why) ? 0 : Fail(why);
+  }
+
+ private:
+  int Fail(const std::string& why) {
+    err_ << "vssfs-smb: " << why << (why.empty() || why.back() != '\n' ? "\n" : "");
+    return 1;
+  }
+
+  static bool Within(const std::string& path, const std::string& volume) {
+    return path == volume || path.rfind(volume + "/", 0) == 0;
+  }
+
+  void Expire(State* s) const {
+    const int64_t limit = NowS() - o_.batch_window_s;
+    s->pending.erase(std::remove_if(s->pending.begin(), s->pending.end(),
+                                    [&](const auto& p) { return p.at < limit; }),
+                     s->pending.end());
+    s->taken.erase(std::remove_if(s->taken.begin(), s->taken.end(),
+                                  [&](const auto& t) { return t.at < limit; }),
+                   s->taken.end());
+  }
+
+  // The share's canonical path and its vssfs volume.
+  bool Share(const std::string& path, std::string* share, std::string* volume) {
+    if (!PlainSharePath(path)) {
+      Fail("share path '" + path +
+           "' is not plain (letters, digits and /._-+@,:= only): Samba passes it to "
+           "shell_snap commands unquoted");
+      return false;
+    }
+    char real[PATH_MAX];
+    if (realpath(path.c_str(), real) == nullptr) {
+      Fail(path + ": " + std::strerror(errno));
+      return false;
+    }
+    *share = real;
+    std::string cout, cerr;
+    if (Run({o_.vssctl, "--json", "mounts"}, &cout, &cerr) != 0) {
+      Fail("vssctl mounts failed: " + cerr);
+      return false;
+    }
+    volume->clear();
+    for (size_t at = cout.find('"'); at != std::string::npos; at = cout.find('"', at + 1)) {
+      const size_t end = cout.find('"', at + 1);
+      if (end == std::string::npos) break;
+      const std::string m = cout.substr(at + 1, end - at - 1);
+      at = end;
+      if (Within(*share, m) && m.size() > volume->size()) *volume = m;
+    }
+    if (volume->empty()) {
+      Fail(*share + " is not on a vssfs volume");
+      return false;
+    }
+    if (share->rfind(*volume + "/.snapshot", 0) == 0) {
+      Fail(*share + " is inside a snapshot");
+      return false;
+    }
+    return true;
+  }
+
+  const ShellSnapOptions& o_;
+  std::ostream& out_;
+  std::ostream& err_;
+};
+
+}  // namespace
+
+bool PlainSharePath(const std::string& path) {
+  if (path.empty() || path[0] != '/' || path.size() >= PATH_MAX) return false;
+  return std::all_of(path.begin(), path.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           std::strchr("/._-+@,:=", c) != nullptr;
+  });
+}
+
+int RunShellSnap(const ShellSnapOptions& options, const std::vector<std::string>& args,
+                 std::ostream& out, std::ostream& err) {
+  Commands c(options, out, err);
+  if (args.size() == 2 && args[0] == "check-path") return c.CheckPath(args[1]);
+  if (args.size() == 2 && args[0] == "create") return c.Create(args[1]);
+  if (args.size() == 3 && args[0] == "delete") return c.Delete(args[1], args[2]);
+  err << "usage: vssfs-smb [--vssctl PATH] [--state-dir DIR] [--strict]\n"
+         "         check-path SHARE_PATH | create SHARE_PATH | delete BASE_PATH SNAP_PATH\n";
+  return 2;
+}
+
+}  // namespace vssfs::smb_export

@@ -1,0 +1,312 @@
+// vssfs-smb against a real smbd: Samba's FSRVP server (rpcclient fss_*)
+// drives the shell_snap commands over shares of a vssfs volume. smbd runs
+// on 127.0.0.1 on a free port above 1024 with every state directory in a
+// private temporary directory, and is stopped (with the helpers it started)
+// by PID at the end of each test.
+#include "vssfs/smb_export/shell_snap.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_support.h"
+
+namespace {
+
+using vssfs::testing::ReadFile;
+using vssfs::testing::RunCommand;
+using vssfs::testing::ScopedMount;
+using vssfs::testing::TempDir;
+using vssfs::testing::VolumeDirs;
+
+sockaddr_in Loopback(int port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  return a;
+}
+
+int FreePort() {
+  std::random_device rd;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    const int port = 20000 + static_cast<int>(rd() % 30000);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a = Loopback(port);
+    const bool ok = bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    close(s);
+    if (ok) return port;
+  }
+  return -1;
+}
+
+// smbd serving `shares` (name -> path) with vfs_shell_snap over vssfs-smb.
+class SmbServer {
+ public:
+  SmbServer(const std::string& dir, const std::vector<std::pair<std::string, std::string>>& shares,
+            const std::string& state_dir)
+      : dir_(dir), port_(FreePort()) {
+    REQUIRE(port_ > 0);
+    for (const char* d : {"lock", "state", "cache", "private", "pid", "ncalrpc"}) {
+      REQUIRE(mkdir((dir_ + "/" + d).c_str(), 0755) == 0);
+    }
+    const std::string cmd = std::string(VSSFS_SMB_BINARY) + " --vssctl " + VSSFS_VSSCTL_BINARY +
+                            " --state-dir " + state_dir;
+    std::ofstream conf(Conf());
+    conf << "[global]\n  netbios name = VSSFSTEST\n  workgroup = WG\n  smb ports = " << port_
+         << "\n  interfaces = 127.0.0.1\n  bind interfaces only = yes\n"
+         << "  server role = standalone server\n  registry shares = yes\n  include = registry\n"
+         // The RPC server (FSRVP included) is started here, not by smbd:
+         // samba-dcerpcd started on demand would leave its own session.
+         << "  rpc start on demand helpers = false\n";
+    for (const char* d : {"lock", "state", "cache", "pid"}) {
+      conf << "  " << d << " directory = " << dir_ << "/" << d << "\n";
+    }
+    conf << "  ncalrpc dir = " << dir_ << "/ncalrpc\n";
+    conf << "  private dir = " << dir_ << "/private\n  passdb backend = tdbsam:" << dir_
+         << "/private/passdb.tdb\n  log file = " << dir_ << "/log.%m\n";
+    for (const auto& [name, path] : shares) {
+      conf << "[" << name << "]\n  path = " << path << "\n  read only = no\n"
+           << "  vfs objects = shell_snap\n"
+           << "  shell_snap:check path command = " << cmd << " check-path\n"
+           << "  shell_snap:create command = " << cmd << " create\n"
+           << "  shell_snap:delete command = " << cmd << " delete\n";
+    }
+    conf.close();
+    std::string out;
+    REQUIRE(RunCommand({"sh", "-c",
+                        "printf 'secret\\nsecret\\n' | smbpasswd -c '" + Conf() + "' -s -a root"},
+                       &out) == 0);
+    rpcd_ = Start({"/usr/libexec/samba/samba-dcerpcd", "--libexec-rpcds", "--foreground",
+                   "--no-process-group", "-s", Conf()});
+    pid_ = Start({"smbd", "--foreground", "--no-process-group", "-s", Conf()});
+    // Ready when the port answers.
+    for (int i = 0; i < 200; ++i) {
+      int s = socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a = Loopback(port_);
+      const bool up = connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+      close(s);
+      if (up) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    FAIL("smbd did not start; see " << dir_ << "/log.smbd");
+  }
+  ~SmbServer() {
+    Stop(pid_);
+    Stop(rpcd_);
+  }
+  SmbServer(const SmbServer&) = delete;
+  SmbServer& operator=(const SmbServer&) = delete;
+
+  std::string Conf() const { return dir_ + "/smb.conf"; }
+  // One rpcclient command; returns its exit status and output.
+  int Rpc(const std::string& command, std::string* out) {
+    return RunCommand({"timeout", "120", "rpcclient", "-s", Conf(), "-p", std::to_string(port_),
+                       "-U", "root%secret", "127.0.0.1", "-c", command},
+                      out);
+  }
+
+ private:
+  // Runs argv in a process group of its own (its id is the PID): the
+  // server and every worker it forks are stopped together by Stop().
+  static pid_t Start(const std::vector<std::string>& argv) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      setpgid(0, 0);
+      int null = open("/dev/null", O_RDWR);
+      dup2(null, 0);
+      dup2(null, 1);
+      dup2(null, 2);
+      std::vector<char*> args;
+      for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+      args.push_back(nullptr);
+      execvp(args[0], args.data());
+      _exit(127);
+    }
+    if (pid > 0) setpgid(pid, pid);
+    return pid;
+  }
+  static void Stop(pid_t pid) {
+    if (pid <= 0) return;
+    kill(-pid, SIGTERM);
+    int status;
+    for (int i = 0; i < 100 && waitpid(pid, &status, WNOHANG) == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    kill(-pid, SIGKILL);  // Workers that outlived the server.
+    waitpid(pid, &status, 0);
+  }
+
+  std::string dir_;
+  int port_;
+  pid_t pid_ = -1;
+  pid_t rpcd_ = -1;
+};
+
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) out.push_back(line);
+  return out;
+}
+
+// The set id and the two shadow copy ids rpcclient printed.
+struct Exposed {
+  std::string set;
+  std::vector<std::string> copies;  // In share order.
+};
+
+Exposed ParseCreateExpose(const std::string& out) {
+  Exposed e;
+  for (const std::string& l : Lines(out)) {
+    const size_t paren = l.find('(');
+    if (l.find("shadow-copy set created") != std::string::npos) e.set = l.substr(0, l.find(':'));
+    if (paren != std::string::npos && l.find("shadow-copy added to set") != std::string::npos) {
+      e.copies.push_back(l.substr(paren + 1, l.find(')') - paren - 1));
+    }
+  }
+  return e;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "vssfs-smb: Samba FSRVP takes both shares of a volume at one instant, then freezes "
+    "and keeps the snapshot",
+    "[smb_export][samba]") {
+  REQUIRE(geteuid() == 0);
+  TempDir tmp;
+  VolumeDirs v;
+  // smbd and vssfs-smb find the daemon through this.
+  const std::string run = tmp.Sub("run");
+  setenv("VSSFS_RUN_DIR", run.c_str(), 1);
+  ScopedMount mount(v.backing, v.mnt, {"-o", "allow_other"});
+  const std::string s1 = v.mnt + "/vm1", s2 = v.mnt + "/vm2";
+  REQUIRE(mkdir(s1.c_str(), 0755) == 0);
+  REQUIRE(mkdir(s2.c_str(), 0755) == 0);
+  const std::string state = tmp.Sub("vssfs-state");
+  REQUIRE(mkdir(tmp.Sub("smb").c_str(), 0755) == 0);
+  SmbServer smb(tmp.Sub("smb"), {{"vm1", s1}, {"vm2", s2}}, state);
+
+  // A writer alternates 4 KiB records between the two shares (record n to
+  // vm<n%2+1>/log, O_DIRECT): one instant means the two logs hold records
+  // 0..k-1 exactly, whatever k is.
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> written{0};
+  std::thread writer([&] {
+    int fds[2] = {open((s1 + "/log").c_str(), O_WRONLY | O_CREAT | O_DIRECT, 0644),
+                  open((s2 + "/log").c_str(), O_WRONLY | O_CREAT | O_DIRECT, 0644)};
+    void* mem = nullptr;
+    if (fds[0] < 0 || fds[1] < 0 || posix_memalign(&mem, 4096, 4096) != 0) return;
+    char* buf = static_cast<char*>(mem);
+    for (uint64_t n = 0; !stop && n < 200000; ++n) {
+      std::memset(buf, 0, 4096);
+      std::memcpy(buf, &n, sizeof n);
+      if (pwrite(fds[n % 2], buf, 4096, static_cast<off_t>(n / 2 * 4096)) != 4096) break;
+      written = n + 1;
+      // About 5000 records a second: many during the commit, a bounded file.
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    free(mem);
+    close(fds[0]);
+    close(fds[1]);
+  });
+  while (written < 200) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::string out;
+  const int rc = smb.Rpc("fss_create_expose backup rw vm1 vm2", &out);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  stop = true;
+  writer.join();
+  INFO(out);
+  REQUIRE(rc == 0);
+  const Exposed e = ParseCreateExpose(out);
+  REQUIRE(e.copies.size() == 2);
+
+  // One snapshot for both shares.
+  std::string list;
+  REQUIRE(RunCommand({VSSFS_VSSCTL_BINARY, "-m", v.mnt, "--json", "snapshot", "list"}, &list) == 0);
+  const size_t first = list.find("\"name\":\"");
+  REQUIRE(first != std::string::npos);
+  CHECK(list.find("\"name\":\"", first + 1) == std::string::npos);
+  const std::string snap = list.substr(first + 8, list.find('"', first + 8) - first - 8);
+  CHECK(list.find("\"clone\":\"writable\"") != std::string::npos);
+
+  // The logs in it: records 0..k-1, split between the shares.
+  std::vector<uint64_t> seen;
+  for (int i = 0; i < 2; ++i) {
+    const std::string data =
+        ReadFile(v.mnt + "/.snapshot/" + snap + "/vm" + std::to_string(i + 1) + "/log");
+    REQUIRE(data.size() % 4096 == 0);
+    for (size_t off = 0; off < data.size(); off += 4096) {
+      uint64_t n;
+      std::memcpy(&n, data.data() + off, sizeof n);
+      CHECK(n == off / 4096 * 2 + static_cast<uint64_t>(i));
+      seen.push_back(n);
+    }
+  }
+  std::sort(seen.begin(), seen.end());
+  for (size_t i = 0; i < seen.size(); ++i) REQUIRE(seen[i] == i);
+  INFO("records in the snapshot: " << seen.size() << " of " << written.load());
+  CHECK(seen.size() >= 200);
+  CHECK(seen.size() < written.load());
+
+  // The clone is what Samba exposes: writable for auto-recovery.
+  std::ofstream(v.mnt + "/.snapshot/" + snap + "/vm1/recovered") << "yes";
+  CHECK(ReadFile(v.mnt + "/.snapshot/" + snap + "/vm1/recovered") == "yes");
+
+  // The exposures go one by one; the last freezes the snapshot, releases
+  // its hold and leaves it to retention.
+  REQUIRE(smb.Rpc("fss_recovery_complete " + e.set, &out) == 0);
+  REQUIRE(smb.Rpc("fss_delete vm1 " + e.set + " " + e.copies[0], &out) == 0);
+  REQUIRE(RunCommand({VSSFS_VSSCTL_BINARY, "-m", v.mnt, "--json", "snapshot", "show", snap},
+                     &list) == 0);
+  CHECK(list.find("\"clone\":\"writable\"") != std::string::npos);
+  REQUIRE(smb.Rpc("fss_delete vm2 " + e.set + " " + e.copies[1], &out) == 0);
+  REQUIRE(RunCommand({VSSFS_VSSCTL_BINARY, "-m", v.mnt, "--json", "snapshot", "show", snap},
+                     &list) == 0);
+  CHECK(list.find("\"clone\":\"frozen\"") != std::string::npos);
+  CHECK(list.find("\"hold\":\"\"") != std::string::npos);
+  CHECK(ReadFile(v.mnt + "/.snapshot/" + snap + "/vm1/recovered") == "yes");
+  REQUIRE(mount.Unmount() == 0);
+  unsetenv("VSSFS_RUN_DIR");
+}
+
+TEST_CASE("vssfs-smb: share paths a shell would split are refused, and nothing runs",
+          "[smb_export]") {
+  using vssfs::smb_export::PlainSharePath;
+  CHECK(PlainSharePath("/srv/vssfs/vms/vm1"));
+  CHECK(PlainSharePath("/srv/a_b-c.d+e@f,g:h=i"));
+  CHECK_FALSE(PlainSharePath("relative/path"));
+  CHECK_FALSE(PlainSharePath("/srv/with space"));
+  CHECK_FALSE(PlainSharePath("/srv/x;touch /tmp/pwned"));
+  CHECK_FALSE(PlainSharePath("/srv/$(id)"));
+  CHECK_FALSE(PlainSharePath("/srv/'quoted'"));
+  TempDir tmp;
+  std::string out;
+  const std::string evil = tmp.path() + "/x;touch " + tmp.path() + "/pwned";
+  CHECK(RunCommand({VSSFS_SMB_BINARY, "--state-dir", tmp.Sub("st"), "check-path", evil}, &out) ==
+        1);
+  CHECK_THAT(out, Catch::Contains("is not plain"));
+  CHECK(access((tmp.path() + "/pwned").c_str(), F_OK) != 0);
+  CHECK(RunCommand({VSSFS_SMB_BINARY, "frobnicate"}, &out) == 2);
+}
