@@ -276,9 +276,8 @@ class Commands {
     }
     if (it != reg.state.exposed.end()) reg.state.exposed.erase(it);
     // The last exposure: frozen for good, kept under the retention policy.
+    if (FreezeShadowCopy(o_, snap_path, err_) != 0) return 1;
     std::string cout, cerr;
-    const int frc = Run({o_.vssctl, "-m", volume, "snapshot", "freeze", snap}, &cout, &cerr);
-    if (frc != 0 && frc != 2) return Fail("cannot freeze " + snap + ": " + cerr);
     if (Run({o_.vssctl, "-m", volume, "snapshot", "release", snap}, &cout, &cerr) != 0) {
       err_ << "vssfs-smb: warning: cannot release " << snap << ": " << cerr;
     }
@@ -350,6 +349,26 @@ class Commands {
 };
 
 }  // namespace
+
+int FreezeShadowCopy(const ShellSnapOptions& options, const std::string& snap_path,
+                     std::ostream& err) {
+  const std::string marker = "/.snapshot/";
+  const size_t at = snap_path.find(marker);
+  if (at == std::string::npos) {
+    err << "vssfs-smb: " << snap_path << " is not a vssfs shadow copy path\n";
+    return 1;
+  }
+  const std::string volume = snap_path.substr(0, at);
+  std::string snap = snap_path.substr(at + marker.size());
+  snap = snap.substr(0, snap.find('/'));
+  std::string cout, cerr;
+  const int rc = Run({options.vssctl, "-m", volume, "snapshot", "freeze", snap}, &cout, &cerr);
+  if (rc != 0 && rc != 2) {  // 2: the snapshot has no clone (read-only already).
+    err << "vssfs-smb: cannot freeze " << snap << " of " << volume << ": " << cerr;
+    return 1;
+  }
+  return 0;
+}
 
 bool PlainSharePath(const std::string& path) {
   if (path.empty() || path[0] != '/' || path.size() >= PATH_MAX) return false;

@@ -13,9 +13,19 @@ int main(int argc, char** argv) {
     o.state_dir = dir;
   }
   std::vector<std::string> args;
+  std::string lock_dir;
+  int interval_ms = 100;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--vssctl" && i + 1 < argc) {
+    if (a == "--samba-lock-dir" && i + 1 < argc) {
+      lock_dir = argv[++i];
+    } else if (a == "--interval-ms" && i + 1 < argc) {
+      interval_ms = std::atoi(argv[++i]);
+      if (interval_ms < 10 || interval_ms > 60000) {
+        std::cerr << "vssfs-smb: --interval-ms must be 10..60000\n";
+        return 2;
+      }
+    } else if (a == "--vssctl" && i + 1 < argc) {
       o.vssctl = argv[++i];
     } else if (a == "--state-dir" && i + 1 < argc) {
       o.state_dir = argv[++i];
@@ -32,6 +42,10 @@ int main(int argc, char** argv) {
              "                               shares announced on one volume share one snapshot\n"
              "  delete BASE_PATH SNAP_PATH   the exposure is gone; the last one of a snapshot\n"
              "                               freezes it and leaves it to retention\n"
+             "  watch --samba-lock-dir DIR [--interval-ms N]\n"
+             "                               freeze the copies of every set Samba's FSRVP\n"
+             "                               server records as Recovered (runs until SIGTERM;\n"
+             "                               DIR is smb.conf's lock directory)\n"
              "--strict refuses shares failing vssctl check. State: --state-dir (default\n"
              "$VSSFS_STATE_DIR or /var/lib/vssfs)/smb.state. Exit status 0 success, 1 failed,\n"
              "2 usage.\n";
@@ -39,6 +53,13 @@ int main(int argc, char** argv) {
     } else {
       args.push_back(a);
     }
+  }
+  if (!args.empty() && args[0] == "watch") {
+    if (args.size() != 1 || lock_dir.empty()) {
+      std::cerr << "vssfs-smb: usage: watch --samba-lock-dir DIR [--interval-ms N]\n";
+      return 2;
+    }
+    return vssfs::smb_export::WatchSamba(o, lock_dir, interval_ms, std::cerr);
   }
   return vssfs::smb_export::RunShellSnap(o, args, std::cout, std::cerr);
 }

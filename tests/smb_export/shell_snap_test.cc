@@ -59,6 +59,36 @@ int FreePort() {
   return -1;
 }
 
+// Runs argv in a process group of its own (its id is the PID): the
+// server and every worker it forks are stopped together by Stop().
+pid_t StartGroup(const std::vector<std::string>& argv) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    setpgid(0, 0);
+    int null = open("/dev/null", O_RDWR);
+    dup2(null, 0);
+    dup2(null, 1);
+    dup2(null, 2);
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
+    _exit(127);
+  }
+  if (pid > 0) setpgid(pid, pid);
+  return pid;
+}
+void StopGroup(pid_t pid) {
+  if (pid <= 0) return;
+  kill(-pid, SIGTERM);
+  int status;
+  for (int i = 0; i < 100 && waitpid(pid, &status, WNOHANG) == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  kill(-pid, SIGKILL);  // Workers that outlived the server.
+  waitpid(pid, &status, 0);
+}
+
 // smbd serving `shares` (name -> path) with vfs_shell_snap over vssfs-smb.
 class SmbServer {
  public:
@@ -96,9 +126,9 @@ class SmbServer {
     REQUIRE(RunCommand({"sh", "-c",
                         "printf 'secret\\nsecret\\n' | smbpasswd -c '" + Conf() + "' -s -a root"},
                        &out) == 0);
-    rpcd_ = Start({"/usr/libexec/samba/samba-dcerpcd", "--libexec-rpcds", "--foreground",
-                   "--no-process-group", "-s", Conf()});
-    pid_ = Start({"smbd", "--foreground", "--no-process-group", "-s", Conf()});
+    rpcd_ = StartGroup({"/usr/libexec/samba/samba-dcerpcd", "--libexec-rpcds", "--foreground",
+                        "--no-process-group", "-s", Conf()});
+    pid_ = StartGroup({"smbd", "--foreground", "--no-process-group", "-s", Conf()});
     // Ready when the port answers.
     for (int i = 0; i < 200; ++i) {
       int s = socket(AF_INET, SOCK_STREAM, 0);
@@ -111,8 +141,8 @@ class SmbServer {
     FAIL("smbd did not start; see " << dir_ << "/log.smbd");
   }
   ~SmbServer() {
-    Stop(pid_);
-    Stop(rpcd_);
+    StopGroup(pid_);
+    StopGroup(rpcd_);
   }
   SmbServer(const SmbServer&) = delete;
   SmbServer& operator=(const SmbServer&) = delete;
@@ -126,36 +156,6 @@ class SmbServer {
   }
 
  private:
-  // Runs argv in a process group of its own (its id is the PID): the
-  // server and every worker it forks are stopped together by Stop().
-  static pid_t Start(const std::vector<std::string>& argv) {
-    const pid_t pid = fork();
-    if (pid == 0) {
-      setpgid(0, 0);
-      int null = open("/dev/null", O_RDWR);
-      dup2(null, 0);
-      dup2(null, 1);
-      dup2(null, 2);
-      std::vector<char*> args;
-      for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-      args.push_back(nullptr);
-      execvp(args[0], args.data());
-      _exit(127);
-    }
-    if (pid > 0) setpgid(pid, pid);
-    return pid;
-  }
-  static void Stop(pid_t pid) {
-    if (pid <= 0) return;
-    kill(-pid, SIGTERM);
-    int status;
-    for (int i = 0; i < 100 && waitpid(pid, &status, WNOHANG) == 0; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    kill(-pid, SIGKILL);  // Workers that outlived the server.
-    waitpid(pid, &status, 0);
-  }
-
   std::string dir_;
   int port_;
   pid_t pid_ = -1;
@@ -207,6 +207,13 @@ TEST_CASE(
   const std::string state = tmp.Sub("vssfs-state");
   REQUIRE(mkdir(tmp.Sub("smb").c_str(), 0755) == 0);
   SmbServer smb(tmp.Sub("smb"), {{"vm1", s1}, {"vm2", s2}}, state);
+  // The RecoveryComplete watcher, stopped (by its process group) at the end.
+  struct Watcher {
+    pid_t pid;
+    ~Watcher() { StopGroup(pid); }
+  } watcher{
+      StartGroup({VSSFS_SMB_BINARY, "--vssctl", VSSFS_VSSCTL_BINARY, "--state-dir", state, "watch",
+                  "--samba-lock-dir", tmp.Sub("smb") + "/lock", "--interval-ms", "50"})};
 
   // A writer alternates 4 KiB records between the two shares (record n to
   // vm<n%2+1>/log, O_DIRECT): one instant means the two logs hold records
@@ -274,13 +281,30 @@ TEST_CASE(
   std::ofstream(v.mnt + "/.snapshot/" + snap + "/vm1/recovered") << "yes";
   CHECK(ReadFile(v.mnt + "/.snapshot/" + snap + "/vm1/recovered") == "yes");
 
-  // The exposures go one by one; the last freezes the snapshot, releases
-  // its hold and leaves it to retention.
+  // RecoveryComplete: the watcher sees Samba record the set Recovered and
+  // freezes its copies.
+  const std::string probe = v.mnt + "/.snapshot/" + snap + "/vm1/recovered";
   REQUIRE(smb.Rpc("fss_recovery_complete " + e.set, &out) == 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  bool frozen = false;
+  while (!frozen && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10)) {
+    const int fd = open(probe.c_str(), O_WRONLY);
+    frozen = fd < 0 && errno == EROFS;
+    if (fd >= 0) close(fd);
+    if (!frozen) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const auto delay =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
+  WARN("RecoveryComplete to EROFS: " << delay << " ms");
+  REQUIRE(frozen);
+  CHECK(delay < 1000);
+  // The exposures go one by one; the last releases the hold and leaves the
+  // snapshot to retention.
   REQUIRE(smb.Rpc("fss_delete vm1 " + e.set + " " + e.copies[0], &out) == 0);
   REQUIRE(RunCommand({VSSFS_VSSCTL_BINARY, "-m", v.mnt, "--json", "snapshot", "show", snap},
                      &list) == 0);
-  CHECK(list.find("\"clone\":\"writable\"") != std::string::npos);
+  CHECK(list.find("\"hold\":\"Samba FSRVP shadow copy\"") != std::string::npos);
   REQUIRE(smb.Rpc("fss_delete vm2 " + e.set + " " + e.copies[1], &out) == 0);
   REQUIRE(RunCommand({VSSFS_VSSCTL_BINARY, "-m", v.mnt, "--json", "snapshot", "show", snap},
                      &list) == 0);

@@ -47,6 +47,20 @@ struct ShellSnapOptions {
 int RunShellSnap(const ShellSnapOptions& options, const std::vector<std::string>& args,
                  std::ostream& out, std::ostream& err);
 
+// Freezes the snapshot behind a shadow copy path
+// (VOLUME/.snapshot/NAME[/...]); a snapshot without a clone is fine.
+// Returns 0, or 1 with a message on `err`.
+int FreezeShadowCopy(const ShellSnapOptions& options, const std::string& snap_path,
+                     std::ostream& err);
+
+// vssfs-smb watch: every `interval_ms`, reads Samba's FSRVP state
+// (LOCK_DIR/srv_fss.tdb, read-only) and freezes the shadow copies of every
+// set Samba records as Recovered (MS-FSRVP RecoveryComplete, which Samba
+// itself never turns into read-only copies). Runs until SIGTERM or SIGINT;
+// what it does goes to `log`. Returns 0.
+int WatchSamba(const ShellSnapOptions& options, const std::string& lock_dir, int interval_ms,
+               std::ostream& log);
+
 // Whether Samba can pass `path` to a shell_snap command intact: an absolute
 // path of letters, digits and "/._-+@,:=" only (the command line is built
 // unquoted and run by /bin/sh).
