@@ -92,8 +92,10 @@ void StopGroup(pid_t pid) {
 // smbd serving `shares` (name -> path) with vfs_shell_snap over vssfs-smb.
 class SmbServer {
  public:
+  // Each share exports a directory of the vssfs volume mounted at `volume`
+  // with shadow_copy2 (Previous Versions, docs/SAMBA.md) and shell_snap.
   SmbServer(const std::string& dir, const std::vector<std::pair<std::string, std::string>>& shares,
-            const std::string& state_dir)
+            const std::string& state_dir, const std::string& volume)
       : dir_(dir), port_(FreePort()) {
     REQUIRE(port_ > 0);
     for (const char* d : {"lock", "state", "cache", "private", "pid", "ncalrpc"}) {
@@ -116,7 +118,10 @@ class SmbServer {
          << "/private/passdb.tdb\n  log file = " << dir_ << "/log.%m\n";
     for (const auto& [name, path] : shares) {
       conf << "[" << name << "]\n  path = " << path << "\n  read only = no\n"
-           << "  vfs objects = shell_snap\n"
+           << "  vfs objects = shadow_copy2 shell_snap\n"
+           << "  shadow:mountpoint = " << volume << "\n  shadow:snapdir = .snapshot\n"
+           << "  shadow:format = @GMT-%Y.%m.%d-%H.%M.%S\n  shadow:localtime = no\n"
+           << "  shadow:sort = desc\n  shadow:fixinodes = no\n"
            << "  shell_snap:check path command = " << cmd << " check-path\n"
            << "  shell_snap:create command = " << cmd << " create\n"
            << "  shell_snap:delete command = " << cmd << " delete\n";
@@ -148,6 +153,12 @@ class SmbServer {
   SmbServer& operator=(const SmbServer&) = delete;
 
   std::string Conf() const { return dir_ + "/smb.conf"; }
+  // One smbclient command on share `share`; returns its exit status.
+  int Client(const std::string& share, const std::string& command, std::string* out) {
+    return RunCommand({"timeout", "120", "smbclient", "-s", Conf(), "-p", std::to_string(port_),
+                       "-U", "root%secret", "//127.0.0.1/" + share, "-c", command},
+                      out);
+  }
   // One rpcclient command; returns its exit status and output.
   int Rpc(const std::string& command, std::string* out) {
     return RunCommand({"timeout", "120", "rpcclient", "-s", Conf(), "-p", std::to_string(port_),
@@ -206,7 +217,7 @@ TEST_CASE(
   REQUIRE(mkdir(s2.c_str(), 0755) == 0);
   const std::string state = tmp.Sub("vssfs-state");
   REQUIRE(mkdir(tmp.Sub("smb").c_str(), 0755) == 0);
-  SmbServer smb(tmp.Sub("smb"), {{"vm1", s1}, {"vm2", s2}}, state);
+  SmbServer smb(tmp.Sub("smb"), {{"vm1", s1}, {"vm2", s2}}, state, v.mnt);
   // The RecoveryComplete watcher, stopped (by its process group) at the end.
   struct Watcher {
     pid_t pid;
@@ -333,4 +344,43 @@ TEST_CASE("vssfs-smb: share paths a shell would split are refused, and nothing r
   CHECK_THAT(out, Catch::Contains("is not plain"));
   CHECK(access((tmp.path() + "/pwned").c_str(), F_OK) != 0);
   CHECK(RunCommand({VSSFS_SMB_BINARY, "frobnicate"}, &out) == 2);
+}
+
+TEST_CASE(
+    "Previous Versions: shadow_copy2 over .snapshot lists the snapshots and reads each "
+    "version",
+    "[smb_export][samba]") {
+  REQUIRE(geteuid() == 0);
+  TempDir tmp;
+  VolumeDirs v;
+  const std::string run = tmp.Sub("run");
+  setenv("VSSFS_RUN_DIR", run.c_str(), 1);
+  ScopedMount mount(v.backing, v.mnt, {"-o", "allow_other"});
+  const std::string share = v.mnt + "/docs";
+  REQUIRE(mkdir(share.c_str(), 0755) == 0);
+  std::vector<std::string> snaps;
+  for (int version = 1; version <= 3; ++version) {
+    std::ofstream(share + "/report.txt") << "version " << version << "\n";
+    if (version == 3) break;
+    std::string out;
+    REQUIRE(RunCommand({VSSFS_VSSCTL_BINARY, "-m", v.mnt, "--json", "snapshot", "create"}, &out) ==
+            0);
+    const size_t at = out.find("\"name\":\"");
+    snaps.push_back(out.substr(at + 8, out.find('"', at + 8) - at - 8));
+  }
+  REQUIRE(mkdir(tmp.Sub("smb").c_str(), 0755) == 0);
+  SmbServer smb(tmp.Sub("smb"), {{"docs", share}}, tmp.Sub("vssfs-state"), v.mnt);
+  std::string out;
+  REQUIRE(smb.Client("docs", "allinfo report.txt", &out) == 0);
+  INFO(out);
+  for (const std::string& s : snaps) CHECK_THAT(out, Catch::Contains(s));
+  for (size_t i = 0; i < snaps.size(); ++i) {
+    const std::string local = tmp.Sub("v" + std::to_string(i));
+    REQUIRE(smb.Client("docs", "get " + snaps[i] + "/report.txt " + local, &out) == 0);
+    CHECK(ReadFile(local) == "version " + std::to_string(i + 1) + "\n");
+  }
+  REQUIRE(smb.Client("docs", "get report.txt " + tmp.Sub("live"), &out) == 0);
+  CHECK(ReadFile(tmp.Sub("live")) == "version 3\n");
+  REQUIRE(mount.Unmount() == 0);
+  unsetenv("VSSFS_RUN_DIR");
 }
