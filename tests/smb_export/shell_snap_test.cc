@@ -95,7 +95,7 @@ class SmbServer {
   // Each share exports a directory of the vssfs volume mounted at `volume`
   // with shadow_copy2 (Previous Versions, docs/SAMBA.md) and shell_snap.
   SmbServer(const std::string& dir, const std::vector<std::pair<std::string, std::string>>& shares,
-            const std::string& state_dir, const std::string& volume)
+            const std::string& state_dir, const std::string& volume, bool previous_versions)
       : dir_(dir), port_(FreePort()) {
     REQUIRE(port_ > 0);
     for (const char* d : {"lock", "state", "cache", "private", "pid", "ncalrpc"}) {
@@ -118,7 +118,7 @@ class SmbServer {
          << "/private/passdb.tdb\n  log file = " << dir_ << "/log.%m\n";
     for (const auto& [name, path] : shares) {
       conf << "[" << name << "]\n  path = " << path << "\n  read only = no\n"
-           << "  vfs objects = shadow_copy2 shell_snap\n"
+           << "  vfs objects = " << (previous_versions ? "shadow_copy2 " : "") << "shell_snap\n"
            << "  shadow:mountpoint = " << volume << "\n  shadow:snapdir = .snapshot\n"
            << "  shadow:format = @GMT-%Y.%m.%d-%H.%M.%S\n  shadow:localtime = no\n"
            << "  shadow:sort = desc\n  shadow:fixinodes = no\n"
@@ -217,7 +217,7 @@ TEST_CASE(
   REQUIRE(mkdir(s2.c_str(), 0755) == 0);
   const std::string state = tmp.Sub("vssfs-state");
   REQUIRE(mkdir(tmp.Sub("smb").c_str(), 0755) == 0);
-  SmbServer smb(tmp.Sub("smb"), {{"vm1", s1}, {"vm2", s2}}, state, v.mnt);
+  SmbServer smb(tmp.Sub("smb"), {{"vm1", s1}, {"vm2", s2}}, state, v.mnt, false);
   // The RecoveryComplete watcher, stopped (by its process group) at the end.
   struct Watcher {
     pid_t pid;
@@ -288,9 +288,16 @@ TEST_CASE(
   CHECK(seen.size() >= 200);
   CHECK(seen.size() < written.load());
 
-  // The clone is what Samba exposes: writable for auto-recovery.
-  std::ofstream(v.mnt + "/.snapshot/" + snap + "/vm1/recovered") << "yes";
+  // The clone is what Samba exposes: writable for auto-recovery, through
+  // SMB too, and only there.
+  const std::string exposed1 = "vm1@{" + e.copies[0] + "}";
+  const std::string upload = tmp.Sub("upload");
+  std::ofstream(upload) << "yes";
+  const int put = smb.Client(exposed1, "put " + upload + " recovered", &out);
+  INFO("smbclient put: " << out);
+  REQUIRE(put == 0);
   CHECK(ReadFile(v.mnt + "/.snapshot/" + snap + "/vm1/recovered") == "yes");
+  CHECK(access((s1 + "/recovered").c_str(), F_OK) != 0);
 
   // RecoveryComplete: the watcher sees Samba record the set Recovered and
   // freezes its copies.
@@ -310,6 +317,10 @@ TEST_CASE(
   WARN("RecoveryComplete to EROFS: " << delay << " ms");
   REQUIRE(frozen);
   CHECK(delay < 1000);
+  // Through SMB as well; what backups read is the instant plus the recovery.
+  CHECK(smb.Client(exposed1, "put " + upload + " late", &out) != 0);
+  REQUIRE(smb.Client(exposed1, "get recovered " + tmp.Sub("back"), &out) == 0);
+  CHECK(ReadFile(tmp.Sub("back")) == "yes");
   // The exposures go one by one; the last releases the hold and leaves the
   // snapshot to retention.
   REQUIRE(smb.Rpc("fss_delete vm1 " + e.set + " " + e.copies[0], &out) == 0);
@@ -369,7 +380,7 @@ TEST_CASE(
     snaps.push_back(out.substr(at + 8, out.find('"', at + 8) - at - 8));
   }
   REQUIRE(mkdir(tmp.Sub("smb").c_str(), 0755) == 0);
-  SmbServer smb(tmp.Sub("smb"), {{"docs", share}}, tmp.Sub("vssfs-state"), v.mnt);
+  SmbServer smb(tmp.Sub("smb"), {{"docs", share}}, tmp.Sub("vssfs-state"), v.mnt, true);
   std::string out;
   REQUIRE(smb.Client("docs", "allinfo report.txt", &out) == 0);
   INFO(out);
@@ -381,6 +392,47 @@ TEST_CASE(
   }
   REQUIRE(smb.Client("docs", "get report.txt " + tmp.Sub("live"), &out) == 0);
   CHECK(ReadFile(tmp.Sub("live")) == "version 3\n");
+  REQUIRE(mount.Unmount() == 0);
+  unsetenv("VSSFS_RUN_DIR");
+}
+
+TEST_CASE("vssfs-smb: FSRVP calls Samba refuses, and a share not on vssfs, change nothing",
+          "[smb_export][samba]") {
+  REQUIRE(geteuid() == 0);
+  TempDir tmp;
+  VolumeDirs v;
+  const std::string run = tmp.Sub("run");
+  setenv("VSSFS_RUN_DIR", run.c_str(), 1);
+  ScopedMount mount(v.backing, v.mnt, {"-o", "allow_other"});
+  const std::string on = v.mnt + "/data", off = tmp.Sub("plain");
+  REQUIRE(mkdir(on.c_str(), 0755) == 0);
+  REQUIRE(mkdir(off.c_str(), 0755) == 0);
+  REQUIRE(mkdir(tmp.Sub("smb").c_str(), 0755) == 0);
+  SmbServer smb(tmp.Sub("smb"), {{"data", on}, {"plain", off}}, tmp.Sub("vssfs-state"), v.mnt,
+                true);
+  std::string out;
+  REQUIRE(smb.Rpc("fss_get_sup_version", &out) == 0);
+  CHECK_THAT(out, Catch::Contains("supports FSRVP versions from 1 to 1"));
+  REQUIRE(smb.Rpc("fss_is_path_sup data", &out) == 0);
+  CHECK_THAT(out, Catch::Contains("supports shadow copy requests"));
+  // Not on a vssfs volume: check-path fails, Samba refuses the share.
+  smb.Rpc("fss_is_path_sup plain", &out);
+  CHECK_THAT(out, !Catch::Contains("supports shadow copy requests"));
+  // (rpcclient exits 0 whatever the server says: the FSRVP result is read.)
+  smb.Rpc("fss_create_expose backup ro plain", &out);
+  CHECK_THAT(out, Catch::Contains("result: 0x8004230c"));  // FSRVP_E_NOT_SUPPORTED
+  // Unknown share; out-of-order calls (recovery complete of no set).
+  smb.Rpc("fss_create_expose backup ro nosuchshare", &out);
+  CHECK_THAT(out, Catch::Contains("result: 0x80070057"));  // E_INVALIDARG
+  smb.Rpc("fss_recovery_complete 00000000-0000-0000-0000-000000000001", &out);
+  CHECK_THAT(out, Catch::Contains("failed"));
+  // Nothing was taken.
+  REQUIRE(RunCommand({VSSFS_VSSCTL_BINARY, "-m", v.mnt, "--json", "snapshot", "list"}, &out) == 0);
+  CHECK(out == "[]\n");
+  // A read-only file-share backup set of one share works too.
+  REQUIRE(smb.Rpc("fss_create_expose file_share_backup ro data", &out) == 0);
+  REQUIRE(RunCommand({VSSFS_VSSCTL_BINARY, "-m", v.mnt, "--json", "snapshot", "list"}, &out) == 0);
+  CHECK_THAT(out, Catch::Contains("\"id\":1,"));
   REQUIRE(mount.Unmount() == 0);
   unsetenv("VSSFS_RUN_DIR");
 }
