@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <set>
 #include <sstream>
@@ -199,6 +200,24 @@ Exposed ParseCreateExpose(const std::string& out) {
   return e;
 }
 
+// A vssfs volume whose daemon listens in a private run directory (smbd and
+// vssfs-smb find it through VSSFS_RUN_DIR), unmounted at the end.
+struct SambaVolume {
+  SambaVolume() {
+    setenv("VSSFS_RUN_DIR", run.c_str(), 1);
+    mount = std::make_unique<ScopedMount>(v.backing, v.mnt,
+                                          std::vector<std::string>{"-o", "allow_other"});
+  }
+  ~SambaVolume() {
+    mount.reset();
+    unsetenv("VSSFS_RUN_DIR");
+  }
+  TempDir tmp;
+  VolumeDirs v;
+  const std::string run = tmp.Sub("run");
+  std::unique_ptr<ScopedMount> mount;
+};
+
 }  // namespace
 
 TEST_CASE(
@@ -206,12 +225,9 @@ TEST_CASE(
     "and keeps the snapshot",
     "[smb_export][samba]") {
   REQUIRE(geteuid() == 0);
-  TempDir tmp;
-  VolumeDirs v;
-  // smbd and vssfs-smb find the daemon through this.
-  const std::string run = tmp.Sub("run");
-  setenv("VSSFS_RUN_DIR", run.c_str(), 1);
-  ScopedMount mount(v.backing, v.mnt, {"-o", "allow_other"});
+  SambaVolume volume;
+  TempDir& tmp = volume.tmp;
+  VolumeDirs& v = volume.v;
   const std::string s1 = v.mnt + "/vm1", s2 = v.mnt + "/vm2";
   REQUIRE(mkdir(s1.c_str(), 0755) == 0);
   REQUIRE(mkdir(s2.c_str(), 0755) == 0);
@@ -333,8 +349,7 @@ TEST_CASE(
   CHECK(list.find("\"clone\":\"frozen\"") != std::string::npos);
   CHECK(list.find("\"hold\":\"\"") != std::string::npos);
   CHECK(ReadFile(v.mnt + "/.snapshot/" + snap + "/vm1/recovered") == "yes");
-  REQUIRE(mount.Unmount() == 0);
-  unsetenv("VSSFS_RUN_DIR");
+  REQUIRE(volume.mount->Unmount() == 0);
 }
 
 TEST_CASE("vssfs-smb: share paths a shell would split are refused, and nothing runs",
@@ -362,11 +377,9 @@ TEST_CASE(
     "version",
     "[smb_export][samba]") {
   REQUIRE(geteuid() == 0);
-  TempDir tmp;
-  VolumeDirs v;
-  const std::string run = tmp.Sub("run");
-  setenv("VSSFS_RUN_DIR", run.c_str(), 1);
-  ScopedMount mount(v.backing, v.mnt, {"-o", "allow_other"});
+  SambaVolume volume;
+  TempDir& tmp = volume.tmp;
+  VolumeDirs& v = volume.v;
   const std::string share = v.mnt + "/docs";
   REQUIRE(mkdir(share.c_str(), 0755) == 0);
   std::vector<std::string> snaps;
@@ -392,18 +405,15 @@ TEST_CASE(
   }
   REQUIRE(smb.Client("docs", "get report.txt " + tmp.Sub("live"), &out) == 0);
   CHECK(ReadFile(tmp.Sub("live")) == "version 3\n");
-  REQUIRE(mount.Unmount() == 0);
-  unsetenv("VSSFS_RUN_DIR");
+  REQUIRE(volume.mount->Unmount() == 0);
 }
 
 TEST_CASE("vssfs-smb: FSRVP calls Samba refuses, and a share not on vssfs, change nothing",
           "[smb_export][samba]") {
   REQUIRE(geteuid() == 0);
-  TempDir tmp;
-  VolumeDirs v;
-  const std::string run = tmp.Sub("run");
-  setenv("VSSFS_RUN_DIR", run.c_str(), 1);
-  ScopedMount mount(v.backing, v.mnt, {"-o", "allow_other"});
+  SambaVolume volume;
+  TempDir& tmp = volume.tmp;
+  VolumeDirs& v = volume.v;
   const std::string on = v.mnt + "/data", off = tmp.Sub("plain");
   REQUIRE(mkdir(on.c_str(), 0755) == 0);
   REQUIRE(mkdir(off.c_str(), 0755) == 0);
@@ -433,6 +443,5 @@ TEST_CASE("vssfs-smb: FSRVP calls Samba refuses, and a share not on vssfs, chang
   REQUIRE(smb.Rpc("fss_create_expose file_share_backup ro data", &out) == 0);
   REQUIRE(RunCommand({VSSFS_VSSCTL_BINARY, "-m", v.mnt, "--json", "snapshot", "list"}, &out) == 0);
   CHECK_THAT(out, Catch::Contains("\"id\":1,"));
-  REQUIRE(mount.Unmount() == 0);
-  unsetenv("VSSFS_RUN_DIR");
+  REQUIRE(volume.mount->Unmount() == 0);
 }
