@@ -130,7 +130,8 @@ class SmbServer {
     conf.close();
     std::string out;
     REQUIRE(RunCommand({"sh", "-c",
-                        "printf 'secret\\nsecret\\n' | smbpasswd -c '" + Conf() + "' -s -a root"},
+                        std::string("printf 'secret\\nsecret\\n' | smbpasswd -c '") + Conf() +
+                            "' -s -a root"},
                        &out) == 0);
     rpcd_ = StartGroup({"/usr/libexec/samba/samba-dcerpcd", "--libexec-rpcds", "--foreground",
                         "--no-process-group", "-s", Conf()});
@@ -399,9 +400,9 @@ TEST_CASE(
   INFO(out);
   for (const std::string& s : snaps) CHECK_THAT(out, Catch::Contains(s));
   for (size_t i = 0; i < snaps.size(); ++i) {
-    const std::string local = tmp.Sub("v" + std::to_string(i));
+    const std::string local = tmp.Sub(std::string("v") + std::to_string(i));
     REQUIRE(smb.Client("docs", "get " + snaps[i] + "/report.txt " + local, &out) == 0);
-    CHECK(ReadFile(local) == "version " + std::to_string(i + 1) + "\n");
+    CHECK(ReadFile(local) == std::string("version ") + std::to_string(i + 1) + "\n");
   }
   REQUIRE(smb.Client("docs", "get report.txt " + tmp.Sub("live"), &out) == 0);
   CHECK(ReadFile(tmp.Sub("live")) == "version 3\n");
