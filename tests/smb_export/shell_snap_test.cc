@@ -400,9 +400,14 @@ TEST_CASE(
   INFO(out);
   for (const std::string& s : snaps) CHECK_THAT(out, Catch::Contains(s));
   for (size_t i = 0; i < snaps.size(); ++i) {
-    const std::string local = tmp.Sub(std::string("v") + std::to_string(i));
+    std::string name = "v";  // Appended, not "v" + ...: GCC 12 -O3 -Wrestrict.
+    name += std::to_string(i);
+    const std::string local = tmp.Sub(name);
     REQUIRE(smb.Client("docs", "get " + snaps[i] + "/report.txt " + local, &out) == 0);
-    CHECK(ReadFile(local) == std::string("version ") + std::to_string(i + 1) + "\n");
+    std::string want = "version ";
+    want += std::to_string(i + 1);
+    want += "\n";
+    CHECK(ReadFile(local) == want);
   }
   REQUIRE(smb.Client("docs", "get report.txt " + tmp.Sub("live"), &out) == 0);
   CHECK(ReadFile(tmp.Sub("live")) == "version 3\n");
