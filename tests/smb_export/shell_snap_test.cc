@@ -136,16 +136,25 @@ class SmbServer {
     rpcd_ = StartGroup({"/usr/libexec/samba/samba-dcerpcd", "--libexec-rpcds", "--foreground",
                         "--no-process-group", "-s", Conf()});
     pid_ = StartGroup({"smbd", "--foreground", "--no-process-group", "-s", Conf()});
-    // Ready when the port answers.
-    for (int i = 0; i < 200; ++i) {
+    // Ready when the port answers, then when the FSRVP server (in
+    // samba-dcerpcd, which starts on its own) answers too.
+    bool up = false;
+    for (int i = 0; i < 200 && !up; ++i) {
       int s = socket(AF_INET, SOCK_STREAM, 0);
       sockaddr_in a = Loopback(port_);
-      const bool up = connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+      up = connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
       close(s);
-      if (up) return;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      if (!up) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    FAIL("smbd did not start; see " << dir_ << "/log.smbd");
+    if (!up) FAIL("smbd did not start; see " << dir_ << "/log.smbd");
+    for (int i = 0; i < 100; ++i) {
+      if (Rpc("fss_get_sup_version", &out) == 0 &&
+          out.find("supports FSRVP versions") != std::string::npos) {
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    FAIL("the FSRVP server did not answer: " << out << " (see " << dir_ << "/log.*)");
   }
   ~SmbServer() {
     StopGroup(pid_);
