@@ -319,17 +319,14 @@ class Commands {
       return false;
     }
     *share = real;
-    std::string cout, cerr;
-    if (Run({o_.vssctl, "--json", "mounts"}, &cout, &cerr) != 0) {
-      Fail("vssctl mounts failed: " + cerr);
+    std::vector<std::string> mounts;
+    std::string why;
+    if (!VssfsVolumes(o_.vssctl, &mounts, &why)) {
+      Fail(why);
       return false;
     }
     volume->clear();
-    for (size_t at = cout.find('"'); at != std::string::npos; at = cout.find('"', at + 1)) {
-      const size_t end = cout.find('"', at + 1);
-      if (end == std::string::npos) break;
-      const std::string m = cout.substr(at + 1, end - at - 1);
-      at = end;
+    for (const std::string& m : mounts) {
       if (Within(*share, m) && m.size() > volume->size()) *volume = m;
     }
     if (volume->empty()) {
@@ -349,6 +346,22 @@ class Commands {
 };
 
 }  // namespace
+
+bool VssfsVolumes(const std::string& vssctl, std::vector<std::string>* out, std::string* error) {
+  std::string cout, cerr;
+  if (Run({vssctl, "--json", "mounts"}, &cout, &cerr) != 0) {
+    *error = "vssctl mounts failed: " + cerr;
+    return false;
+  }
+  out->clear();
+  for (size_t at = cout.find('"'); at != std::string::npos; at = cout.find('"', at + 1)) {
+    const size_t end = cout.find('"', at + 1);
+    if (end == std::string::npos) break;
+    out->push_back(cout.substr(at + 1, end - at - 1));
+    at = end;
+  }
+  return true;
+}
 
 int FreezeShadowCopy(const ShellSnapOptions& options, const std::string& snap_path,
                      std::ostream& err) {

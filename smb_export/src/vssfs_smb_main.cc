@@ -1,11 +1,14 @@
 // vssfs-smb: the shell_snap check-path, create and delete commands of a
 // Samba share exporting a vssfs volume (see shell_snap.h, docs/SAMBA.md).
+#include <unistd.h>
+
 #include <cstdlib>
 #include <iostream>
 #include <string>
 #include <vector>
 
 #include "vssfs/smb_export/shell_snap.h"
+#include "vssfs/smb_export/smb_conf.h"
 
 int main(int argc, char** argv) {
   vssfs::smb_export::ShellSnapOptions o;
@@ -15,9 +18,21 @@ int main(int argc, char** argv) {
   std::vector<std::string> args;
   std::string lock_dir;
   int interval_ms = 100;
+  vssfs::smb_export::SmbConfOptions conf;
+  std::string conf_state;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--samba-lock-dir" && i + 1 < argc) {
+    if (a == "--port" && i + 1 < argc) {
+      conf.port = std::atoi(argv[++i]);
+      if (conf.port <= 0 || conf.port > 65535) {
+        std::cerr << "vssfs-smb: --port must be 1..65535\n";
+        return 2;
+      }
+    } else if (a == "--samba-state-dir" && i + 1 < argc) {
+      conf_state = argv[++i];
+    } else if (a == "--loopback") {
+      conf.loopback_only = true;
+    } else if (a == "--samba-lock-dir" && i + 1 < argc) {
       lock_dir = argv[++i];
     } else if (a == "--interval-ms" && i + 1 < argc) {
       interval_ms = std::atoi(argv[++i]);
@@ -42,6 +57,11 @@ int main(int argc, char** argv) {
              "                               shares announced on one volume share one snapshot\n"
              "  delete BASE_PATH SNAP_PATH   the exposure is gone; the last one of a snapshot\n"
              "                               freezes it and leaves it to retention\n"
+             "  config [--port P] [--samba-state-dir DIR] [--loopback] NAME=PATH...\n"
+             "                               print an smb.conf exporting each PATH as [NAME]\n"
+             "                               (Remote VSS) and [NAME-versions] (Previous\n"
+             "                               Versions); with --samba-state-dir all Samba state\n"
+             "                               goes under DIR (beside a system Samba)\n"
              "  watch --samba-lock-dir DIR [--interval-ms N]\n"
              "                               freeze the copies of every set Samba's FSRVP\n"
              "                               server records as Recovered (runs until SIGTERM;\n"
@@ -53,6 +73,40 @@ int main(int argc, char** argv) {
     } else {
       args.push_back(a);
     }
+  }
+  if (!args.empty() && args[0] == "config") {
+    if (args.size() < 2) {
+      std::cerr << "vssfs-smb: usage: config [--port P] [--samba-state-dir DIR] [--loopback] "
+                   "NAME=PATH...\n";
+      return 2;
+    }
+    std::vector<std::pair<std::string, std::string>> shares;
+    for (size_t i = 1; i < args.size(); ++i) {
+      const size_t eq = args[i].find('=');
+      if (eq == std::string::npos) {
+        std::cerr << "vssfs-smb: config: '" << args[i] << "' is not NAME=PATH\n";
+        return 2;
+      }
+      shares.emplace_back(args[i].substr(0, eq), args[i].substr(eq + 1));
+    }
+    char self[4096];
+    const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) conf.vssfs_smb.assign(self, static_cast<size_t>(n));
+    conf.vssctl = o.vssctl;
+    conf.state_dir = conf_state;
+    std::vector<std::string> volumes;
+    std::string error;
+    if (!vssfs::smb_export::VssfsVolumes(o.vssctl, &volumes, &error)) {
+      std::cerr << "vssfs-smb: " << error << "\n";
+      return 1;
+    }
+    const std::string text = vssfs::smb_export::SmbConf(conf, shares, volumes, &error);
+    if (text.empty()) {
+      std::cerr << "vssfs-smb: config: " << error << "\n";
+      return 2;
+    }
+    std::cout << text;
+    return 0;
   }
   if (!args.empty() && args[0] == "watch") {
     if (args.size() != 1 || lock_dir.empty()) {

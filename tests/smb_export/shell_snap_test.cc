@@ -460,3 +460,46 @@ TEST_CASE("vssfs-smb: FSRVP calls Samba refuses, and a share not on vssfs, chang
   CHECK_THAT(out, Catch::Contains("\"id\":1,"));
   REQUIRE(volume.mount->Unmount() == 0);
 }
+
+TEST_CASE("vssfs-smb config: an smb.conf testparm accepts, with both shares per path",
+          "[smb_export]") {
+  REQUIRE(geteuid() == 0);
+  SambaVolume volume;
+  const std::string docs = volume.v.mnt + "/docs";
+  REQUIRE(mkdir(docs.c_str(), 0755) == 0);
+  const std::string samba = volume.tmp.Sub("samba");
+  std::string out;
+  REQUIRE(RunCommand({VSSFS_SMB_BINARY, "--vssctl", VSSFS_VSSCTL_BINARY, "config", "--port", "4459",
+                      "--samba-state-dir", samba, "--loopback", "docs=" + docs},
+                     &out) == 0);
+  const std::string conf = volume.tmp.Sub("smb.conf");
+  std::ofstream(conf) << out;
+  CHECK_THAT(out, Catch::Contains("[docs]") && Catch::Contains("[docs-versions]") &&
+                      Catch::Contains("shell_snap:create command = ") &&
+                      Catch::Contains("shadow:mountpoint = " + volume.v.mnt) &&
+                      Catch::Contains("lock directory = " + samba + "/lock") &&
+                      Catch::Contains("smb ports = 4459"));
+  // testparm wants the state directories to exist.
+  REQUIRE(mkdir(samba.c_str(), 0755) == 0);
+  for (const char* d : {"lock", "state", "cache", "pid", "ncalrpc", "private"}) {
+    REQUIRE(mkdir((samba + "/" + d).c_str(), 0755) == 0);
+  }
+  std::string parsed;
+  const int trc = RunCommand({"testparm", "-s", conf}, &parsed);
+  INFO(parsed);
+  REQUIRE(trc == 0);
+  CHECK_THAT(parsed, Catch::Contains("[docs-versions]"));
+  // Refused: a bad share name, a path Samba would hand a shell unquoted, a
+  // path on no vssfs volume.
+  CHECK(RunCommand({VSSFS_SMB_BINARY, "--vssctl", VSSFS_VSSCTL_BINARY, "config", "a b=" + docs},
+                   &out) == 2);
+  CHECK(RunCommand(
+            {VSSFS_SMB_BINARY, "--vssctl", VSSFS_VSSCTL_BINARY, "config", "x=" + docs + "/a;b"},
+            &out) == 2);
+  CHECK_THAT(out, Catch::Contains("not plain"));
+  CHECK(RunCommand(
+            {VSSFS_SMB_BINARY, "--vssctl", VSSFS_VSSCTL_BINARY, "config", "x=" + volume.tmp.path()},
+            &out) == 2);
+  CHECK_THAT(out, Catch::Contains("not on a mounted vssfs volume"));
+  REQUIRE(volume.mount->Unmount() == 0);
+}

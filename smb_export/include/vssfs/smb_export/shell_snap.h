@@ -47,6 +47,10 @@ struct ShellSnapOptions {
 int RunShellSnap(const ShellSnapOptions& options, const std::vector<std::string>& args,
                  std::ostream& out, std::ostream& err);
 
+// The mount points of the vssfs volumes mounted now (vssctl mounts);
+// false with *error when vssctl fails.
+bool VssfsVolumes(const std::string& vssctl, std::vector<std::string>* out, std::string* error);
+
 // Freezes the snapshot behind a shadow copy path
 // (VOLUME/.snapshot/NAME[/...]); a snapshot without a clone is fine.
 // Returns 0, or 1 with a message on `err`.
