@@ -369,8 +369,11 @@ Result<cow_store::SnapshotInfo> Filesystem::CreateSnapshot(const std::string& na
     const std::string chosen = name.empty() ? cow_store::DefaultSnapshotName(ns) : name;
     Result<cow_store::SnapshotInfo> info = Status::Error(EIO, "not taken");
     {
-      // Under a set's write barrier the cut is already held.
-      std::unique_lock<std::shared_mutex> cut = held_.owns_lock() ? std::move(held_) : cow_->Cut();
+      // Under a set's write barrier the cut is already held, and it stays
+      // held across a same-second retry below: the set's instant is the
+      // barrier's, however long naming takes.
+      std::unique_lock<std::shared_mutex> cut;
+      if (!held_.owns_lock()) cut = cow_->Cut();
       info = store_->CreateSnapshot(chosen, guid, ns, covered ? &*covered : nullptr);
       // What the snapshots cover now, from the cut on.
       if (info.ok()) {
@@ -378,7 +381,12 @@ Result<cow_store::SnapshotInfo> Filesystem::CreateSnapshot(const std::string& na
         cow_->SetCoverage(coverage.ok() ? coverage.value() : CowEngine::Coverage());
       }
     }
-    if (!info.ok() && info.status().error() == EEXIST && name.empty() && attempt < 3) {
+    const bool retry = !info.ok() && info.status().error() == EEXIST && name.empty() && attempt < 3;
+    if (!retry && held_.owns_lock()) {
+      held_.unlock();
+      held_ = {};
+    }
+    if (retry) {
       // Two default-named snapshots in one second: the second waits for the
       // next second so that names stay unique and in @GMT format.
       struct timespec wait = {0, 1000000000 - now.tv_nsec};
