@@ -670,17 +670,15 @@ int SnapshotView::Rename(uint64_t parent, const char* name, uint64_t newparent, 
     return 0;
   };
   std::vector<DirEntry> a1 = e1, a2 = e2;
-  int64_t d1 = 0, d2 = 0;  // Link count changes of the parents.
+  std::vector<DirEntry>& to = same_dir ? a1 : a2;  // The new parent's entries.
+  int64_t d1 = 0, d2 = 0;                          // Link count changes of the parents.
   if (flags & RENAME_EXCHANGE) {
     DirEntry moved_src = src, moved_dst = *dst;
     moved_src.name = newname;
     moved_dst.name = name;
-    if (same_dir) {
-      SetEntry(&a1, moved_dst);
-      SetEntry(&a1, moved_src);
-    } else {
-      SetEntry(&a1, moved_dst);
-      SetEntry(&a2, moved_src);
+    SetEntry(&a1, moved_dst);
+    SetEntry(&to, moved_src);
+    if (!same_dir) {
       d1 = static_cast<int64_t>(dst_dir) - static_cast<int64_t>(src_dir);
       d2 = -d1;
     }
@@ -701,32 +699,27 @@ int SnapshotView::Rename(uint64_t parent, const char* name, uint64_t newparent, 
     }
     DirEntry moved = src;
     moved.name = newname;
-    if (same_dir) {
-      EraseEntry(&a1, name);
-      SetEntry(&a1, moved);
-    } else {
-      EraseEntry(&a1, name);
-      SetEntry(&a2, moved);
-      if (src_dir) {
-        --d1;
-        ++d2;
-      }
+    EraseEntry(&a1, name);
+    SetEntry(&to, moved);
+    if (!same_dir && src_dir) {
+      --d1;
+      ++d2;
     }
     if (int r = touch(src); r != 0) return r;
   }
   const struct timespec now = Now();
-  pci1.meta.mtime = pci1.meta.ctime = now;
   if (same_dir) {
-    pci1.meta.nlink = static_cast<uint64_t>(static_cast<int64_t>(pci1.meta.nlink) + d2);
-    PutListing(*p1, own1, e1, a1, &change);
-    change.PutInode(p1->ino, std::move(pci1));
-  } else {
+    d1 += d2;
+    d2 = 0;
+  }
+  pci1.meta.mtime = pci1.meta.ctime = now;
+  pci1.meta.nlink = static_cast<uint64_t>(static_cast<int64_t>(pci1.meta.nlink) + d1);
+  PutListing(*p1, own1, e1, a1, &change);
+  change.PutInode(p1->ino, std::move(pci1));
+  if (!same_dir) {
     pci2.meta.mtime = pci2.meta.ctime = now;
-    pci1.meta.nlink = static_cast<uint64_t>(static_cast<int64_t>(pci1.meta.nlink) + d1);
     pci2.meta.nlink = static_cast<uint64_t>(static_cast<int64_t>(pci2.meta.nlink) + d2);
-    PutListing(*p1, own1, e1, a1, &change);
     PutListing(*p2, own2, e2, a2, &change);
-    change.PutInode(p1->ino, std::move(pci1));
     change.PutInode(p2->ino, std::move(pci2));
   }
   if (int r = Apply(p1->snap, change); r != 0) return r;
