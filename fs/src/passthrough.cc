@@ -375,9 +375,12 @@ Result<cow_store::SnapshotInfo> Filesystem::CreateSnapshot(const std::string& na
       std::unique_lock<std::shared_mutex> cut;
       if (!held_.owns_lock()) cut = cow_->Cut();
       info = store_->CreateSnapshot(chosen, guid, ns, covered ? &*covered : nullptr);
-      // What the snapshots cover now, from the cut on.
+      // What the snapshots cover now, from the cut on: everything after a
+      // whole-volume snapshot (no catalogue read under the cut), else the
+      // union of the partial ones.
       if (info.ok()) {
-        Result<CowEngine::Coverage> coverage = CowEngine::CoverageOf(*store_);
+        Result<CowEngine::Coverage> coverage =
+            covered ? CowEngine::CoverageOf(*store_) : Result<CowEngine::Coverage>(nullptr);
         cow_->SetCoverage(coverage.ok() ? coverage.value() : CowEngine::Coverage());
       }
     }
