@@ -16,12 +16,25 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 
 namespace vssfs::smb_export {
 namespace {
 
 int64_t NowS() { return static_cast<int64_t>(time(nullptr)); }
+
+std::string SnapshotPath(const std::string& volume, const std::string& name) {
+  return volume + "/.snapshot/" + name;
+}
+
+// How long the volumes of a set spanning several hold writes at most while
+// their snapshots are taken (as vssctl set commit).
+constexpr int kHoldTimeoutMs = 10000;
+
+// Margin past Samba's message sequence timer before a snapshot Samba never
+// exposed is taken as abandoned.
+constexpr int64_t kReapGraceS = 5;
 
 // Runs argv (no shell); captures stdout and stderr. Returns the exit status,
 // or -1 when it could not run.
@@ -92,11 +105,13 @@ struct State {
   };
   struct Exposed {
     std::string volume;
-    int count = 0;
+    int count = 0;   // Creates answered with it (Samba's shadow copies of it).
+    int64_t at = 0;  // When it was taken (0: unknown, state of an older vssfs-smb).
   };
   std::vector<Pending> pending;
   std::vector<Taken> taken;
-  std::map<std::string, Exposed> exposed;  // By snapshot name.
+  // By snapshot path (VOLUME/.snapshot/NAME): names repeat across volumes.
+  std::map<std::string, Exposed> exposed;
 };
 
 class Registry {
@@ -134,8 +149,10 @@ class Registry {
       } else if (kind == "exposed") {
         std::string snap;
         State::Exposed e;
-        words >> snap >> e.volume >> e.count;
-        if (words) state.exposed[snap] = e;
+        if (words >> snap >> e.volume >> e.count) {
+          if (!(words >> e.at)) e.at = 0;  // Written before the time was kept.
+          state.exposed[SnapshotPath(e.volume, snap)] = e;
+        }
       }
     }
     return true;
@@ -152,8 +169,9 @@ class Registry {
       for (const auto& t : state.taken) {
         out << "taken " << t.share << ' ' << t.snapshot << ' ' << t.at << '\n';
       }
-      for (const auto& [snap, e] : state.exposed) {
-        out << "exposed " << snap << ' ' << e.volume << ' ' << e.count << '\n';
+      for (const auto& [path, e] : state.exposed) {
+        out << "exposed " << path.substr(path.rfind('/') + 1) << ' ' << e.volume << ' ' << e.count
+            << ' ' << e.at << '\n';
       }
       out.flush();
       if (!out) {
@@ -223,36 +241,36 @@ class Commands {
       snap = taken->snapshot;
       s.taken.erase(taken);
     } else {
-      std::string cout, cerr;
-      if (Run({o_.vssctl, "-m", volume, "--json", "snapshot", "create"}, &cout, &cerr) != 0) {
-        return Fail("snapshot of " + volume + " failed: " + cerr);
-      }
-      snap = JsonField(cout, "name");
-      if (snap.empty()) return Fail("unexpected reply from vssctl: " + cout);
-      // Writable for auto-recovery until the exposure goes (Samba never
-      // says whether the requestor asked for it); held while exposed.
-      if (Run({o_.vssctl, "-m", volume, "snapshot", "clone", snap}, &cout, &cerr) != 0 ||
-          Run({o_.vssctl, "-m", volume, "snapshot", "hold", snap, "--reason",
-               "Samba FSRVP shadow copy"},
-              &cout, &cerr) != 0) {
-        return Fail("cannot prepare snapshot " + snap + ": " + cerr);
-      }
-      // Every other share announced on this volume gets the same instant.
+      // The first create of a set: every volume with a share announced for
+      // it is taken now, at one instant (Take), and the other shares'
+      // creates answer from these snapshots.
+      std::map<std::string, std::string> volume_of;  // Announced share -> volume.
+      std::vector<std::string> volumes = {volume};
       for (const auto& p : s.pending) {
-        if (p.share != share && Within(p.share, volume)) {
-          s.taken.push_back({p.share, snap, NowS()});
-        }
+        const std::string v = VolumeOf(p.share);
+        if (v.empty()) continue;  // Unmounted since it was announced.
+        volume_of[p.share] = v;
+        if (std::find(volumes.begin(), volumes.end(), v) == volumes.end()) volumes.push_back(v);
       }
-      s.pending.erase(std::remove_if(s.pending.begin(), s.pending.end(),
-                                     [&](const auto& p) { return Within(p.share, volume); }),
-                      s.pending.end());
+      std::map<std::string, std::string> snaps;  // Volume -> snapshot.
+      if (!Take(volumes, &snaps)) return 1;
+      snap = snaps[volume];
+      const int64_t now = NowS();
+      for (const auto& [v, name] : snaps) {
+        if (v != volume) s.exposed[SnapshotPath(v, name)] = {v, 0, now};  // No create yet.
+      }
+      for (const auto& [p, v] : volume_of) {
+        if (p != share) s.taken.push_back({p, snaps[v], now});
+      }
+      s.pending.clear();
     }
     s.pending.erase(std::remove_if(s.pending.begin(), s.pending.end(),
                                    [&](const auto& p) { return p.share == share; }),
                     s.pending.end());
-    State::Exposed& e = s.exposed[snap];
+    State::Exposed& e = s.exposed[SnapshotPath(volume, snap)];
     e.volume = volume;
     ++e.count;
+    if (e.at == 0) e.at = NowS();
     if (!reg.Save(&why)) return Fail(why);
     const std::string rel = share == volume ? "" : share.substr(volume.size());
     out_ << volume << "/.snapshot/" << snap << rel << "\n";
@@ -270,22 +288,146 @@ class Commands {
     const std::string volume = snap_path.substr(0, at);
     std::string snap = snap_path.substr(at + marker.size());
     snap = snap.substr(0, snap.find('/'));
-    auto it = reg.state.exposed.find(snap);
+    auto it = reg.state.exposed.find(SnapshotPath(volume, snap));
     if (it != reg.state.exposed.end() && --it->second.count > 0) {
       return reg.Save(&why) ? 0 : Fail(why);
     }
     if (it != reg.state.exposed.end()) reg.state.exposed.erase(it);
     // The last exposure: frozen for good, kept under the retention policy.
-    if (FreezeShadowCopy(o_, snap_path, err_) != 0) return 1;
+    if (Retire(volume, snap) != 0) return 1;
+    return reg.Save(&why) ? 0 : Fail(why);
+  }
+
+  // See ReapAbandoned (shell_snap.h).
+  int Reap(const std::set<std::string>& samba_keeps, int64_t sequence_timeout_s) {
+    Registry reg;
+    std::string why;
+    if (!reg.Open(o_.state_dir, &why)) return Fail(why);
+    State& s = reg.state;
+    const int64_t deadline = NowS() - sequence_timeout_s - kReapGraceS;
+    int rc = 0;
+    bool changed = false;
+    for (auto it = s.exposed.begin(); it != s.exposed.end();) {
+      const auto& [path, e] = *it;
+      if (e.at == 0 || e.at > deadline || samba_keeps.count(path)) {
+        ++it;
+        continue;
+      }
+      const std::string name = path.substr(path.rfind('/') + 1);
+      if (e.count == 0) {
+        // Taken for a share whose create never came: nobody ever saw it.
+        std::string cout, cerr;
+        (void)Run({o_.vssctl, "-m", e.volume, "snapshot", "release", name}, &cout, &cerr);
+        if (Run({o_.vssctl, "-m", e.volume, "snapshot", "delete", name}, &cout, &cerr) != 0) {
+          err_ << "vssfs-smb: cannot delete unused snapshot " << name << " of " << e.volume << ": "
+               << cerr;
+          rc = 1;
+          ++it;
+          continue;
+        }
+        err_ << "vssfs-smb: deleted snapshot " << name << " of " << e.volume
+             << ": taken for a Samba shadow copy set that never used it" << std::endl;
+      } else {
+        if (Retire(e.volume, name) != 0) {
+          rc = 1;
+          ++it;
+          continue;
+        }
+        err_ << "vssfs-smb: froze snapshot " << name << " of " << e.volume
+             << " and left it to retention: its Samba shadow copy set was not exposed within "
+             << sequence_timeout_s << " s (the FSRVP message sequence timer)" << std::endl;
+      }
+      s.taken.erase(std::remove_if(s.taken.begin(), s.taken.end(),
+                                   [&](const auto& t) {
+                                     return t.snapshot == name && Within(t.share, e.volume);
+                                   }),
+                    s.taken.end());
+      it = s.exposed.erase(it);
+      changed = true;
+    }
+    if (changed && !reg.Save(&why)) return Fail(why);
+    return rc;
+  }
+
+ private:
+  // Freezes a snapshot Samba is done with, releases it and applies the
+  // volume's retention policy: kept as a backup, or deleted by the policy.
+  int Retire(const std::string& volume, const std::string& snap) {
+    if (FreezeShadowCopy(o_, SnapshotPath(volume, snap), err_) != 0) return 1;
     std::string cout, cerr;
     if (Run({o_.vssctl, "-m", volume, "snapshot", "release", snap}, &cout, &cerr) != 0) {
       err_ << "vssfs-smb: warning: cannot release " << snap << ": " << cerr;
     }
     (void)Run({o_.vssctl, "-m", volume, "retention", "apply"}, &cout, &cerr);
-    return reg.Save(&why) ? 0 : Fail(why);
+    return 0;
   }
 
- private:
+  // Takes one snapshot of each of `volumes` at one instant (with several,
+  // writes are held on all of them first: the cross-volume barrier of
+  // vssctl set commit), gives each a writable clone and holds it. On
+  // failure nothing stays taken and the reason is printed.
+  bool Take(const std::vector<std::string>& volumes, std::map<std::string, std::string>* snaps) {
+    std::string cout, cerr;
+    std::vector<std::string> held;
+    auto release = [&] {
+      for (const std::string& v : held) {
+        std::string o, e;
+        (void)Run({o_.vssctl, "-m", v, "snapshot", "barrier-release"}, &o, &e);
+      }
+      held.clear();
+    };
+    auto undo = [&](const std::string& why) {
+      release();
+      for (const auto& [v, name] : *snaps) {
+        std::string o, e;
+        (void)Run({o_.vssctl, "-m", v, "snapshot", "release", name}, &o, &e);
+        (void)Run({o_.vssctl, "-m", v, "snapshot", "delete", name}, &o, &e);
+      }
+      snaps->clear();
+      Fail(why);
+      return false;
+    };
+    if (volumes.size() > 1) {
+      for (const std::string& v : volumes) {
+        if (Run({o_.vssctl, "-m", v, "snapshot", "barrier", "--timeout-ms",
+                 std::to_string(kHoldTimeoutMs)},
+                &cout, &cerr) != 0) {
+          return undo("cannot hold the writes of " + v + ": " + cerr);
+        }
+        held.push_back(v);
+      }
+    }
+    for (const std::string& v : volumes) {
+      std::vector<std::string> create = {o_.vssctl, "-m", v, "--json", "snapshot", "create"};
+      if (!held.empty()) create.push_back("--held");
+      cout.clear();
+      if (Run(create, &cout, &cerr) != 0) return undo("snapshot of " + v + " failed: " + cerr);
+      const std::string name = JsonField(cout, "name");
+      if (name.empty()) return undo("unexpected reply from vssctl: " + cout);
+      (*snaps)[v] = name;
+    }
+    release();
+    for (const auto& [v, name] : *snaps) {
+      // Writable for auto-recovery until the exposure goes (Samba never
+      // says whether the requestor asked for it); held while exposed.
+      if (Run({o_.vssctl, "-m", v, "snapshot", "clone", name}, &cout, &cerr) != 0 ||
+          Run({o_.vssctl, "-m", v, "snapshot", "hold", name, "--reason", "Samba FSRVP shadow copy"},
+              &cout, &cerr) != 0) {
+        return undo("cannot prepare snapshot " + name + " of " + v + ": " + cerr);
+      }
+    }
+    return true;
+  }
+
+  // The vssfs volume holding `path` (its longest mount point), or "".
+  std::string VolumeOf(const std::string& path) const {
+    std::string volume;
+    for (const std::string& m : mounts_) {
+      if (Within(path, m) && m.size() > volume.size()) volume = m;
+    }
+    return volume;
+  }
+
   int Fail(const std::string& why) {
     err_ << "vssfs-smb: " << why << (why.empty() || why.back() != '\n' ? "\n" : "");
     return 1;
@@ -319,16 +461,12 @@ class Commands {
       return false;
     }
     *share = real;
-    std::vector<std::string> mounts;
     std::string why;
-    if (!VssfsVolumes(o_.vssctl, &mounts, &why)) {
+    if (!VssfsVolumes(o_.vssctl, &mounts_, &why)) {
       Fail(why);
       return false;
     }
-    volume->clear();
-    for (const std::string& m : mounts) {
-      if (Within(*share, m) && m.size() > volume->size()) *volume = m;
-    }
+    *volume = VolumeOf(*share);
     if (volume->empty()) {
       Fail(*share + " is not on a vssfs volume");
       return false;
@@ -343,6 +481,7 @@ class Commands {
   const ShellSnapOptions& o_;
   std::ostream& out_;
   std::ostream& err_;
+  std::vector<std::string> mounts_;  // The vssfs mount points (Share fills it).
 };
 
 }  // namespace
@@ -381,6 +520,13 @@ int FreezeShadowCopy(const ShellSnapOptions& options, const std::string& snap_pa
     return 1;
   }
   return 0;
+}
+
+int ReapAbandoned(const ShellSnapOptions& options, const std::set<std::string>& samba_keeps,
+                  int64_t sequence_timeout_s, std::ostream& log) {
+  std::ostringstream out;
+  Commands c(options, out, log);
+  return c.Reap(samba_keeps, sequence_timeout_s);
 }
 
 bool PlainSharePath(const std::string& path) {

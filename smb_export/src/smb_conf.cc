@@ -32,6 +32,11 @@ std::string SmbConf(const SmbConfOptions& o,
   }
   const std::string cmd = o.vssfs_smb + " --vssctl " + o.vssctl +
                           (o.state_dir.empty() ? "" : " --state-dir " + o.state_dir + "/vssfs");
+  // Samba never acts on RecoveryComplete or its own timer: the watcher must
+  // run beside smbd (docs/SAMBA.md).
+  c << "  # Run beside smbd (it freezes shadow copies at RecoveryComplete):\n"
+    << "  #   " << cmd << " watch --samba-lock-dir "
+    << (o.state_dir.empty() ? "/run/samba" : o.state_dir + "/lock") << " --sequence-timeout 180\n";
   for (const auto& [name, path] : shares) {
     const bool name_ok =
         !name.empty() && name.size() <= 70 && std::all_of(name.begin(), name.end(), [](char ch) {

@@ -18,8 +18,10 @@ int main(int argc, char** argv) {
   std::vector<std::string> args;
   std::string lock_dir;
   int interval_ms = 100;
+  int64_t sequence_timeout_s = 180;  // Samba's default "fss:sequence timeout".
   vssfs::smb_export::SmbConfOptions conf;
   std::string conf_state;
+  bool state_dir_given = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--port" && i + 1 < argc) {
@@ -40,15 +42,24 @@ int main(int argc, char** argv) {
         std::cerr << "vssfs-smb: --interval-ms must be 10..60000\n";
         return 2;
       }
+    } else if (a == "--sequence-timeout" && i + 1 < argc) {
+      char* end = nullptr;
+      sequence_timeout_s = std::strtoll(argv[++i], &end, 10);
+      if (end == argv[i] || *end != '\0' || sequence_timeout_s < 0 || sequence_timeout_s > 86400) {
+        std::cerr << "vssfs-smb: --sequence-timeout must be 0..86400 seconds\n";
+        return 2;
+      }
     } else if (a == "--vssctl" && i + 1 < argc) {
       o.vssctl = argv[++i];
     } else if (a == "--state-dir" && i + 1 < argc) {
       o.state_dir = argv[++i];
+      state_dir_given = true;
     } else if (a == "--strict") {
       o.strict = true;
     } else if (a == "-h" || a == "--help") {
       std::cout
           << "Usage: vssfs-smb [--vssctl PATH] [--state-dir DIR] [--strict] COMMAND\n"
+             "       vssctl smb [--state-dir DIR] [--strict] COMMAND   (the same)\n"
              "\n"
              "The vfs_shell_snap commands of a Samba share on a vssfs volume:\n"
              "  check-path SHARE_PATH        the share is on a vssfs volume (exit 0); it is\n"
@@ -57,15 +68,18 @@ int main(int argc, char** argv) {
              "                               shares announced on one volume share one snapshot\n"
              "  delete BASE_PATH SNAP_PATH   the exposure is gone; the last one of a snapshot\n"
              "                               freezes it and leaves it to retention\n"
-             "  config [--port P] [--samba-state-dir DIR] [--loopback] NAME=PATH...\n"
+             "  config [--port P] [--state-dir DIR] [--loopback] NAME=PATH...\n"
              "                               print an smb.conf exporting each PATH as [NAME]\n"
              "                               (Remote VSS) and [NAME-versions] (Previous\n"
-             "                               Versions); with --samba-state-dir all Samba state\n"
-             "                               goes under DIR (beside a system Samba)\n"
-             "  watch --samba-lock-dir DIR [--interval-ms N]\n"
+             "                               Versions); with --state-dir (or --samba-state-dir)\n"
+             "                               all Samba state and vssfs-smb's goes under DIR\n"
+             "                               (beside a system Samba)\n"
+             "  watch --samba-lock-dir DIR [--interval-ms N] [--sequence-timeout S]\n"
              "                               freeze the copies of every set Samba's FSRVP\n"
-             "                               server records as Recovered (runs until SIGTERM;\n"
-             "                               DIR is smb.conf's lock directory)\n"
+             "                               server records as Recovered, and retire those of\n"
+             "                               sets Samba dropped unexposed after S seconds (its\n"
+             "                               'fss:sequence timeout', default 180; runs until\n"
+             "                               SIGTERM; DIR is smb.conf's lock directory)\n"
              "--strict refuses shares failing vssctl check. State: --state-dir (default\n"
              "$VSSFS_STATE_DIR or /var/lib/vssfs)/smb.state. Exit status 0 success, 1 failed,\n"
              "2 usage.\n";
@@ -76,8 +90,14 @@ int main(int argc, char** argv) {
   }
   if (!args.empty() && args[0] == "config") {
     if (args.size() < 2) {
-      std::cerr << "vssfs-smb: usage: config [--port P] [--samba-state-dir DIR] [--loopback] "
+      std::cerr << "vssfs-smb: usage: config [--port P] [--state-dir DIR] [--loopback] "
                    "NAME=PATH...\n";
+      return 2;
+    }
+    // For config, --state-dir is where the generated Samba keeps its state.
+    if (conf_state.empty() && state_dir_given) conf_state = o.state_dir;
+    if (!conf_state.empty() && conf_state[0] != '/') {
+      std::cerr << "vssfs-smb: config: the state directory must be an absolute path\n";
       return 2;
     }
     std::vector<std::pair<std::string, std::string>> shares;
@@ -110,10 +130,11 @@ int main(int argc, char** argv) {
   }
   if (!args.empty() && args[0] == "watch") {
     if (args.size() != 1 || lock_dir.empty()) {
-      std::cerr << "vssfs-smb: usage: watch --samba-lock-dir DIR [--interval-ms N]\n";
+      std::cerr << "vssfs-smb: usage: watch --samba-lock-dir DIR [--interval-ms N] "
+                   "[--sequence-timeout S]\n";
       return 2;
     }
-    return vssfs::smb_export::WatchSamba(o, lock_dir, interval_ms, std::cerr);
+    return vssfs::smb_export::WatchSamba(o, lock_dir, interval_ms, sequence_timeout_s, std::cerr);
   }
   return vssfs::smb_export::RunShellSnap(o, args, std::cout, std::cerr);
 }

@@ -29,6 +29,7 @@
 namespace vssfs::smb_export {
 namespace {
 
+constexpr uint32_t kExposed = 4;
 constexpr uint32_t kRecovered = 5;
 
 std::atomic<bool> g_stop{false};
@@ -78,7 +79,7 @@ int Collect(TDB_CONTEXT*, TDB_DATA key, TDB_DATA value, void* arg) {
 }  // namespace
 
 int WatchSamba(const ShellSnapOptions& options, const std::string& lock_dir, int interval_ms,
-               std::ostream& log) {
+               int64_t sequence_timeout_s, std::ostream& log) {
   struct sigaction sa {};
   sa.sa_handler = OnSignal;
   sigaction(SIGTERM, &sa, nullptr);
@@ -86,10 +87,20 @@ int WatchSamba(const ShellSnapOptions& options, const std::string& lock_dir, int
   const std::string path = lock_dir + "/srv_fss.tdb";
   std::set<std::string> frozen;  // Sets already frozen.
   log << "vssfs-smb: watching " << path << " every " << interval_ms << " ms" << std::endl;
+  auto last_reap = std::chrono::steady_clock::now();
+  bool warned = false;
   while (!g_stop) {
     struct stat st;
+    if (stat(path.c_str(), &st) != 0 && errno != ENOENT && !warned) {
+      log << "vssfs-smb: " << path << ": " << std::strerror(errno) << std::endl;
+      warned = true;
+    }
     if (stat(path.c_str(), &st) == 0) {
       TDB_CONTEXT* tdb = tdb_open(path.c_str(), 0, TDB_DEFAULT, O_RDONLY, 0);
+      if (tdb == nullptr && !warned) {
+        log << "vssfs-smb: cannot open " << path << ": " << std::strerror(errno) << std::endl;
+        warned = true;
+      }
       if (tdb != nullptr) {
         FssState s;
         tdb_traverse_read(tdb, Collect, &s);
@@ -113,6 +124,22 @@ int WatchSamba(const ShellSnapOptions& options, const std::string& lock_dir, int
         // Sets Samba forgot need no memory.
         for (auto it = frozen.begin(); it != frozen.end();) {
           it = s.set_state.count(*it) ? std::next(it) : frozen.erase(it);
+        }
+        // Snapshots of sets Samba dropped unexposed (its timer expired).
+        // Only with Samba's state read: a missing file says nothing.
+        const auto now = std::chrono::steady_clock::now();
+        if (sequence_timeout_s > 0 && now - last_reap >= std::chrono::seconds(1)) {
+          last_reap = now;
+          std::set<std::string> keeps;
+          for (const auto& [set, state] : s.set_state) {
+            if (state != kExposed && state != kRecovered) continue;
+            for (const std::string& sc : s.sc_paths[set]) {
+              const size_t at = sc.find("/.snapshot/");
+              if (at == std::string::npos) continue;
+              keeps.insert(sc.substr(0, sc.find('/', at + 11)));
+            }
+          }
+          (void)ReapAbandoned(options, keeps, sequence_timeout_s, log);
         }
       }
     }

@@ -46,6 +46,8 @@ constexpr char kTopHelp[] =
     "  rollback SNAPSHOT PATH...                     revert a live tree to a snapshot\n"
     "  set start|add|prepare|commit|expose|recovery-complete|abort|delete|list|show\n"
     "      |create-expose ...                        shadow copy sets (vssctl set --help)\n"
+    "  smb check-path|create|delete|config|watch ... Samba: FSRVP shadow copies and Previous\n"
+    "                                                Versions (vssctl smb --help)\n"
     "\n"
     "SNAPSHOT is a name, an id (#3 or 3) or a GUID.\n"
     "\n"

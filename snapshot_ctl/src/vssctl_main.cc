@@ -1,6 +1,7 @@
 // vssctl: the command-line client of vssfs daemons (see `vssctl --help`).
 #include <limits.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -173,6 +174,42 @@ int RestoreCommand(const std::string& mount_opt, const std::vector<std::string>&
   return kExitOk;
 }
 
+// vssctl smb ...: the Samba integration, vssfs-smb (smb_export calls this
+// CLI, so it is a separate binary, run with this vssctl). It is looked for
+// in $VSSFS_SMB, beside this binary, in the build tree, then on the PATH.
+int SmbCommand(const std::vector<std::string>& args) {
+  std::string self;
+  char buf[PATH_MAX];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n > 0) self.assign(buf, static_cast<size_t>(n));
+  std::vector<std::string> candidates;
+  if (const char* env = std::getenv("VSSFS_SMB"); env != nullptr && *env != '\0') {
+    candidates.push_back(env);
+  }
+  if (!self.empty()) {
+    const std::string dir = self.substr(0, self.rfind('/'));
+    candidates.push_back(dir + "/vssfs-smb");
+    candidates.push_back(dir + "/../smb_export/vssfs-smb");
+  }
+  std::string smb = "vssfs-smb";  // The PATH's.
+  for (const std::string& c : candidates) {
+    if (access(c.c_str(), X_OK) == 0) {
+      smb = c;
+      break;
+    }
+  }
+  std::vector<std::string> argv_s = {smb};
+  if (!self.empty()) argv_s.insert(argv_s.end(), {"--vssctl", self});
+  argv_s.insert(argv_s.end(), args.begin() + 1, args.end());
+  std::vector<char*> argv;
+  for (std::string& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  execvp(argv[0], argv.data());
+  std::cerr << "vssctl: cannot run " << smb
+            << " (the Samba integration, vssfs-smb): " << std::strerror(errno) << "\n";
+  return kExitFailed;
+}
+
 int Main(int argc, char** argv) {
   std::string mount;
   bool json = false;
@@ -193,6 +230,7 @@ int Main(int argc, char** argv) {
       args.push_back(a);
     }
   }
+  if (!args.empty() && args[0] == "smb") return SmbCommand(args);
   if (args.empty() || WantsHelp(args)) {
     std::vector<std::string> words;
     for (const std::string& a : args) {

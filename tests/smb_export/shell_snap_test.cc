@@ -219,14 +219,172 @@ struct SambaVolume {
                                           std::vector<std::string>{"-o", "allow_other"});
   }
   ~SambaVolume() {
+    mount2.reset();
     mount.reset();
     unsetenv("VSSFS_RUN_DIR");
   }
+  // A second volume served beside the first (same run directory).
+  void MountSecond() {
+    mount2 = std::make_unique<ScopedMount>(v2.backing, v2.mnt,
+                                           std::vector<std::string>{"-o", "allow_other"});
+  }
   TempDir tmp;
-  VolumeDirs v;
+  VolumeDirs v, v2;
   const std::string run = tmp.Sub("run");
-  std::unique_ptr<ScopedMount> mount;
+  std::unique_ptr<ScopedMount> mount, mount2;
 };
+
+// The names of the snapshots of the volume at `mnt`, oldest first.
+std::vector<std::string> SnapshotNames(const std::string& mnt) {
+  std::string list;
+  REQUIRE(RunCommand({VSSFS_VSSCTL_BINARY, "-m", mnt, "--json", "snapshot", "list"}, &list) == 0);
+  std::vector<std::string> names;
+  for (size_t at = list.find("\"name\":\""); at != std::string::npos;
+       at = list.find("\"name\":\"", at + 1)) {
+    names.push_back(list.substr(at + 8, list.find('"', at + 8) - at - 8));
+  }
+  return names;
+}
+
+// vssctl snapshot show SNAP --json of the volume at `mnt`.
+std::string ShowSnapshot(const std::string& mnt, const std::string& snap) {
+  std::string out;
+  REQUIRE(RunCommand({VSSFS_VSSCTL_BINARY, "-m", mnt, "--json", "snapshot", "show", snap}, &out) ==
+          0);
+  return out;
+}
+
+// Samba's FSRVP record of a set, as srv_fss.tdb stores it (watch.cc): the
+// id string, NUL, padding to 4 bytes, then the state as a little-endian u32.
+std::string Hex(const std::string& bytes) {
+  static const char* digits = "0123456789abcdef";
+  std::string h;
+  for (unsigned char c : bytes) {
+    h += digits[c >> 4];
+    h += digits[c & 15];
+  }
+  return h;
+}
+void StoreSambaSet(const std::string& tdb, const std::string& set, uint32_t state,
+                   const std::string& copy, const std::string& base, const std::string& snap_path) {
+  std::string rec = set;
+  rec += '\0';
+  while (rec.size() % 4 != 0) rec += '\0';
+  for (int i = 0; i < 4; ++i) rec += static_cast<char>(state >> (8 * i) & 0xff);
+  std::string sc = copy;
+  sc += '\0';
+  sc += base;
+  sc += '\0';
+  sc += snap_path;
+  sc += '\0';
+  std::string out;
+  const std::string script = "open " + tdb + "\nstorehex " + Hex("sc_set/" + set) + " " + Hex(rec) +
+                             "\nstorehex " + Hex("sc_set/" + set + "/sc/" + copy) + " " + Hex(sc) +
+                             "\nq\n";
+  const std::string cmd_file = tdb + ".cmd";
+  std::ofstream(cmd_file) << script;
+  REQUIRE(RunCommand({"sh", "-c", "tdbtool < " + cmd_file}, &out) == 0);
+}
+
+// A writer alternating 4 KiB O_DIRECT records between two logs (record n to
+// logs[n % 2] at offset n / 2 * 4 KiB, about 5000 a second: many during a
+// commit, bounded files). One instant means that the two logs as a snapshot
+// shows them hold records 0..k-1 exactly, whatever k is (CheckOneInstant).
+class AlternatingWriter {
+ public:
+  AlternatingWriter(const std::string& log0, const std::string& log1)
+      : thread_([this, log0, log1] { Run(log0, log1); }) {
+    while (written_ < 200 && !failed_) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ~AlternatingWriter() { Stop(); }
+  void Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  uint64_t written() const { return written_; }
+
+ private:
+  void Run(const std::string& log0, const std::string& log1) {
+    int fds[2] = {open(log0.c_str(), O_WRONLY | O_CREAT | O_DIRECT, 0644),
+                  open(log1.c_str(), O_WRONLY | O_CREAT | O_DIRECT, 0644)};
+    void* mem = nullptr;
+    if (fds[0] >= 0 && fds[1] >= 0 && posix_memalign(&mem, 4096, 4096) == 0) {
+      char* buf = static_cast<char*>(mem);
+      for (uint64_t n = 0; !stop_ && n < 200000; ++n) {
+        std::memset(buf, 0, 4096);
+        std::memcpy(buf, &n, sizeof n);
+        if (pwrite(fds[n % 2], buf, 4096, static_cast<off_t>(n / 2 * 4096)) != 4096) break;
+        written_ = n + 1;
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+      free(mem);
+    }
+    for (int fd : fds) {
+      if (fd >= 0) close(fd);
+    }
+    failed_ = true;  // Done, one way or another.
+  }
+  std::atomic<bool> stop_{false}, failed_{false};
+  std::atomic<uint64_t> written_{0};
+  std::thread thread_;
+};
+
+// The two logs of an AlternatingWriter as a snapshot shows them hold records
+// 0..k-1 exactly, with 200 <= k < written; returns k.
+size_t CheckOneInstant(const std::string& log0, const std::string& log1, uint64_t written) {
+  std::vector<uint64_t> seen;
+  const std::string logs[2] = {log0, log1};
+  for (int i = 0; i < 2; ++i) {
+    const std::string data = ReadFile(logs[i]);
+    REQUIRE(data.size() % 4096 == 0);
+    for (size_t off = 0; off < data.size(); off += 4096) {
+      uint64_t n;
+      std::memcpy(&n, data.data() + off, sizeof n);
+      CHECK(n == off / 4096 * 2 + static_cast<uint64_t>(i));
+      seen.push_back(n);
+    }
+  }
+  std::sort(seen.begin(), seen.end());
+  for (size_t i = 0; i < seen.size(); ++i) REQUIRE(seen[i] == i);
+  WARN("records in the snapshot: " << seen.size() << " of " << written);
+  CHECK(seen.size() >= 200);
+  CHECK(seen.size() < written);
+  return seen.size();
+}
+
+// vssfs-smb watch over Samba's lock directory, stopped (by its process
+// group) when it goes.
+struct Watcher {
+  Watcher(const std::string& state, const std::string& lock_dir,
+          const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> argv = {
+        VSSFS_SMB_BINARY,   "--vssctl", VSSFS_VSSCTL_BINARY, "--state-dir", state, "watch",
+        "--samba-lock-dir", lock_dir,   "--interval-ms",     "50"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    pid = StartGroup(argv);
+  }
+  ~Watcher() { StopGroup(pid); }
+  Watcher(const Watcher&) = delete;
+  Watcher& operator=(const Watcher&) = delete;
+  pid_t pid;
+};
+
+// rpcclient fss_create_expose backup rw vm1 vm2 while an AlternatingWriter
+// writes log0 and log1; the set as exposed, and the records written.
+Exposed CreateExposeWhileWriting(SmbServer& smb, const std::string& log0, const std::string& log1,
+                                 uint64_t* written) {
+  AlternatingWriter writer(log0, log1);
+  std::string out;
+  const int rc = smb.Rpc("fss_create_expose backup rw vm1 vm2", &out);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  writer.Stop();
+  *written = writer.written();
+  INFO(out);
+  REQUIRE(rc == 0);
+  Exposed e = ParseCreateExpose(out);
+  REQUIRE(e.copies.size() == 2);
+  return e;
+}
 
 }  // namespace
 
@@ -244,47 +402,11 @@ TEST_CASE(
   const std::string state = tmp.Sub("vssfs-state");
   REQUIRE(mkdir(tmp.Sub("smb").c_str(), 0755) == 0);
   SmbServer smb(tmp.Sub("smb"), {{"vm1", s1}, {"vm2", s2}}, state, v.mnt, false);
-  // The RecoveryComplete watcher, stopped (by its process group) at the end.
-  struct Watcher {
-    pid_t pid;
-    ~Watcher() { StopGroup(pid); }
-  } watcher{
-      StartGroup({VSSFS_SMB_BINARY, "--vssctl", VSSFS_VSSCTL_BINARY, "--state-dir", state, "watch",
-                  "--samba-lock-dir", tmp.Sub("smb") + "/lock", "--interval-ms", "50"})};
-
-  // A writer alternates 4 KiB records between the two shares (record n to
-  // vm<n%2+1>/log, O_DIRECT): one instant means the two logs hold records
-  // 0..k-1 exactly, whatever k is.
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> written{0};
-  std::thread writer([&] {
-    int fds[2] = {open((s1 + "/log").c_str(), O_WRONLY | O_CREAT | O_DIRECT, 0644),
-                  open((s2 + "/log").c_str(), O_WRONLY | O_CREAT | O_DIRECT, 0644)};
-    void* mem = nullptr;
-    if (fds[0] < 0 || fds[1] < 0 || posix_memalign(&mem, 4096, 4096) != 0) return;
-    char* buf = static_cast<char*>(mem);
-    for (uint64_t n = 0; !stop && n < 200000; ++n) {
-      std::memset(buf, 0, 4096);
-      std::memcpy(buf, &n, sizeof n);
-      if (pwrite(fds[n % 2], buf, 4096, static_cast<off_t>(n / 2 * 4096)) != 4096) break;
-      written = n + 1;
-      // About 5000 records a second: many during the commit, a bounded file.
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-    free(mem);
-    close(fds[0]);
-    close(fds[1]);
-  });
-  while (written < 200) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  // The RecoveryComplete watcher.
+  Watcher watcher(state, tmp.Sub("smb") + "/lock");
+  uint64_t written = 0;
+  const Exposed e = CreateExposeWhileWriting(smb, s1 + "/log", s2 + "/log", &written);
   std::string out;
-  const int rc = smb.Rpc("fss_create_expose backup rw vm1 vm2", &out);
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  stop = true;
-  writer.join();
-  INFO(out);
-  REQUIRE(rc == 0);
-  const Exposed e = ParseCreateExpose(out);
-  REQUIRE(e.copies.size() == 2);
 
   // One snapshot for both shares.
   std::string list;
@@ -296,23 +418,8 @@ TEST_CASE(
   CHECK(list.find("\"clone\":\"writable\"") != std::string::npos);
 
   // The logs in it: records 0..k-1, split between the shares.
-  std::vector<uint64_t> seen;
-  for (int i = 0; i < 2; ++i) {
-    const std::string data =
-        ReadFile(v.mnt + "/.snapshot/" + snap + "/vm" + std::to_string(i + 1) + "/log");
-    REQUIRE(data.size() % 4096 == 0);
-    for (size_t off = 0; off < data.size(); off += 4096) {
-      uint64_t n;
-      std::memcpy(&n, data.data() + off, sizeof n);
-      CHECK(n == off / 4096 * 2 + static_cast<uint64_t>(i));
-      seen.push_back(n);
-    }
-  }
-  std::sort(seen.begin(), seen.end());
-  for (size_t i = 0; i < seen.size(); ++i) REQUIRE(seen[i] == i);
-  INFO("records in the snapshot: " << seen.size() << " of " << written.load());
-  CHECK(seen.size() >= 200);
-  CHECK(seen.size() < written.load());
+  CheckOneInstant(v.mnt + "/.snapshot/" + snap + "/vm1/log",
+                  v.mnt + "/.snapshot/" + snap + "/vm2/log", written);
 
   // The clone is what Samba exposes: writable for auto-recovery, through
   // SMB too, and only there.
@@ -489,6 +596,17 @@ TEST_CASE("vssfs-smb config: an smb.conf testparm accepts, with both shares per 
   INFO(parsed);
   REQUIRE(trc == 0);
   CHECK_THAT(parsed, Catch::Contains("[docs-versions]"));
+  // The same through vssctl smb, --state-dir naming Samba's state directory;
+  // the comment names the watcher to run.
+  std::string via_vssctl;
+  REQUIRE(RunCommand({VSSFS_VSSCTL_BINARY, "smb", "config", "--port", "4459", "--state-dir", samba,
+                      "--loopback", "docs=" + docs},
+                     &via_vssctl) == 0);
+  CHECK_THAT(via_vssctl, Catch::Contains("lock directory = " + samba + "/lock") &&
+                             Catch::Contains("watch --samba-lock-dir " + samba + "/lock") &&
+                             Catch::Contains("--vssctl " VSSFS_VSSCTL_BINARY));
+  CHECK(RunCommand({VSSFS_VSSCTL_BINARY, "smb", "config", "--state-dir", "rel", "docs=" + docs},
+                   &out) == 2);
   // Refused: a bad share name, a path Samba would hand a shell unquoted, a
   // path on no vssfs volume.
   CHECK(RunCommand({VSSFS_SMB_BINARY, "--vssctl", VSSFS_VSSCTL_BINARY, "config", "a b=" + docs},
@@ -501,5 +619,145 @@ TEST_CASE("vssfs-smb config: an smb.conf testparm accepts, with both shares per 
             {VSSFS_SMB_BINARY, "--vssctl", VSSFS_VSSCTL_BINARY, "config", "x=" + volume.tmp.path()},
             &out) == 2);
   CHECK_THAT(out, Catch::Contains("not on a mounted vssfs volume"));
+  REQUIRE(volume.mount->Unmount() == 0);
+}
+
+TEST_CASE(
+    "vssfs-smb: an FSRVP set over shares of two volumes is one instant, and Samba's "
+    "timer leaves an exposed set alone",
+    "[smb_export][samba]") {
+  REQUIRE(geteuid() == 0);
+  SambaVolume volume;
+  volume.MountSecond();
+  TempDir& tmp = volume.tmp;
+  const std::string a = volume.v.mnt, b = volume.v2.mnt;
+  const std::string s1 = a + "/vm1", s2 = b + "/vm2";
+  REQUIRE(mkdir(s1.c_str(), 0755) == 0);
+  REQUIRE(mkdir(s2.c_str(), 0755) == 0);
+  const std::string state = tmp.Sub("vssfs-state");
+  REQUIRE(mkdir(tmp.Sub("smb").c_str(), 0755) == 0);
+  SmbServer smb(tmp.Sub("smb"), {{"vm1", s1}, {"vm2", s2}}, state, a, false);
+  // A one-second sequence timeout: an exposed set must outlive it.
+  Watcher watcher(state, tmp.Sub("smb") + "/lock", {"--sequence-timeout", "1"});
+  // Records alternate between the volumes (record n to volume n%2).
+  uint64_t written = 0;
+  const Exposed e = CreateExposeWhileWriting(smb, s1 + "/log", s2 + "/log", &written);
+  std::string out;
+
+  // One snapshot per volume; together they hold records 0..k-1 exactly.
+  const std::vector<std::string> na = SnapshotNames(a), nb = SnapshotNames(b);
+  REQUIRE(na.size() == 1);
+  REQUIRE(nb.size() == 1);
+  CheckOneInstant(a + "/.snapshot/" + na[0] + "/vm1/log", b + "/.snapshot/" + nb[0] + "/vm2/log",
+                  written);
+
+  // Past Samba's (one-second) timer and the watcher's margin, the exposed
+  // copies are still writable: only sets Samba dropped unexposed retire.
+  std::this_thread::sleep_for(std::chrono::seconds(8));
+  const std::string upload = tmp.Sub("upload");
+  std::ofstream(upload) << "recovered";
+  for (int i = 0; i < 2; ++i) {
+    const std::string share = "vm" + std::to_string(i + 1) + "@{" + e.copies[i] + "}";
+    REQUIRE(smb.Client(share, "put " + upload + " fixed", &out) == 0);
+  }
+  CHECK(ReadFile(a + "/.snapshot/" + na[0] + "/vm1/fixed") == "recovered");
+  CHECK(ReadFile(b + "/.snapshot/" + nb[0] + "/vm2/fixed") == "recovered");
+  CHECK(access((s1 + "/fixed").c_str(), F_OK) != 0);
+  CHECK(access((s2 + "/fixed").c_str(), F_OK) != 0);
+
+  // RecoveryComplete freezes both volumes' copies.
+  REQUIRE(smb.Rpc("fss_recovery_complete " + e.set, &out) == 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  bool frozen = false;
+  while (!frozen && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10)) {
+    frozen = ShowSnapshot(a, na[0]).find("\"clone\":\"frozen\"") != std::string::npos &&
+             ShowSnapshot(b, nb[0]).find("\"clone\":\"frozen\"") != std::string::npos;
+    if (!frozen) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  REQUIRE(frozen);
+  for (int i = 0; i < 2; ++i) {
+    const std::string share = "vm" + std::to_string(i + 1) + "@{" + e.copies[i] + "}";
+    CHECK(smb.Client(share, "put " + upload + " late", &out) != 0);
+    REQUIRE(smb.Rpc("fss_delete vm" + std::to_string(i + 1) + " " + e.set + " " + e.copies[i],
+                    &out) == 0);
+  }
+  CHECK(ShowSnapshot(a, na[0]).find("\"hold\":\"\"") != std::string::npos);
+  CHECK(ShowSnapshot(b, nb[0]).find("\"hold\":\"\"") != std::string::npos);
+  REQUIRE(volume.mount2->Unmount() == 0);
+  REQUIRE(volume.mount->Unmount() == 0);
+}
+
+TEST_CASE(
+    "vssfs-smb watch: a set Samba's timer dropped before exposing it is frozen and "
+    "released, an unused snapshot deleted, an exposed one left alone",
+    "[smb_export]") {
+  REQUIRE(geteuid() == 0);
+  SambaVolume volume;
+  volume.MountSecond();
+  TempDir& tmp = volume.tmp;
+  const std::string a = volume.v.mnt, b = volume.v2.mnt;
+  for (const std::string& d : {a + "/vm1", a + "/vm3", b + "/vm2"}) {
+    REQUIRE(mkdir(d.c_str(), 0755) == 0);
+  }
+  const std::string state = tmp.Sub("vssfs-state");
+  auto smb = [&](std::vector<std::string> args, std::string* out) {
+    args.insert(args.begin(),
+                {VSSFS_SMB_BINARY, "--vssctl", VSSFS_VSSCTL_BINARY, "--state-dir", state});
+    return RunCommand(args, out);
+  };
+  // Samba's commit of a set announcing vm1 (volume a) and vm2 (volume b)
+  // that stopped after vm1's create: both volumes are taken at once, vm2's
+  // snapshot never handed out. Then a second set, vm3, created and exposed.
+  std::string out;
+  REQUIRE(smb({"check-path", a + "/vm1"}, &out) == 0);
+  REQUIRE(smb({"check-path", b + "/vm2"}, &out) == 0);
+  REQUIRE(smb({"create", a + "/vm1"}, &out) == 0);
+  const std::string copy1 = out.substr(0, out.find('\n'));
+  REQUIRE(SnapshotNames(a).size() == 1);
+  REQUIRE(SnapshotNames(b).size() == 1);
+  const std::string dropped = SnapshotNames(a)[0], unused = SnapshotNames(b)[0];
+  CHECK(copy1 == a + "/.snapshot/" + dropped + "/vm1");
+  REQUIRE(smb({"check-path", a + "/vm3"}, &out) == 0);
+  REQUIRE(smb({"create", a + "/vm3"}, &out) == 0);
+  const std::string copy3 = out.substr(0, out.find('\n'));
+  REQUIRE(SnapshotNames(a).size() == 2);
+  const std::string kept = SnapshotNames(a)[1];
+
+  // Samba's state: the first set still recorded Committed (its timer freed
+  // it without storing), the second Exposed.
+  const std::string lock = tmp.Sub("lock");
+  REQUIRE(mkdir(lock.c_str(), 0755) == 0);
+  const std::string tdb = lock + "/srv_fss.tdb";
+  REQUIRE(RunCommand({"sh", "-c", "printf 'create " + tdb + "\\nq\\n' | tdbtool"}, &out) == 0);
+  StoreSambaSet(tdb, "11111111-2222-3333-4444-555555555555", 3,
+                "aaaaaaaa-2222-3333-4444-555555555555", a + "/vm1", copy1);
+  StoreSambaSet(tdb, "66666666-2222-3333-4444-555555555555", 4,
+                "bbbbbbbb-2222-3333-4444-555555555555", a + "/vm3", copy3);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  Watcher watcher(state, lock, {"--sequence-timeout", "1"});
+  bool done = false;
+  while (!done && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30)) {
+    const std::string d = ShowSnapshot(a, dropped);
+    done = d.find("\"clone\":\"frozen\"") != std::string::npos &&
+           d.find("\"hold\":\"\"") != std::string::npos && SnapshotNames(b).empty();
+    if (!done) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const auto secs =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - t0)
+          .count();
+  INFO("after " << secs << " s");
+  REQUIRE(done);
+  // Not before the timer and the margin (1 + 5 s) had passed.
+  CHECK(secs >= 5);
+  // The dropped copy stays as a frozen backup; the exposed one is untouched.
+  CHECK(open((copy1 + "/x").c_str(), O_WRONLY | O_CREAT, 0644) < 0);
+  CHECK(errno == EROFS);
+  const std::string k = ShowSnapshot(a, kept);
+  CHECK(k.find("\"clone\":\"writable\"") != std::string::npos);
+  CHECK(k.find("\"hold\":\"Samba FSRVP shadow copy\"") != std::string::npos);
+  std::ofstream(copy3 + "/recovery") << "ok";
+  CHECK(ReadFile(copy3 + "/recovery") == "ok");
+  REQUIRE(volume.mount2->Unmount() == 0);
   REQUIRE(volume.mount->Unmount() == 0);
 }

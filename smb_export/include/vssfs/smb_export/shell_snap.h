@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <ostream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -57,13 +58,28 @@ bool VssfsVolumes(const std::string& vssctl, std::vector<std::string>* out, std:
 int FreezeShadowCopy(const ShellSnapOptions& options, const std::string& snap_path,
                      std::ostream& err);
 
+// Samba's FSRVP server forgets a set whose message sequence timer expires
+// before it is exposed (MS-FSRVP 3.1.5), without calling the delete
+// command. This retires every snapshot vssfs-smb took more than
+// `sequence_timeout_s` (plus a few seconds) ago that Samba does not keep
+// exposed, i.e. whose path VOLUME/.snapshot/NAME is not in `samba_keeps`:
+// one some shadow copy was made of is frozen, released and left to the
+// volume's retention policy; one taken for a share whose create never came
+// is deleted. Messages go to `log`. Returns 0, or 1 if one could not be
+// retired (it is tried again next time).
+int ReapAbandoned(const ShellSnapOptions& options, const std::set<std::string>& samba_keeps,
+                  int64_t sequence_timeout_s, std::ostream& log);
+
 // vssfs-smb watch: every `interval_ms`, reads Samba's FSRVP state
 // (LOCK_DIR/srv_fss.tdb, read-only) and freezes the shadow copies of every
 // set Samba records as Recovered (MS-FSRVP RecoveryComplete, which Samba
-// itself never turns into read-only copies). Runs until SIGTERM or SIGINT;
-// what it does goes to `log`. Returns 0.
+// itself never turns into read-only copies); once a second it also retires
+// the snapshots of sets Samba dropped unexposed (ReapAbandoned), with
+// `sequence_timeout_s` Samba's "fss:sequence timeout" (180 by default; 0
+// disables Samba's timer, and this). Runs until SIGTERM or SIGINT; what it
+// does goes to `log`. Returns 0.
 int WatchSamba(const ShellSnapOptions& options, const std::string& lock_dir, int interval_ms,
-               std::ostream& log);
+               int64_t sequence_timeout_s, std::ostream& log);
 
 // Whether Samba can pass `path` to a shell_snap command intact: an absolute
 // path of letters, digits and "/._-+@,:=" only (the command line is built
