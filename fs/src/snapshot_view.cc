@@ -226,7 +226,12 @@ int SnapshotView::ListSnapshotNames(std::vector<Listed>* out) {
   cow_store::Result<std::vector<cow_store::SnapshotInfo>> all = cow_->store().ListSnapshots();
   if (!all.ok()) return ErrnoOf(all.status());
   for (const auto& s : all.value()) {
-    if (SnapshotExists(s.id)) out->push_back(Listed{s.name, NodeId(s.id, root_ino_), S_IFDIR});
+    // A writable clone (a recovery in progress) is reachable by name but
+    // not listed: whatever enumerates .snapshot (Samba's Previous Versions,
+    // backup tools) must not take a copy that is still changing.
+    if (SnapshotExists(s.id) && s.clone != cow_store::CloneState::kWritable) {
+      out->push_back(Listed{s.name, NodeId(s.id, root_ino_), S_IFDIR});
+    }
   }
   return 0;
 }

@@ -73,6 +73,8 @@ class SnapshotView {
     uint64_t nodeid;
     mode_t type;
   };
+  // The entries of MOUNT/.snapshot: every snapshot except those whose clone
+  // is writable (LookupSnapshot still finds them).
   int ListSnapshotNames(std::vector<Listed>* out);
 
   int Lookup(uint64_t parent, const char* name, fuse_entry_param* e);

@@ -527,6 +527,24 @@ TEST_CASE(
   }
   REQUIRE(smb.Client("docs", "get report.txt " + tmp.Sub("live"), &out) == 0);
   CHECK(ReadFile(tmp.Sub("live")) == "version 3\n");
+  // A snapshot with a writable clone (a recovery in progress) is no
+  // previous version until it is frozen.
+  REQUIRE(RunCommand({VSSFS_VSSCTL_BINARY, "-m", v.mnt, "--json", "snapshot", "create"}, &out) ==
+          0);
+  const size_t at = out.find("\"name\":\"");
+  const std::string recovering = out.substr(at + 8, out.find('"', at + 8) - at - 8);
+  REQUIRE(RunCommand({VSSFS_VSSCTL_BINARY, "-m", v.mnt, "snapshot", "clone", recovering}, &out) ==
+          0);
+  std::ofstream(v.mnt + "/.snapshot/" + recovering + "/docs/report.txt") << "recovering\n";
+  REQUIRE(smb.Client("docs", "allinfo report.txt", &out) == 0);
+  CHECK_THAT(out, !Catch::Contains(recovering));
+  CHECK_THAT(out, Catch::Contains(snaps[0]));
+  REQUIRE(RunCommand({VSSFS_VSSCTL_BINARY, "-m", v.mnt, "snapshot", "freeze", recovering}, &out) ==
+          0);
+  REQUIRE(smb.Client("docs", "allinfo report.txt", &out) == 0);
+  CHECK_THAT(out, Catch::Contains(recovering));
+  REQUIRE(smb.Client("docs", "get " + recovering + "/report.txt " + tmp.Sub("rec"), &out) == 0);
+  CHECK(ReadFile(tmp.Sub("rec")) == "recovering\n");
   REQUIRE(volume.mount->Unmount() == 0);
 }
 
