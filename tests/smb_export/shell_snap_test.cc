@@ -693,14 +693,28 @@ TEST_CASE(
     if (!frozen) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   REQUIRE(frozen);
+  // Volume b keeps only its newest snapshot, and a newer one is taken: the
+  // set's snapshot stays while Samba exposes it, and goes by that policy
+  // once its exposure is deleted. Volume a has no policy: it is kept.
+  REQUIRE(RunCommand({VSSFS_VSSCTL_BINARY, "-m", b, "retention", "set", "--keep-last", "1"},
+                     &out) == 0);
+  REQUIRE(RunCommand({VSSFS_VSSCTL_BINARY, "-m", b, "snapshot", "create"}, &out) == 0);
+  REQUIRE(SnapshotNames(b).size() == 2);
   for (int i = 0; i < 2; ++i) {
     const std::string share = "vm" + std::to_string(i + 1) + "@{" + e.copies[i] + "}";
     CHECK(smb.Client(share, "put " + upload + " late", &out) != 0);
     REQUIRE(smb.Rpc("fss_delete vm" + std::to_string(i + 1) + " " + e.set + " " + e.copies[i],
                     &out) == 0);
+    // The exposure is gone.
+    CHECK(smb.Client(share, "ls", &out) != 0);
+    CHECK_THAT(out, Catch::Contains("NT_STATUS_BAD_NETWORK_NAME"));
   }
-  CHECK(ShowSnapshot(a, na[0]).find("\"hold\":\"\"") != std::string::npos);
-  CHECK(ShowSnapshot(b, nb[0]).find("\"hold\":\"\"") != std::string::npos);
+  const std::string kept = ShowSnapshot(a, na[0]);
+  CHECK(kept.find("\"hold\":\"\"") != std::string::npos);
+  CHECK(kept.find("\"clone\":\"frozen\"") != std::string::npos);
+  const std::vector<std::string> left = SnapshotNames(b);
+  REQUIRE(left.size() == 1);
+  CHECK(left[0] != nb[0]);
   REQUIRE(volume.mount2->Unmount() == 0);
   REQUIRE(volume.mount->Unmount() == 0);
 }
