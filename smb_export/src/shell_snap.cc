@@ -337,9 +337,10 @@ class Commands {
              << " and left it to retention: its Samba shadow copy set was not exposed within "
              << sequence_timeout_s << " s (the FSRVP message sequence timer)" << std::endl;
       }
+      const std::string& volume = e.volume;  // (A lambda cannot capture a binding.)
       s.taken.erase(std::remove_if(s.taken.begin(), s.taken.end(),
                                    [&](const auto& t) {
-                                     return t.snapshot == name && Within(t.share, e.volume);
+                                     return t.snapshot == name && Within(t.share, volume);
                                    }),
                     s.taken.end());
       it = s.exposed.erase(it);
@@ -389,6 +390,7 @@ class Commands {
     };
     if (volumes.size() > 1) {
       for (const std::string& v : volumes) {
+        cerr.clear();
         if (Run({o_.vssctl, "-m", v, "snapshot", "barrier", "--timeout-ms",
                  std::to_string(kHoldTimeoutMs)},
                 &cout, &cerr) != 0) {
@@ -401,6 +403,7 @@ class Commands {
       std::vector<std::string> create = {o_.vssctl, "-m", v, "--json", "snapshot", "create"};
       if (!held.empty()) create.push_back("--held");
       cout.clear();
+      cerr.clear();
       if (Run(create, &cout, &cerr) != 0) return undo("snapshot of " + v + " failed: " + cerr);
       const std::string name = JsonField(cout, "name");
       if (name.empty()) return undo("unexpected reply from vssctl: " + cout);
@@ -410,6 +413,7 @@ class Commands {
     for (const auto& [v, name] : *snaps) {
       // Writable for auto-recovery until the exposure goes (Samba never
       // says whether the requestor asked for it); held while exposed.
+      cerr.clear();
       if (Run({o_.vssctl, "-m", v, "snapshot", "clone", name}, &cout, &cerr) != 0 ||
           Run({o_.vssctl, "-m", v, "snapshot", "hold", name, "--reason", "Samba FSRVP shadow copy"},
               &cout, &cerr) != 0) {
