@@ -301,6 +301,21 @@ class ConfigWriter(Writer):
             op = self.new_op(fi, 0, 1, b"")
             data = config_bytes(self.t.seed, fi.fid, self.wid, op.seq, op.s, self.vm)
             tmp = self.path("config.xml.tmp")
+            if self.t.smb and self.vm == self.t.smb_client_vm and self.setup_done:
+                # Through an SMB client: put the temp file, rename it over.
+                local = os.path.join(self.t.work, "smbput-%d" % self.wid)
+                with open(local, "wb") as f:
+                    f.write(data)
+                rc, out = self.t.smb.client(self.vm, "put %s config.xml.tmp; rename config.xml.tmp "
+                                                     "config.xml -f" % local)
+                if rc == 0 and "NT_STATUS" not in out:
+                    op.e = self.t.clock.tick()
+                    self.bytes += len(data)
+                    self.t.count_write(len(data))
+                    self.t.smb_writes += 1
+                    return op
+                self.failed(op, OSError(errno.EIO, "smbclient: " + out.strip()[-200:]))
+                continue
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 try:
@@ -740,6 +755,8 @@ class Tester:
         self.snapshots = 0
         self.recovered = 0
         self.enospc_refusals = 0
+        self.smb_writes = 0
+        self.smb_client_vm = "vm1"
         self.fscks = []
         self.events = []
         self.write_delay = a.write_delay
@@ -1347,6 +1364,9 @@ class Tester:
                          self.writes, self.bytes_written / MIB,
                          sum(w.errors for w in self.writers.values()),
                          sum(w.enospc for w in self.writers.values()), self.enospc_refusals))
+        if self.smb:
+            lines.append("  SMB client:     %s/config.xml rewritten %d times through smbclient "
+                         "(put + rename -f)" % (self.smb_client_vm, self.smb_writes))
         lines.append("  verifications:  %d of snapshots, %d of the live tree" % (
             sum(len(v.verdicts) for v in self.views), len(self.live_checks)))
         lines.append("  fsck:           %s" % (", ".join("%s: exit %d" % f for f in self.fscks) or "-"))
@@ -1371,20 +1391,20 @@ class Tester:
         return "\n".join(lines) + "\n"
 
     def repro(self):
-        a = self.a
-        parts = ["tools/vss-consistency", "--seed", str(self.seed), "--duration", str(a.duration)]
-        if a.samba:
-            parts.append("--samba")
-        else:
-            parts += ["--volumes", str(a.volumes)]
-        parts += ["--vms", str(a.vms)]
-        if a.kill:
-            parts.append("--kill")
-        if a.enospc:
-            parts.append("--enospc")
-        if a.inject:
-            parts += ["--inject", a.inject]
-        return " ".join(parts)
+        """The command line that replays this run's writers and drivers."""
+        argv, skip = [], False
+        for x in self.a.argv:
+            if skip:
+                skip = False
+                continue
+            if x == "--seed":
+                skip = True
+                continue
+            if x.startswith("--seed=") or x == "--report" or x.startswith("--report="):
+                skip = x == "--report"
+                continue
+            argv.append(x)
+        return " ".join(["tools/vss-consistency", "--seed", str(self.seed)] + argv)
 
 
 # ---------------------------------------------------------------------------
@@ -1481,6 +1501,10 @@ class Samba:
                 pass
             p.wait()
         self.procs = []
+
+    def client(self, share, command):
+        return run(["timeout", "60", "smbclient", "-s", self.conf(), "-p", str(self.port), "-U",
+                    "root%secret", "//127.0.0.1/" + share, "-c", command], timeout=70)
 
     def rpc(self, command):
         return run(["timeout", "120", "rpcclient", "-s", self.conf(), "-p", str(self.port), "-U",
@@ -1583,6 +1607,7 @@ def main(argv):
         a = p.parse_args(argv)
     except SystemExit as ex:
         return EXIT_SETUP if ex.code else EXIT_OK
+    a.argv = list(argv)
     if a.seed is None:
         a.seed = random.SystemRandom().randrange(1, 1 << 31)
     if a.vms < 1 or a.volumes < 1 or a.duration < 0:
