@@ -936,6 +936,21 @@ class Tester:
             self.stopping.set()
         return not viol
 
+    def check_readonly(self, view):
+        """A read-only snapshot refuses writes with EROFS (root included)."""
+        vm = sorted(view.roots)[0]
+        p = os.path.join(view.roots[vm], "disk.vhdx")
+        try:
+            os.close(os.open(p, os.O_WRONLY))
+            err = None
+        except OSError as ex:
+            err = ex.errno
+        if err != errno.EROFS:
+            msg = "%s: %s/disk.vhdx opened for writing in a read-only snapshot (%s)" % (
+                view.label, vm, os.strerror(err) if err else "allowed")
+            self.say("VIOLATION " + msg)
+            self.violations.append(msg)
+
     def live_view(self, label):
         roots = {vm: self.vm_live_path(vm) for vm in self.vm_writers}
         return View(label, "live", roots)
@@ -956,6 +971,7 @@ class Tester:
         view.snapshots = [(vol, name)]
         self.views.append(view)
         self.check(view, "taken")
+        self.check_readonly(view)
 
     def vssctl_set(self, vms, auto_recovery):
         vols = sorted({self.vm_volume[vm] for vm in vms})
@@ -1005,6 +1021,8 @@ class Tester:
         view.snapshots = sorted(snap.items())
         self.views.append(view)
         ok = self.check(view, "taken")
+        if not auto_recovery:
+            self.check_readonly(view)
         if auto_recovery and ok:
             self.recover(view, vms)
         # RecoveryComplete (also without auto-recovery: it releases the context).
