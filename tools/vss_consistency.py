@@ -1628,7 +1628,7 @@ def main(argv):
     a.argv = list(argv)
     if a.seed is None:
         a.seed = random.SystemRandom().randrange(1, 1 << 31)
-    if a.vms < 1 or a.volumes < 1 or a.duration < 0:
+    if a.vms < 1 or a.volumes < 1 or a.duration < 0 or a.keep < 1 or a.interval < 0:
         p.print_usage(sys.stderr)
         return EXIT_SETUP
     if a.inject == "split-instant" and (a.samba or a.volumes < 2):
