@@ -1182,7 +1182,7 @@ class Tester:
         t0 = self.clock.tick()
         p = subprocess.Popen([self.bin("vssctl"), "-m", v.mnt, "snapshot", "create", "--name", name],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        time.sleep(self.rng.random() * 0.01)
+        time.sleep(self.rng.random() ** 2 * 0.06)  # before, during or after the cut
         v.kill9()
         out = p.communicate()[0].decode(errors="replace")
         self.pause(vol)  # its writers wait (after their failed write)
