@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -31,6 +33,19 @@ constexpr char kSnapshotDirName[] = ".snapshot";
 constexpr size_t kBatchBlocks = 256;
 
 int ErrnoOf(const Status& s) { return s.ok() ? 0 : -s.error(); }
+
+// TEST ONLY (docs/CONSISTENCY.md): VSSFS_FAULT_SKIP_PRESERVE=N makes this
+// daemon drop the Nth data block it preserves (it is marked preserved but
+// never stored), so that tools/vss-consistency can prove it sees a snapshot
+// that lost a block. Unset or 0: no effect.
+bool FaultSkipThisBlock() {
+  static const uint64_t nth = [] {
+    const char* v = std::getenv("VSSFS_FAULT_SKIP_PRESERVE");
+    return v != nullptr ? std::strtoull(v, nullptr, 10) : 0;
+  }();
+  static std::atomic<uint64_t> preserved{0};
+  return nth != 0 && preserved.fetch_add(1) + 1 == nth;
+}
 
 bool TestBit(const std::vector<uint64_t>& bits, uint64_t i) {
   return i / 64 < bits.size() && (bits[i / 64] >> (i % 64)) & 1;
@@ -357,6 +372,12 @@ int CowEngine::PreserveData(const Epoch& e, Inode& inode, uint64_t off, uint64_t
     for (size_t j = i; result == 0 && j < i + n; ++j) {
       const uint64_t pos = todo[j] * bs;
       const size_t want = static_cast<size_t>(std::min(bs, size - pos));
+      if (FaultSkipThisBlock()) {
+        LOG_WARN("fault injection (VSSFS_FAULT_SKIP_PRESERVE): block %llu of inode %llu not preserved",
+                 static_cast<unsigned long long>(todo[j]),
+                 static_cast<unsigned long long>(inode.backing_ino));
+        continue;
+      }
       batch.AddBlock(inode.backing_ino, todo[j], std::string_view(buf).substr(pos - lo, want));
     }
     if (result != 0) break;
