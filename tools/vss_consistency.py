@@ -907,7 +907,7 @@ class Tester:
         os.makedirs(self.state_dir, mode=0o700)
         os.environ["VSSFS_RUN_DIR"] = self.run_dir
         os.environ["VSSFS_STATE_DIR"] = self.state_dir
-        nvol = 1 if a.samba else a.volumes
+        nvol = a.volumes
         for i in range(nvol):
             v = Volume(self, i)
             if a.enospc and i == nvol - 1:
@@ -1333,7 +1333,7 @@ class Tester:
                         self.rng.sample(vms, self.rng.randint(1, len(vms))))
                     self.smb.fsrvp_set(sub)
                 else:
-                    self.plain_snapshot(0)
+                    self.plain_snapshot(self.rng.randrange(len(self.volumes)))
             else:
                 if r < 0.45 or a.inject == "split-instant":
                     self.vssctl_set(vms, auto_recovery=self.rng.random() < 0.5)
@@ -1567,10 +1567,11 @@ class Samba:
                     "root%secret", "127.0.0.1", "-c", command], timeout=130)
 
     def fsrvp_set(self, vms):
-        """fss_create_expose over shares of one volume: one instant (vssfs-smb)."""
+        """fss_create_expose over the shares `vms`, on one volume or several:
+        one instant (vssfs-smb takes every volume of the set at once)."""
         t = self.t
-        v = t.volumes[0]
-        before = self.snapshot_names(v)
+        vols = sorted({t.vm_volume[vm] for vm in vms})
+        before = {vol: self.snapshot_names(t.volumes[vol]) for vol in vols}
         t0 = t.clock.tick()
         rc, out = self.rpc("fss_create_expose backup rw " + " ".join(vms))
         t1 = t.clock.tick()
@@ -1583,14 +1584,24 @@ class Samba:
                 setid = line.split(":")[0].strip()
             if "shadow-copy added to set" in line and "(" in line:
                 copies.append(line[line.index("(") + 1:line.index(")")])
-        new = [n for n in self.snapshot_names(v) if n not in before]
-        if len(new) != 1:
-            raise SetupError("FSRVP set %s: expected one new snapshot on the volume, got %s" % (setid, new))
-        name = new[0]
+        snap = {}
+        for vol in vols:
+            new = [n for n in self.snapshot_names(t.volumes[vol]) if n not in before[vol]]
+            if len(new) != 1:
+                raise SetupError("FSRVP set %s: expected one new snapshot on volume %d, got %s" % (
+                    setid, vol, new))
+            snap[vol] = new[0]
         t.fsrvp_sets += 1
-        roots = {vm: os.path.join(v.mnt, ".snapshot", name, vm) for vm in v.vms}
-        view = View("fsrvp set %s (%s: %s)" % (setid[:8], name, " ".join(vms)), "fsrvp", roots, t0, t1)
-        view.snapshots = [(0, name)]
+        # Every VM of each volume of the set (a snapshot is the whole volume).
+        roots = {}
+        for vol, name in snap.items():
+            v = t.volumes[vol]
+            for vm in v.vms:
+                roots[vm] = os.path.join(v.mnt, ".snapshot", name, vm)
+        view = View("fsrvp set %s (%s: %s)" % (
+            setid[:8], ", ".join("vol%d:%s" % kv for kv in sorted(snap.items())), " ".join(vms)),
+            "fsrvp", roots, t0, t1)
+        view.snapshots = sorted(snap.items())
         t.views.append(view)
         ok = t.check(view, "taken")
         if ok:
@@ -1631,7 +1642,7 @@ def main(argv):
     p.add_argument("--max-sets", type=int, default=None, help="stop after this many sets (once past --duration)")
     p.add_argument("--interval", type=float, default=1.0,
                    help="mean seconds between snapshot operations x2 (default 1.0)")
-    p.add_argument("--volumes", type=int, default=2, help="vssfs volumes (local mode, default 2)")
+    p.add_argument("--volumes", type=int, default=2, help="vssfs volumes (default 2)")
     p.add_argument("--vms", type=int, default=4, help="VM directories (shares), spread over the volumes")
     p.add_argument("--disk-size", type=parse_size, default=4 * GIB,
                    help="virtual disk size per VM, sparse (default 4G; tens of GiB are fine)")

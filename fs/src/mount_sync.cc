@@ -87,6 +87,15 @@ Status MountSyncer::Sync() {
   while ((n = read(from_helper_.get(), &reply, 1)) < 0 && errno == EINTR) {
   }
   if (n != 1) return Status::Error(EIO, "the syncfs helper of " + mountpoint_ + " is gone");
+  if (reply == ENOSPC || reply == EDQUOT) {
+    // Writeback failed: a write could not preserve its old blocks (the
+    // store's filesystem is full) or the backing filesystem is full.
+    return Status::FromErrno(reply,
+                             "cannot flush the writes before the snapshot (the store or "
+                             "the backing filesystem is full; delete snapshots to make "
+                             "room): syncfs " +
+                                 mountpoint_);
+  }
   if (reply != 0) return Status::FromErrno(reply, "syncfs " + mountpoint_);
   return Status();
 }
