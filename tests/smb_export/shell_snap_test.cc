@@ -147,14 +147,17 @@ class SmbServer {
       if (!up) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     if (!up) FAIL("smbd did not start; see " << dir_ << "/log.smbd");
-    for (int i = 0; i < 100; ++i) {
+    // Up to 60 s: on a loaded machine samba-dcerpcd and its workers can
+    // take a while (10 s was seen to be too short).
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < deadline) {
       if (Rpc("fss_get_sup_version", &out) == 0 &&
           out.find("supports FSRVP versions") != std::string::npos) {
         return;
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
-    FAIL("the FSRVP server did not answer: " << out << " (see " << dir_ << "/log.*)");
+    FAIL("the FSRVP server did not answer in 60 s: " << out << " (see " << dir_ << "/log.*)");
   }
   ~SmbServer() {
     StopGroup(pid_);
