@@ -207,12 +207,16 @@ class Writer(threading.Thread):
                 done = os.pwrite(self.fd(fi), data, u0 * UNIT)
                 if done != len(data):
                     raise OSError(errno.EIO, "short write %d of %d" % (done, len(data)))
-                op.e = self.t.clock.tick()
-                self.bytes += len(data)
-                self.t.count_write(len(data))
-                return op
+                return self.completed(op, len(data))
             except OSError as ex:
                 self.failed(op, ex)
+
+    def completed(self, op, nbytes):
+        """The write returned: its end ticket, and the byte counts."""
+        op.e = self.t.clock.tick()
+        self.bytes += nbytes
+        self.t.count_write(nbytes)
+        return op
 
     def failed(self, op, ex):
         # The write may have reached the file in part (a killed daemon, a full
@@ -310,11 +314,8 @@ class ConfigWriter(Writer):
                 rc, out = self.t.smb.client(self.vm, "put %s config.xml.tmp; rename config.xml.tmp "
                                                      "config.xml -f" % local)
                 if rc == 0 and "NT_STATUS" not in out:
-                    op.e = self.t.clock.tick()
-                    self.bytes += len(data)
-                    self.t.count_write(len(data))
                     self.t.smb_writes += 1
-                    return op
+                    return self.completed(op, len(data))
                 self.failed(op, OSError(errno.EIO, "smbclient: " + out.strip()[-200:]))
                 continue
             try:
@@ -325,10 +326,7 @@ class ConfigWriter(Writer):
                 finally:
                     os.close(fd)
                 os.rename(tmp, self.path(fi.rel))
-                op.e = self.t.clock.tick()
-                self.bytes += len(data)
-                self.t.count_write(len(data))
-                return op
+                return self.completed(op, len(data))
             except OSError as ex:
                 self.failed(op, ex)
 
@@ -1364,11 +1362,7 @@ class Tester:
             for v in self.views:
                 if not v.deleted:
                     self.check(v, "end", recheck=True)
-            for vol, v in enumerate(self.volumes):
-                rc, out = self.vssctl("-m", v.mnt, "fsck", timeout=900)
-                self.fscks.append(("online, volume %d" % vol, rc))
-                if rc != 0:
-                    self.violations.append("fsck of volume %d: %s" % (vol, out.strip()[-500:]))
+            self.fsck_all("online")
             # Delete half of the rest (GC), fsck again.
             alive = [v for v in self.views if not v.deleted]
             for v in alive[::2]:
@@ -1376,11 +1370,15 @@ class Tester:
             for v in self.views:
                 if not v.deleted:
                     self.check(v, "after deletes", recheck=True)
-            for vol, v in enumerate(self.volumes):
-                rc, out = self.vssctl("-m", v.mnt, "fsck", timeout=900)
-                self.fscks.append(("online after deletes, volume %d" % vol, rc))
-                if rc != 0:
-                    self.violations.append("fsck of volume %d: %s" % (vol, out.strip()[-500:]))
+            self.fsck_all("online after deletes")
+
+    def fsck_all(self, when):
+        """vssctl fsck of every volume (online); a problem is a violation."""
+        for vol, v in enumerate(self.volumes):
+            rc, out = self.vssctl("-m", v.mnt, "fsck", timeout=900)
+            self.fscks.append(("%s, volume %d" % (when, vol), rc))
+            if rc != 0:
+                self.violations.append("fsck of volume %d: %s" % (vol, out.strip()[-500:]))
 
     def teardown(self):
         if self.smb:
