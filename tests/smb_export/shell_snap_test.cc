@@ -147,7 +147,11 @@ class SmbServer {
       close(s);
       if (!up) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    if (!up) FAIL("smbd did not start; see " << dir_ << "/log.smbd");
+    if (!up) {
+      // A constructor that throws gets no destructor: stop them here.
+      Stop();
+      FAIL("smbd did not start; see " << dir_ << "/log.smbd");
+    }
     // Up to 60 s: on a loaded machine samba-dcerpcd and its workers can
     // take a while (10 s was seen to be too short).
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
@@ -158,11 +162,15 @@ class SmbServer {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
+    Stop();
     FAIL("the FSRVP server did not answer in 60 s: " << out << " (see " << dir_ << "/log.*)");
   }
-  ~SmbServer() {
+  ~SmbServer() { Stop(); }
+  // Stops smbd and samba-dcerpcd with every worker (their process groups).
+  void Stop() {
     StopGroup(pid_);
     StopGroup(rpcd_);
+    pid_ = rpcd_ = -1;
   }
   SmbServer(const SmbServer&) = delete;
   SmbServer& operator=(const SmbServer&) = delete;
