@@ -273,7 +273,7 @@ class Commands {
     if (e.at == 0) e.at = NowS();
     if (!reg.Save(&why)) return Fail(why);
     const std::string rel = share == volume ? "" : share.substr(volume.size());
-    out_ << volume << "/.snapshot/" << snap << rel << "\n";
+    out_ << SnapshotPath(volume, snap) << rel << "\n";
     return 0;
   }
 
@@ -282,12 +282,10 @@ class Commands {
     Registry reg;
     std::string why;
     if (!reg.Open(o_.state_dir, &why)) return Fail(why);
-    const std::string marker = "/.snapshot/";
-    const size_t at = snap_path.find(marker);
-    if (at == std::string::npos) return Fail(snap_path + " is not a vssfs shadow copy path");
-    const std::string volume = snap_path.substr(0, at);
-    std::string snap = snap_path.substr(at + marker.size());
-    snap = snap.substr(0, snap.find('/'));
+    std::string volume, snap;
+    if (!SplitShadowCopyPath(snap_path, &volume, &snap)) {
+      return Fail(snap_path + " is not a vssfs shadow copy path");
+    }
     auto it = reg.state.exposed.find(SnapshotPath(volume, snap));
     if (it != reg.state.exposed.end() && --it->second.count > 0) {
       return reg.Save(&why) ? 0 : Fail(why);
@@ -506,17 +504,23 @@ bool VssfsVolumes(const std::string& vssctl, std::vector<std::string>* out, std:
   return true;
 }
 
+bool SplitShadowCopyPath(const std::string& path, std::string* volume, std::string* snapshot) {
+  const std::string marker = "/.snapshot/";
+  const size_t at = path.find(marker);
+  if (at == std::string::npos) return false;
+  *volume = path.substr(0, at);
+  const std::string rest = path.substr(at + marker.size());
+  *snapshot = rest.substr(0, rest.find('/'));
+  return true;
+}
+
 int FreezeShadowCopy(const ShellSnapOptions& options, const std::string& snap_path,
                      std::ostream& err) {
-  const std::string marker = "/.snapshot/";
-  const size_t at = snap_path.find(marker);
-  if (at == std::string::npos) {
+  std::string volume, snap;
+  if (!SplitShadowCopyPath(snap_path, &volume, &snap)) {
     err << "vssfs-smb: " << snap_path << " is not a vssfs shadow copy path\n";
     return 1;
   }
-  const std::string volume = snap_path.substr(0, at);
-  std::string snap = snap_path.substr(at + marker.size());
-  snap = snap.substr(0, snap.find('/'));
   std::string cout, cerr;
   const int rc = Run({options.vssctl, "-m", volume, "snapshot", "freeze", snap}, &cout, &cerr);
   if (rc != 0 && rc != 2) {  // 2: the snapshot has no clone (read-only already).

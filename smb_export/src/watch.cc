@@ -134,9 +134,10 @@ int WatchSamba(const ShellSnapOptions& options, const std::string& lock_dir, int
           for (const auto& [set, state] : s.set_state) {
             if (state != kExposed && state != kRecovered) continue;
             for (const std::string& sc : s.sc_paths[set]) {
-              const size_t at = sc.find("/.snapshot/");
-              if (at == std::string::npos) continue;
-              keeps.insert(sc.substr(0, sc.find('/', at + 11)));
+              std::string volume, snap;
+              if (SplitShadowCopyPath(sc, &volume, &snap)) {
+                keeps.insert(volume + "/.snapshot/" + snap);
+              }
             }
           }
           (void)ReapAbandoned(options, keeps, sequence_timeout_s, log);

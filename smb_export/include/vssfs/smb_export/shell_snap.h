@@ -52,6 +52,10 @@ int RunShellSnap(const ShellSnapOptions& options, const std::vector<std::string>
 // false with *error when vssctl fails.
 bool VssfsVolumes(const std::string& vssctl, std::vector<std::string>* out, std::string* error);
 
+// Splits a shadow copy path VOLUME/.snapshot/NAME[/...] into VOLUME and
+// NAME; false when it has no "/.snapshot/".
+bool SplitShadowCopyPath(const std::string& path, std::string* volume, std::string* snapshot);
+
 // Freezes the snapshot behind a shadow copy path
 // (VOLUME/.snapshot/NAME[/...]); a snapshot without a clone is fine.
 // Returns 0, or 1 with a message on `err`.
