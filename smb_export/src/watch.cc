@@ -91,11 +91,12 @@ int WatchSamba(const ShellSnapOptions& options, const std::string& lock_dir, int
   bool warned = false;
   while (!g_stop) {
     struct stat st;
-    if (stat(path.c_str(), &st) != 0 && errno != ENOENT && !warned) {
+    const bool present = stat(path.c_str(), &st) == 0;
+    if (!present && errno != ENOENT && !warned) {
       log << "vssfs-smb: " << path << ": " << std::strerror(errno) << std::endl;
       warned = true;
     }
-    if (stat(path.c_str(), &st) == 0) {
+    if (present) {
       TDB_CONTEXT* tdb = tdb_open(path.c_str(), 0, TDB_DEFAULT, O_RDONLY, 0);
       if (tdb == nullptr && !warned) {
         log << "vssfs-smb: cannot open " << path << ": " << std::strerror(errno) << std::endl;
