@@ -160,7 +160,7 @@ def main(argv):
                                  description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vssfs", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                     "..", "build", "fs", "vssfs"))
+                                                     "..", "build", "release", "fs", "vssfs"))
     ap.add_argument("--dir", default="/var/tmp", help="parent of the work directory")
     ap.add_argument("--size", type=int, default=1024, help="test file size in MiB (default 1024)")
     ap.add_argument("--big", type=int, default=10240,
