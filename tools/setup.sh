@@ -8,7 +8,7 @@ packages=(
   # build
   build-essential cmake pkg-config git
   # libraries
-  fuse3 libfuse3-dev liblmdb-dev lmdb-utils libxxhash-dev xxhash
+  fuse3 libfuse3-dev liblmdb-dev lmdb-utils libxxhash-dev xxhash liburing-dev
   libboost-filesystem-dev catch2 libtdb-dev libacl1-dev libcap-dev
   # Samba integration and its clients
   samba smbclient samba-vfs-modules tdb-tools

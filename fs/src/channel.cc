@@ -2,15 +2,29 @@
 
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <liburing.h>
 #include <linux/fuse.h>
+#include <sched.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "log.h"
 
 namespace vssfs::fs {
 namespace {
@@ -30,11 +44,90 @@ thread_local bool t_kill_suidgid = false;
 constexpr size_t kWriteHeader = sizeof(fuse_in_header) + sizeof(fuse_write_in);
 
 struct FreeDeleter {
-  void operator()(char* p) const { std::free(p); }
+  void operator()(void* p) const { std::free(p); }
 };
 thread_local std::unique_ptr<char, FreeDeleter> t_scratch;
 thread_local size_t t_scratch_size = 0;
 thread_local const char* t_payload = nullptr;
+
+// FUSE over io_uring (kernel ABI 7.42, Linux 6.14+; Debian 12's headers
+// predate it, so the definitions the kernel fixes are repeated here).
+constexpr uint32_t kFuseOverIoUring2 = 1u << (41 - 32);  // FUSE_OVER_IO_URING in flags2
+constexpr size_t kUringHeaderArea = 128;
+struct UringEntInOut {
+  uint64_t flags;
+  uint64_t commit_id;
+  uint32_t payload_sz;
+  uint32_t padding;
+  uint64_t reserved;
+};
+struct UringReqHeader {
+  char in_out[kUringHeaderArea];  // fuse_in_header, then fuse_out_header
+  char op_in[kUringHeaderArea];   // the operation's own header (in_args[0])
+  UringEntInOut ent_in_out;
+};
+struct UringCmdReq {
+  uint64_t flags;
+  uint64_t commit_id;
+  uint16_t qid;
+  uint8_t padding[6];
+};
+constexpr uint32_t kUringCmdRegister = 1;
+constexpr uint32_t kUringCmdCommitAndFetch = 2;
+static_assert(sizeof(UringEntInOut) == 32 && sizeof(UringReqHeader) == 288 &&
+              sizeof(UringCmdReq) == 24);
+
+std::atomic<bool> g_want_uring{false};
+std::atomic<bool> g_kernel_offers_uring{false};
+std::atomic<bool> g_uring{false};
+std::atomic<unsigned> g_init_max_write{0};
+std::atomic<unsigned> g_init_max_pages{0};
+fuse_session* g_session = nullptr;
+unsigned g_uring_threads_per_queue = 2;
+
+// One registered ring entry: the request the kernel placed in it and, once
+// the handler replied, the reply.
+struct UringEntry {
+  std::unique_ptr<UringReqHeader, FreeDeleter> header;
+  std::unique_ptr<char, FreeDeleter> payload;
+  size_t payload_size = 0;
+  uint64_t unique = 0;
+  bool replied = false;
+};
+
+// Requests being handled, by unique id: a reply is written into its entry
+// (normally by the thread that handles it, see t_entry).
+std::mutex g_entries_mutex;
+std::condition_variable g_entries_cv;
+std::unordered_map<uint64_t, UringEntry*> g_entries;
+thread_local UringEntry* t_entry = nullptr;
+
+// Records what the handler on this thread needs to know about the request
+// in `buf` (n bytes, the header and the operation's arguments).
+void NoteRequest(const char* buf, size_t n) {
+  fuse_in_header in;
+  std::memcpy(&in, buf, sizeof in);
+  const char* arg = buf + sizeof in;
+  const size_t arglen = n - sizeof in;
+  switch (in.opcode) {
+    case FUSE_WRITE:
+      if (arglen >= sizeof(fuse_write_in)) {
+        fuse_write_in w;
+        std::memcpy(&w, arg, sizeof w);
+        t_kill_suidgid = (w.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
+      }
+      break;
+    case FUSE_OPEN:
+      if (arglen >= sizeof(fuse_open_in)) {
+        fuse_open_in o;
+        std::memcpy(&o, arg, sizeof o);
+        t_kill_suidgid = (o.open_flags & FUSE_OPEN_KILL_SUIDGID) != 0;
+      }
+      break;
+    default:
+      break;
+  }
+}
 
 ssize_t ReadHook(int fd, void* buf, size_t len, void*) {
   t_kill_suidgid = false;
@@ -66,56 +159,367 @@ ssize_t ReadHook(int fd, void* buf, size_t len, void*) {
                   static_cast<size_t>(n) - kWriteHeader);
     }
   }
-  const char* arg = static_cast<const char*>(buf) + sizeof in;
-  const size_t arglen = static_cast<size_t>(n) - sizeof in;
-  switch (in.opcode) {
-    case FUSE_WRITE:
-      if (arglen >= sizeof(fuse_write_in)) {
-        fuse_write_in w;
-        std::memcpy(&w, arg, sizeof w);
-        t_kill_suidgid = (w.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
+  NoteRequest(static_cast<const char*>(buf), static_cast<size_t>(n));
+  if (in.opcode == FUSE_INIT) {
+    const char* arg = static_cast<const char*>(buf) + sizeof in;
+    const size_t arglen = static_cast<size_t>(n) - sizeof in;
+    if (arglen >= offsetof(fuse_init_in, flags) + sizeof(uint32_t)) {
+      uint32_t flags;
+      std::memcpy(&flags, arg + offsetof(fuse_init_in, flags), sizeof flags);
+      g_kernel_offers_killpriv_v2 = (flags & FUSE_HANDLE_KILLPRIV_V2) != 0;
+      uint32_t flags2 = 0;
+      if ((flags & FUSE_INIT_EXT) && arglen >= offsetof(fuse_init_in, flags2) + sizeof flags2) {
+        std::memcpy(&flags2, arg + offsetof(fuse_init_in, flags2), sizeof flags2);
       }
-      break;
-    case FUSE_OPEN:
-      if (arglen >= sizeof(fuse_open_in)) {
-        fuse_open_in o;
-        std::memcpy(&o, arg, sizeof o);
-        t_kill_suidgid = (o.open_flags & FUSE_OPEN_KILL_SUIDGID) != 0;
-      }
-      break;
-    case FUSE_INIT:
-      if (arglen >= 16) {
-        uint32_t flags;
-        std::memcpy(&flags, arg + offsetof(fuse_init_in, flags), sizeof flags);
-        g_kernel_offers_killpriv_v2 = (flags & FUSE_HANDLE_KILLPRIV_V2) != 0;
-        g_init_unique = in.unique;
-      }
-      break;
-    default:
-      break;
+      g_kernel_offers_uring = (flags2 & kFuseOverIoUring2) != 0;
+      g_init_unique = in.unique;
+    }
   }
   return n;
 }
 
+void StartUring();
+
+// Stores a reply to a request that came through the ring in its entry.
+// Returns false if `unique` is not such a request.
+bool ReplyToEntry(uint64_t unique, const iovec* iov, int count, ssize_t* written) {
+  UringEntry* e = t_entry;
+  std::unique_lock<std::mutex> lock(g_entries_mutex, std::defer_lock);
+  if (e == nullptr || e->unique != unique) {
+    lock.lock();
+    auto it = g_entries.find(unique);
+    if (it == g_entries.end()) return false;
+    e = it->second;
+  }
+  size_t total = 0;
+  size_t payload = 0;
+  for (int i = 0; i < count; ++i) total += iov[i].iov_len;
+  fuse_out_header out;
+  std::memcpy(&out, iov[0].iov_base, sizeof out);
+  // The header goes to its own area, everything after it to the payload.
+  size_t skip = sizeof out;
+  for (int i = 0; i < count; ++i) {
+    const char* base = static_cast<const char*>(iov[i].iov_base);
+    size_t len = iov[i].iov_len;
+    const size_t cut = skip < len ? skip : len;
+    skip -= cut;
+    base += cut;
+    len -= cut;
+    if (len == 0) continue;
+    if (payload + len > e->payload_size) {
+      out.error = -EIO;  // Cannot happen: the kernel sized the payload for any reply.
+      payload = 0;
+      break;
+    }
+    std::memcpy(e->payload.get() + payload, base, len);
+    payload += len;
+  }
+  std::memcpy(e->header->in_out, &out, sizeof out);
+  e->header->ent_in_out.payload_sz = static_cast<uint32_t>(payload);
+  if (lock.owns_lock()) {
+    e->replied = true;
+    g_entries_cv.notify_all();
+  } else {
+    e->replied = true;
+  }
+  *written = static_cast<ssize_t>(total);
+  return true;
+}
+
 ssize_t WritevHook(int fd, iovec* iov, int count, void*) {
+  if (count >= 1 && iov[0].iov_len >= sizeof(fuse_out_header) &&
+      g_uring.load(std::memory_order_relaxed)) {
+    fuse_out_header out;
+    std::memcpy(&out, iov[0].iov_base, sizeof out);
+    ssize_t written;
+    if (out.unique != 0 && ReplyToEntry(out.unique, iov, count, &written)) return written;
+  }
+  bool start_uring = false;
   if (g_init_pending.load(std::memory_order_relaxed) && count >= 2 &&
       iov[0].iov_len >= sizeof(fuse_out_header)) {
     fuse_out_header out;
     std::memcpy(&out, iov[0].iov_base, sizeof out);
     if (out.unique == g_init_unique.load() && out.unique != 0) {
       g_init_pending = false;
+      char* arg = static_cast<char*>(iov[1].iov_base);
       if (out.error == 0 && g_want_killpriv_v2 && g_kernel_offers_killpriv_v2 &&
           iov[1].iov_len >= offsetof(fuse_init_out, flags) + sizeof(uint32_t)) {
-        char* arg = static_cast<char*>(iov[1].iov_base);
         uint32_t flags;
         std::memcpy(&flags, arg + offsetof(fuse_init_out, flags), sizeof flags);
         flags |= FUSE_HANDLE_KILLPRIV_V2;
         std::memcpy(arg + offsetof(fuse_init_out, flags), &flags, sizeof flags);
         g_killpriv_v2 = true;
       }
+      if (out.error == 0 && g_want_uring && g_kernel_offers_uring &&
+          iov[1].iov_len >= offsetof(fuse_init_out, flags2) + sizeof(uint32_t)) {
+        uint32_t flags;
+        uint32_t flags2;
+        std::memcpy(&flags, arg + offsetof(fuse_init_out, flags), sizeof flags);
+        std::memcpy(&flags2, arg + offsetof(fuse_init_out, flags2), sizeof flags2);
+        flags |= FUSE_INIT_EXT;
+        flags2 |= kFuseOverIoUring2;
+        std::memcpy(arg + offsetof(fuse_init_out, flags), &flags, sizeof flags);
+        std::memcpy(arg + offsetof(fuse_init_out, flags2), &flags2, sizeof flags2);
+        start_uring = true;
+        uint32_t max_write;
+        uint16_t max_pages;
+        std::memcpy(&max_write, arg + offsetof(fuse_init_out, max_write), sizeof max_write);
+        std::memcpy(&max_pages, arg + offsetof(fuse_init_out, max_pages), sizeof max_pages);
+        g_init_max_write = max_write;
+        g_init_max_pages = max_pages;
+      }
     }
   }
-  return ::writev(fd, iov, count);
+  ssize_t n = ::writev(fd, iov, count);
+  // The kernel has processed INIT when the write returns: entries may be
+  // registered now.
+  if (start_uring && n >= 0) StartUring();
+  return n;
+}
+
+// One queue per possible CPU (the kernel routes a request to the queue of
+// the CPU its sender runs on). `busy` counts the queue's entries whose
+// request is being handled.
+struct UringQueue {
+  std::atomic<unsigned> workers{0};
+  std::atomic<unsigned> busy{0};
+  bool full_last_tick = false;
+};
+
+// Handles the request the kernel placed in `entry` and stores the reply in
+// it. Returns the request's unique id (the commit id).
+uint64_t HandleUringRequest(UringEntry& entry, unsigned qid, std::vector<char>& request,
+                            const std::atomic<bool>* stop) {
+  // Rebuild the layout a read(2) of /dev/fuse would give: header, the
+  // operation's own header, the rest.
+  fuse_in_header in;
+  std::memcpy(&in, entry.header->in_out, sizeof in);
+  const size_t payload_sz = entry.header->ent_in_out.payload_sz;
+  const size_t op_sz = in.len >= sizeof in + payload_sz ? in.len - sizeof in - payload_sz : 0;
+  entry.unique = in.unique;
+  entry.replied = false;
+  if (op_sz > kUringHeaderArea || payload_sz > entry.payload_size ||
+      in.len != sizeof in + op_sz + payload_sz) {
+    LOG_ERROR("io_uring queue %u: malformed request (opcode %u, length %u)", qid, in.opcode,
+              in.len);
+    fuse_out_header out{sizeof(fuse_out_header), -EIO, in.unique};
+    std::memcpy(entry.header->in_out, &out, sizeof out);
+    entry.header->ent_in_out.payload_sz = 0;
+    return in.unique;
+  }
+  const bool write = in.opcode == FUSE_WRITE;
+  request.resize(sizeof in + op_sz + (write ? 0 : payload_sz));
+  std::memcpy(request.data(), &in, sizeof in);
+  std::memcpy(request.data() + sizeof in, entry.header->op_in, op_sz);
+  if (!write && payload_sz != 0) {
+    std::memcpy(request.data() + sizeof in + op_sz, entry.payload.get(), payload_sz);
+  }
+  t_kill_suidgid = false;
+  // A WRITE's data stays where the kernel put it, on a page boundary.
+  t_payload = write ? entry.payload.get() : nullptr;
+  NoteRequest(request.data(), request.size());
+  {
+    std::lock_guard lock(g_entries_mutex);
+    g_entries[in.unique] = &entry;
+  }
+  t_entry = &entry;
+  fuse_buf buf{};
+  buf.mem = request.data();
+  buf.size = in.len;  // as read(2) would have returned (libfuse checks WRITE sizes)
+  fuse_session_process_buf(g_session, &buf);
+  {
+    // Handlers reply before they return, unless they hand the request to
+    // another thread (writes held during a snapshot): wait for that reply.
+    std::unique_lock lock(g_entries_mutex);
+    bool warned = false;
+    while (!g_entries_cv.wait_for(lock, std::chrono::seconds(5), [&] { return entry.replied; })) {
+      if (stop->load()) {  // Shutting down: end the request.
+        fuse_out_header out{sizeof(fuse_out_header), -EIO, in.unique};
+        std::memcpy(entry.header->in_out, &out, sizeof out);
+        entry.header->ent_in_out.payload_sz = 0;
+        break;
+      }
+      if (!warned) {
+        LOG_WARN("io_uring queue %u: request %llu (opcode %u) has had no reply for 5 s", qid,
+                 static_cast<unsigned long long>(in.unique), in.opcode);
+        warned = true;
+      }
+    }
+    g_entries.erase(in.unique);
+  }
+  t_entry = nullptr;
+  t_payload = nullptr;
+  return in.unique;
+}
+
+// Serves one ring entry of queue `qid` on the calling thread until the
+// connection ends or `stop` is set.
+void UringWorker(unsigned qid, unsigned max_payload, UringQueue* queue, std::atomic<bool>* stop) {
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  CPU_SET(qid, &cpus);
+  // Requests from a CPU go to that CPU's queue: serving them there makes the
+  // hand-over a wake-up on the same CPU (fails harmlessly for an offline CPU).
+  sched_setaffinity(0, sizeof cpus, &cpus);
+  io_uring ring;
+  if (int r = io_uring_queue_init(4, &ring, IORING_SETUP_SQE128); r != 0) {
+    LOG_ERROR("io_uring queue %u: cannot set up a ring: %s", qid, strerror(-r));
+    return;
+  }
+  UringEntry entry;
+  void* h = nullptr;
+  void* p = nullptr;
+  if (posix_memalign(&h, 4096, sizeof(UringReqHeader)) != 0 ||
+      posix_memalign(&p, 4096, max_payload) != 0) {
+    std::free(h);
+    std::free(p);
+    io_uring_queue_exit(&ring);
+    LOG_ERROR("io_uring queue %u: out of memory", qid);
+    return;
+  }
+  entry.header.reset(static_cast<UringReqHeader*>(h));
+  entry.payload.reset(static_cast<char*>(p));
+  entry.payload_size = max_payload;
+  std::memset(entry.header.get(), 0, sizeof(UringReqHeader));
+  iovec iov[2] = {{entry.header.get(), sizeof(UringReqHeader)}, {entry.payload.get(), max_payload}};
+  std::vector<char> request;
+  const int fd = fuse_session_fd(g_session);
+
+  // REGISTER hands the entry to the kernel; COMMIT_AND_FETCH returns a reply
+  // and hands it back in one step. Either completes with the next request.
+  auto submit = [&](uint32_t cmd, uint64_t commit_id) {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);  // never null: one at a time
+    std::memset(sqe, 0, 2 * sizeof(*sqe));        // SQE128: the command area is the 2nd half
+    sqe->opcode = IORING_OP_URING_CMD;
+    sqe->fd = fd;
+    sqe->cmd_op = cmd;
+    sqe->addr = reinterpret_cast<uint64_t>(iov);
+    sqe->len = 2;
+    UringCmdReq req{};
+    req.commit_id = commit_id;
+    req.qid = static_cast<uint16_t>(qid);
+    std::memcpy(sqe->cmd, &req, sizeof req);
+    return io_uring_submit(&ring);
+  };
+
+  ++queue->workers;
+  int r = submit(kUringCmdRegister, 0);
+  while (r >= 0 && !stop->load()) {
+    io_uring_cqe* cqe = nullptr;
+    __kernel_timespec ts{0, 200 * 1000 * 1000};  // to notice `stop`
+    r = io_uring_wait_cqe_timeout(&ring, &cqe, &ts);
+    if (r == -ETIME || r == -EINTR) {
+      r = 0;
+      continue;
+    }
+    if (r < 0) {
+      LOG_ERROR("io_uring queue %u: wait failed: %s", qid, strerror(-r));
+      break;
+    }
+    const int res = cqe->res;
+    io_uring_cqe_seen(&ring, cqe);
+    if (res == -EAGAIN) {  // The kernel has not finished INIT yet.
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      r = submit(kUringCmdRegister, 0);
+      continue;
+    }
+    if (res < 0) {
+      // ENOTCONN, ECANCELED: the connection ended. Anything else is a bug.
+      if (res != -ENOTCONN && res != -ECANCELED && res != -ECONNABORTED) {
+        LOG_ERROR("io_uring queue %u: %s", qid, strerror(-res));
+      }
+      break;
+    }
+    ++queue->busy;
+    const uint64_t unique = HandleUringRequest(entry, qid, request, stop);
+    --queue->busy;
+    r = submit(kUringCmdCommitAndFetch, unique);
+  }
+  if (r < 0) LOG_ERROR("io_uring queue %u: submit failed: %s", qid, strerror(-r));
+  --queue->workers;
+  io_uring_queue_exit(&ring);
+}
+
+// The number of possible CPUs (the kernel's queue count).
+unsigned PossibleCpus() {
+  std::ifstream in("/sys/devices/system/cpu/possible");
+  std::string text;
+  unsigned count = 0;
+  while (std::getline(in, text, ',')) {
+    unsigned lo = 0;
+    unsigned hi = 0;
+    if (std::sscanf(text.c_str(), "%u-%u", &lo, &hi) == 2 && hi >= lo) {
+      count += hi - lo + 1;
+    } else if (std::sscanf(text.c_str(), "%u", &lo) == 1) {
+      count += 1;
+    }
+  }
+  if (count == 0) {
+    const long n = sysconf(_SC_NPROCESSORS_CONF);
+    count = n > 0 ? static_cast<unsigned>(n) : 1;
+  }
+  return count;
+}
+
+// Threads of all queues, and a watchdog that adds a thread (and entry) to a
+// queue whose entries have all been busy for two ticks: a handler may wait
+// for requests the kernel routes to its own queue (the WRITEs that
+// notify_inval_inode makes the kernel send), and a queue must never run out.
+struct UringWorkers {
+  std::atomic<bool> stop{false};
+  unsigned max_payload = 0;
+  std::unique_ptr<UringQueue[]> queues;
+  unsigned nr_queues = 0;
+  std::mutex threads_mutex;
+  std::vector<std::thread> threads;  // guarded by threads_mutex
+  std::thread watchdog;
+
+  void Add(unsigned qid) {
+    std::lock_guard lock(threads_mutex);
+    threads.emplace_back(UringWorker, qid, max_payload, &queues[qid], &stop);
+  }
+
+  void Watch() {
+    constexpr unsigned kMaxPerQueue = 32;
+    while (!stop.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      for (unsigned q = 0; q < nr_queues; ++q) {
+        UringQueue& queue = queues[q];
+        const unsigned workers = queue.workers.load();
+        const bool full = workers != 0 && queue.busy.load() >= workers;
+        if (full && queue.full_last_tick && workers < kMaxPerQueue) {
+          LOG_DEBUG("io_uring queue %u: all %u entries busy, adding one", q, workers);
+          Add(q);
+          queue.full_last_tick = false;
+        } else {
+          queue.full_last_tick = full;
+        }
+      }
+    }
+  }
+};
+std::unique_ptr<UringWorkers> g_workers;
+
+void StartUring() {
+  if (g_session == nullptr) return;
+  auto workers = std::make_unique<UringWorkers>();
+  workers->nr_queues = PossibleCpus();
+  workers->queues = std::make_unique<UringQueue[]>(workers->nr_queues);
+  // Each entry's payload must hold the largest request or reply the kernel
+  // may send: max(8 KiB, max_write, max_pages pages), from the INIT reply.
+  workers->max_payload =
+      std::max({8192u, g_init_max_write.load(), g_init_max_pages.load() * 4096u});
+  // Replies are looked up among ring entries from the first registration on
+  // (a reply written to /dev/fuse instead would be lost).
+  g_uring = true;
+  for (unsigned q = 0; q < workers->nr_queues; ++q) {
+    for (unsigned t = 0; t < g_uring_threads_per_queue; ++t) workers->Add(q);
+  }
+  UringWorkers* w = workers.get();
+  workers->watchdog = std::thread([w] { w->Watch(); });
+  g_workers = std::move(workers);
+  LOG_INFO("FUSE over io_uring: %u queues, %u threads each", w->nr_queues,
+           g_uring_threads_per_queue);
 }
 
 // Splice hooks are plain splice(2); vssfs turns splice reception off (see
@@ -127,13 +531,29 @@ ssize_t SpliceHook(int fdin, off_t* offin, int fdout, off_t* offout, size_t len,
 
 }  // namespace
 
-int InstallChannel(fuse_session* se, bool killpriv_v2) {
+int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned uring_threads) {
   g_want_killpriv_v2 = killpriv_v2;
+  g_want_uring = uring;
+  g_uring_threads_per_queue = uring_threads == 0 ? 1 : uring_threads;
+  g_session = se;
   static const fuse_custom_io kIo = {WritevHook, ReadHook, SpliceHook, SpliceHook};
   return fuse_session_custom_io(se, &kIo, fuse_session_fd(se));
 }
 
 bool KillprivV2Negotiated() { return g_killpriv_v2; }
+
+bool UringActive() { return g_uring; }
+
+bool UringOffered() { return g_want_uring && g_kernel_offers_uring; }
+
+void StopUring() {
+  std::unique_ptr<UringWorkers> workers = std::move(g_workers);
+  if (!workers) return;
+  workers->stop = true;
+  workers->watchdog.join();
+  std::lock_guard lock(workers->threads_mutex);
+  for (std::thread& t : workers->threads) t.join();
+}
 
 bool RequestKillsSuidgid() { return t_kill_suidgid; }
 

@@ -14,8 +14,17 @@
 // request's body into a page-aligned buffer of its own, so that a WRITE's
 // payload sits on a page boundary for direct I/O (WritePayload()).
 //
+// FUSE over io_uring (Linux 6.14+, when the fuse module's enable_uring is Y):
+// the channel also negotiates FUSE_OVER_IO_URING, starts threads pinned to
+// each CPU's queue once INIT is done, rebuilds each request the kernel puts
+// in a ring entry into the layout read(2) gives, hands it to libfuse
+// (fuse_session_process_buf) and stores the reply libfuse writes through the
+// writev hook in the entry. Handlers see no difference (docs/LIVE_PATH.md).
+//
 // Thread-safety: the hooks run concurrently on all worker threads; state is
-// atomic or thread-local.
+// atomic or thread-local, except the table of requests in ring entries (one
+// mutex, never held while calling out) and the io_uring thread list (its own
+// mutex; the watchdog that adds threads is joined before the list is).
 #ifndef VSSFS_FS_SRC_CHANNEL_H_
 #define VSSFS_FS_SRC_CHANNEL_H_
 
@@ -26,9 +35,21 @@ struct fuse_session;
 namespace vssfs::fs {
 
 // Installs the hooks on a mounted session (after fuse_session_mount()).
-// `killpriv_v2`: whether to negotiate FUSE_HANDLE_KILLPRIV_V2.
-// Returns 0 or a negative errno.
-int InstallChannel(fuse_session* se, bool killpriv_v2);
+// `killpriv_v2`: whether to negotiate FUSE_HANDLE_KILLPRIV_V2. `uring`:
+// whether to ask for FUSE over io_uring (used if the kernel offers it), with
+// `uring_threads` threads per queue. Returns 0 or a negative errno.
+int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned uring_threads);
+
+// True once requests are served through io_uring.
+bool UringActive();
+
+// During INIT: whether vssfs will accept FUSE over io_uring (asked for, and
+// offered by the kernel). Replies then must not be spliced.
+bool UringOffered();
+
+// Stops the io_uring threads (after the session loop ended and the mount is
+// gone; requests still queued to them are ended by the kernel).
+void StopUring();
 
 // True once the kernel accepted FUSE_HANDLE_KILLPRIV_V2.
 bool KillprivV2Negotiated();

@@ -135,7 +135,9 @@ int Main(int argc, char** argv) {
     fuse_remove_signal_handlers(se.get());
     return Fail("cannot mount on " + config.mountpoint + " (see the message above)");
   }
-  if (int r = InstallChannel(se.get(), opts.killpriv_v2); r != 0) {
+  if (int r = InstallChannel(se.get(), opts.killpriv_v2, opts.io_uring && !opts.single_thread,
+                             opts.uring_threads);
+      r != 0) {
     fuse_session_unmount(se.get());
     fuse_remove_signal_handlers(se.get());
     return Fail("cannot install the FUSE channel hooks");
@@ -191,6 +193,7 @@ int Main(int argc, char** argv) {
   }
   control.reset();  // No snapshot operation runs past this point.
   fuse_session_unmount(se.get());
+  StopUring();
   fuse_remove_signal_handlers(se.get());
   LOG_INFO("unmounted %s", config.mountpoint.c_str());
   // libfuse reports the terminating signal as a positive number: a clean

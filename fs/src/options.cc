@@ -126,6 +126,14 @@ Status ApplyMountOption(const std::string& item, Options* o) {
     o->clone_fd = false;
   } else if ((name == "killpriv_v2" || name == "no_killpriv_v2") && !has_value) {
     o->killpriv_v2 = name == "killpriv_v2";
+  } else if ((name == "io_uring" || name == "no_io_uring") && !has_value) {
+    o->io_uring = name == "io_uring";
+  } else if (name == "uring_threads") {
+    unsigned v;
+    if (!has_value || !ParseUnsigned(value, &v) || v == 0 || v > 64) {
+      return Invalid("option '-o uring_threads' needs a whole number 1-64");
+    }
+    o->uring_threads = v;
   } else if (name == "debug" && !has_value) {
     o->debug = true;
   } else if (IsIgnoredMountOption(name)) {
@@ -271,6 +279,11 @@ std::string UsageText(const std::string& program) {
     << "  [no_]writeback_cache    kernel write-back caching (default on)\n"
     << "  [no_]killpriv_v2        vssfs clears set-id bits and capabilities on write,\n"
     << "                          sparing the kernel a lookup per write (default on)\n"
+    << "  [no_]io_uring           serve requests through FUSE over io_uring, one queue per\n"
+    << "                          CPU, when the kernel offers it (Linux 6.14+ with\n"
+    << "                          /sys/module/fuse/parameters/enable_uring = Y; default on)\n"
+    << "  uring_threads=N         threads (ring entries) per CPU queue at start, 1-64\n"
+    << "                          (default 2; more are added while all are busy)\n"
     << "  read_ahead_kb=N         readahead window of the mount (default 1024, 0 = kernel's)\n"
     << "  max_dirty_ratio=N       percent of the dirty-page limit the mount may use with\n"
     << "                          the writeback cache (default 100; 0 = FUSE's strict 1%)\n"

@@ -548,8 +548,10 @@ void Filesystem::Init(fuse_conn_info* conn) {
   conn->max_background = 64;
   conn->congestion_threshold = 48;
   if (config_.conn_opts != nullptr) fuse_apply_conn_info_opts(config_.conn_opts, conn);
-  // Requests must be read through the channel hooks (channel.h).
+  // Requests must be read through the channel hooks (channel.h), and replies
+  // to requests that came through io_uring written through them.
   conn->want &= ~FUSE_CAP_SPLICE_READ;
+  if (UringOffered()) conn->want &= ~(FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
   writeback_ = (conn->want & FUSE_CAP_WRITEBACK_CACHE) != 0;
   LOG_INFO("kernel FUSE protocol %u.%u, max_write %u, writeback cache %s", conn->proto_major,
            conn->proto_minor, conn->max_write, writeback_ ? "on" : "off");

@@ -92,7 +92,45 @@ void MakeDir(const std::string& path) {
 // `snapshots`, the run also takes and deletes snapshots and compares each
 // with a copy of native/ made at its instant; after a remount, the
 // remaining snapshots are compared again.
-void RunDifftest(uint64_t seed, bool unprivileged, bool snapshots = false) {
+// Sets the fuse module's enable_uring parameter for the scope (the kernel
+// offers FUSE over io_uring only while it is Y) and restores it after.
+class ScopedUringParameter {
+ public:
+  ScopedUringParameter() {
+    old_ = ReadParameter();
+    if (!old_.empty()) available_ = WriteParameter("Y") && ReadParameter() == "Y";
+  }
+  ~ScopedUringParameter() {
+    if (!old_.empty()) WriteParameter(old_);
+  }
+  ScopedUringParameter(const ScopedUringParameter&) = delete;
+  ScopedUringParameter& operator=(const ScopedUringParameter&) = delete;
+  bool available() const { return available_; }
+
+ private:
+  static constexpr const char* kPath = "/sys/module/fuse/parameters/enable_uring";
+  static std::string ReadParameter() {
+    int fd = open(kPath, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return "";
+    char c = 0;
+    const ssize_t n = read(fd, &c, 1);
+    close(fd);
+    return n == 1 ? std::string(1, c) : "";
+  }
+  static bool WriteParameter(const std::string& value) {
+    int fd = open(kPath, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    const bool ok = write(fd, value.data(), value.size()) == static_cast<ssize_t>(value.size());
+    close(fd);
+    return ok;
+  }
+  std::string old_;
+  bool available_ = false;
+};
+
+void RunDifftest(uint64_t seed, bool unprivileged, bool snapshots = false,
+                 const std::vector<std::string>& mount_args = {},
+                 const std::string& expect_in_log = "") {
   const uint64_t ops = EnvNumber("VSSFS_DIFFTEST_OPS", kDefaultOps);
   TempDir tmp;
   SearchableParents parents(tmp.path());
@@ -103,7 +141,9 @@ void RunDifftest(uint64_t seed, bool unprivileged, bool snapshots = false) {
   MakeDir(backing);
   MakeDir(mnt);
 
-  ScopedMount mount(backing, mnt, {"-o", "allow_other"});
+  std::vector<std::string> args = {"-o", "allow_other"};
+  args.insert(args.end(), mount_args.begin(), mount_args.end());
+  ScopedMount mount(backing, mnt, args);
   std::vector<std::string> argv = {
       VSSFS_DIFFTEST_BINARY, "--seed", std::to_string(seed), "--ops", std::to_string(ops),
       "--threads",           "2"};
@@ -124,10 +164,15 @@ void RunDifftest(uint64_t seed, bool unprivileged, bool snapshots = false) {
                << ", vssfs-difftest output:\n"
                << output);
   REQUIRE(rc == 0);
+  if (!expect_in_log.empty()) {
+    const std::string log = mount.Log();
+    INFO("vssfs log:\n" << log);
+    CHECK(log.find(expect_in_log) != std::string::npos);
+  }
   mount.Unmount();
   if (!snapshots) return;
   // The snapshots survive a remount unchanged, and the store checks clean.
-  ScopedMount again(backing, mnt, {"-o", "allow_other"});
+  ScopedMount again(backing, mnt, args);
   std::string verify;
   const int vrc = RunCommand(
       {VSSFS_DIFFTEST_BINARY, "--verify-snapshots", "--mount", mnt, "--models", models}, &verify);
@@ -163,6 +208,24 @@ TEST_CASE("difftest: random seed as root and as uid 65534", "[fs][difftest]") {
   WARN("difftest random seed: " << seed << " (rerun with VSSFS_DIFFTEST_SEED=" << seed << ")");
   SECTION("root") { RunDifftest(seed, /*unprivileged=*/false); }
   SECTION("uid 65534") { RunDifftest(seed, /*unprivileged=*/true); }
+}
+
+TEST_CASE("difftest: requests served through FUSE over io_uring", "[fs][difftest][uring]") {
+  REQUIRE(geteuid() == 0);
+  ScopedUringParameter parameter;
+  if (!parameter.available()) {
+    WARN(
+        "this kernel has no FUSE over io_uring (Linux 6.14+ with CONFIG_FUSE_IO_URING): "
+        "the io_uring path is not tested here");
+    return;
+  }
+  static const uint64_t seed = Seeds({RandomSeed()}).front();
+  WARN("difftest io_uring seed: " << seed << " (rerun with VSSFS_DIFFTEST_SEED=" << seed << ")");
+  const std::vector<std::string> uring = {"-o", "io_uring"};
+  const std::string active = "FUSE over io_uring:";
+  SECTION("root") { RunDifftest(seed, /*unprivileged=*/false, false, uring, active); }
+  SECTION("uid 65534") { RunDifftest(seed, /*unprivileged=*/true, false, uring, active); }
+  SECTION("snapshots") { RunDifftest(seed, /*unprivileged=*/false, true, uring, active); }
 }
 
 TEST_CASE("snapshots: every snapshot equals a copy of the tree at its instant", "[fs][snapshot]") {

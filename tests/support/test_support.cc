@@ -157,6 +157,8 @@ ScopedMount::ScopedMount(const std::string& backing, const std::string& mountpoi
   }
 }
 
+std::string ScopedMount::Log() const { return ReadFile(log_path_); }
+
 ScopedMount::~ScopedMount() {
   Unmount();
   if (!log_path_.empty()) unlink(log_path_.c_str());

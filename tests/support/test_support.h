@@ -53,6 +53,8 @@ class ScopedMount {
 
   const std::string& mountpoint() const { return mountpoint_; }
   pid_t pid() const { return pid_; }
+  // What the daemon has written to stdout and stderr so far.
+  std::string Log() const;
   // Unmounts and waits for the daemon; returns its exit status (as from
   // waitpid). Idempotent.
   int Unmount();

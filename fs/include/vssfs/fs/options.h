@@ -36,6 +36,10 @@ struct Options {
   bool clone_fd = true;        // -o clone_fd / -o no_clone_fd
   // Negotiate FUSE_HANDLE_KILLPRIV_V2 (-o no_killpriv_v2 to turn off).
   bool killpriv_v2 = true;
+  // Serve requests through FUSE over io_uring when the kernel offers it
+  // (-o no_io_uring to turn off), with this many threads per CPU queue.
+  bool io_uring = true;
+  unsigned uring_threads = 2;
 
   // Kernel cache lifetimes in seconds (-o timeout=, -o negative_timeout=).
   // All changes to the live tree are expected to go through the mount.
