@@ -80,9 +80,9 @@ static_assert(sizeof(UringEntInOut) == 32 && sizeof(UringReqHeader) == 288 &&
 std::atomic<bool> g_want_uring{false};
 std::atomic<bool> g_kernel_offers_uring{false};
 std::atomic<bool> g_uring{false};
-std::atomic<unsigned> g_init_max_write{0};
-std::atomic<unsigned> g_init_max_pages{0};
 fuse_session* g_session = nullptr;
+int g_session_fd = -1;
+std::atomic<int> g_workers_fd{-1};  // UringWorkers::dev_fd while it is open
 unsigned g_uring_threads_per_queue = 2;
 
 // One registered ring entry: the request the kernel placed in it and, once
@@ -99,7 +99,7 @@ struct UringEntry {
 // (normally by the thread that handles it, see t_entry).
 std::mutex g_entries_mutex;
 std::condition_variable g_entries_cv;
-std::unordered_map<uint64_t, UringEntry*> g_entries;
+std::unordered_map<uint64_t, UringEntry*> g_entries;  // guarded by g_entries_mutex
 thread_local UringEntry* t_entry = nullptr;
 
 // Records what the handler on this thread needs to know about the request
@@ -178,8 +178,6 @@ ssize_t ReadHook(int fd, void* buf, size_t len, void*) {
   return n;
 }
 
-void StartUring();
-
 // Stores a reply to a request that came through the ring in its entry.
 // Returns false if `unique` is not such a request.
 bool ReplyToEntry(uint64_t unique, const iovec* iov, int count, ssize_t* written) {
@@ -216,75 +214,61 @@ bool ReplyToEntry(uint64_t unique, const iovec* iov, int count, ssize_t* written
   }
   std::memcpy(e->header->in_out, &out, sizeof out);
   e->header->ent_in_out.payload_sz = static_cast<uint32_t>(payload);
-  if (lock.owns_lock()) {
-    e->replied = true;
-    g_entries_cv.notify_all();
-  } else {
-    e->replied = true;
-  }
+  e->replied = true;
+  if (lock.owns_lock()) g_entries_cv.notify_all();
   *written = static_cast<ssize_t>(total);
   return true;
 }
 
-ssize_t WritevHook(int fd, iovec* iov, int count, void*) {
-  if (count >= 1 && iov[0].iov_len >= sizeof(fuse_out_header) &&
-      g_uring.load(std::memory_order_relaxed)) {
-    fuse_out_header out;
-    std::memcpy(&out, iov[0].iov_base, sizeof out);
-    ssize_t written;
-    if (out.unique != 0 && ReplyToEntry(out.unique, iov, count, &written)) return written;
-  }
-  bool start_uring = false;
-  if (g_init_pending.load(std::memory_order_relaxed) && count >= 2 &&
-      iov[0].iov_len >= sizeof(fuse_out_header)) {
-    fuse_out_header out;
-    std::memcpy(&out, iov[0].iov_base, sizeof out);
-    if (out.unique == g_init_unique.load() && out.unique != 0) {
-      g_init_pending = false;
-      char* arg = static_cast<char*>(iov[1].iov_base);
-      if (out.error == 0 && g_want_killpriv_v2 && g_kernel_offers_killpriv_v2 &&
-          iov[1].iov_len >= offsetof(fuse_init_out, flags) + sizeof(uint32_t)) {
-        uint32_t flags;
-        std::memcpy(&flags, arg + offsetof(fuse_init_out, flags), sizeof flags);
-        flags |= FUSE_HANDLE_KILLPRIV_V2;
-        std::memcpy(arg + offsetof(fuse_init_out, flags), &flags, sizeof flags);
-        g_killpriv_v2 = true;
-      }
-      if (out.error == 0 && g_want_uring && g_kernel_offers_uring &&
-          iov[1].iov_len >= offsetof(fuse_init_out, flags2) + sizeof(uint32_t)) {
-        uint32_t flags;
-        uint32_t flags2;
-        std::memcpy(&flags, arg + offsetof(fuse_init_out, flags), sizeof flags);
-        std::memcpy(&flags2, arg + offsetof(fuse_init_out, flags2), sizeof flags2);
-        flags |= FUSE_INIT_EXT;
-        flags2 |= kFuseOverIoUring2;
-        std::memcpy(arg + offsetof(fuse_init_out, flags), &flags, sizeof flags);
-        std::memcpy(arg + offsetof(fuse_init_out, flags2), &flags2, sizeof flags2);
-        start_uring = true;
-        uint32_t max_write;
-        uint16_t max_pages;
-        std::memcpy(&max_write, arg + offsetof(fuse_init_out, max_write), sizeof max_write);
-        std::memcpy(&max_pages, arg + offsetof(fuse_init_out, max_pages), sizeof max_pages);
-        g_init_max_write = max_write;
-        g_init_max_pages = max_pages;
-      }
-    }
-  }
-  ssize_t n = ::writev(fd, iov, count);
-  // The kernel has processed INIT when the write returns: entries may be
-  // registered now.
-  if (start_uring && n >= 0) StartUring();
-  return n;
-}
-
 // One queue per possible CPU (the kernel routes a request to the queue of
-// the CPU its sender runs on). `busy` counts the queue's entries whose
-// request is being handled.
+// the CPU its sender runs on).
 struct UringQueue {
-  std::atomic<unsigned> workers{0};
-  std::atomic<unsigned> busy{0};
-  bool full_last_tick = false;
+  std::atomic<unsigned> workers{0};  // threads whose entry is registered
+  std::atomic<unsigned> busy{0};     // of those, handling a request
+  std::atomic<unsigned> started{0};  // threads ever started (bounded)
+  bool full_last_tick = false;       // watchdog only
 };
+
+// A ring with its one entry, set up before it is handed to a thread.
+struct UringRing {
+  io_uring ring{};
+  bool initialised = false;
+  UringEntry entry;
+  unsigned qid = 0;
+  UringRing() = default;
+  UringRing(const UringRing&) = delete;
+  UringRing& operator=(const UringRing&) = delete;
+  ~UringRing() {
+    if (initialised) io_uring_queue_exit(&ring);
+  }
+};
+
+// Sets up a ring and its entry buffers for queue `qid`. Returns nullptr and
+// says why in `why` on failure (io_uring disabled or filtered, no memory).
+std::unique_ptr<UringRing> MakeRing(unsigned qid, size_t max_payload, std::string* why) {
+  auto r = std::make_unique<UringRing>();
+  r->qid = qid;
+  if (int e = io_uring_queue_init(4, &r->ring, IORING_SETUP_SQE128); e != 0) {
+    *why = std::string("cannot set up an io_uring: ") + strerror(-e);
+    return nullptr;
+  }
+  r->initialised = true;
+  void* h = nullptr;
+  void* p = nullptr;
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  if (posix_memalign(&h, page, sizeof(UringReqHeader)) != 0 ||
+      posix_memalign(&p, page, max_payload) != 0) {
+    std::free(h);
+    std::free(p);
+    *why = "out of memory for ring buffers";
+    return nullptr;
+  }
+  r->entry.header.reset(static_cast<UringReqHeader*>(h));
+  r->entry.payload.reset(static_cast<char*>(p));
+  r->entry.payload_size = max_payload;
+  std::memset(r->entry.header.get(), 0, sizeof(UringReqHeader));
+  return r;
+}
 
 // Handles the request the kernel placed in `entry` and stores the reply in
 // it. Returns the request's unique id (the commit id).
@@ -328,8 +312,8 @@ uint64_t HandleUringRequest(UringEntry& entry, unsigned qid, std::vector<char>& 
   buf.size = in.len;  // as read(2) would have returned (libfuse checks WRITE sizes)
   fuse_session_process_buf(g_session, &buf);
   {
-    // Handlers reply before they return, unless they hand the request to
-    // another thread (writes held during a snapshot): wait for that reply.
+    // Handlers reply before they return; should one hand its request to
+    // another thread, wait for that reply.
     std::unique_lock lock(g_entries_mutex);
     bool warned = false;
     while (!g_entries_cv.wait_for(lock, std::chrono::seconds(5), [&] { return entry.replied; })) {
@@ -352,95 +336,167 @@ uint64_t HandleUringRequest(UringEntry& entry, unsigned qid, std::vector<char>& 
   return in.unique;
 }
 
-// Serves one ring entry of queue `qid` on the calling thread until the
-// connection ends or `stop` is set.
-void UringWorker(unsigned qid, unsigned max_payload, UringQueue* queue, std::atomic<bool>* stop) {
-  cpu_set_t cpus;
-  CPU_ZERO(&cpus);
-  CPU_SET(qid, &cpus);
-  // Requests from a CPU go to that CPU's queue: serving them there makes the
-  // hand-over a wake-up on the same CPU (fails harmlessly for an offline CPU).
-  sched_setaffinity(0, sizeof cpus, &cpus);
-  io_uring ring;
-  if (int r = io_uring_queue_init(4, &ring, IORING_SETUP_SQE128); r != 0) {
-    LOG_ERROR("io_uring queue %u: cannot set up a ring: %s", qid, strerror(-r));
-    return;
-  }
-  UringEntry entry;
-  void* h = nullptr;
-  void* p = nullptr;
-  if (posix_memalign(&h, 4096, sizeof(UringReqHeader)) != 0 ||
-      posix_memalign(&p, 4096, max_payload) != 0) {
-    std::free(h);
-    std::free(p);
-    io_uring_queue_exit(&ring);
-    LOG_ERROR("io_uring queue %u: out of memory", qid);
-    return;
-  }
-  entry.header.reset(static_cast<UringReqHeader*>(h));
-  entry.payload.reset(static_cast<char*>(p));
-  entry.payload_size = max_payload;
-  std::memset(entry.header.get(), 0, sizeof(UringReqHeader));
-  iovec iov[2] = {{entry.header.get(), sizeof(UringReqHeader)}, {entry.payload.get(), max_payload}};
-  std::vector<char> request;
-  const int fd = fuse_session_fd(g_session);
+struct UringWorkers;
+thread_local UringWorkers* t_workers = nullptr;  // set on ring threads
+thread_local unsigned t_qid = 0;
 
-  // REGISTER hands the entry to the kernel; COMMIT_AND_FETCH returns a reply
-  // and hands it back in one step. Either completes with the next request.
-  auto submit = [&](uint32_t cmd, uint64_t commit_id) {
-    io_uring_sqe* sqe = io_uring_get_sqe(&ring);  // never null: one at a time
-    std::memset(sqe, 0, 2 * sizeof(*sqe));        // SQE128: the command area is the 2nd half
-    sqe->opcode = IORING_OP_URING_CMD;
-    sqe->fd = fd;
-    sqe->cmd_op = cmd;
-    sqe->addr = reinterpret_cast<uint64_t>(iov);
-    sqe->len = 2;
-    UringCmdReq req{};
-    req.commit_id = commit_id;
-    req.qid = static_cast<uint16_t>(qid);
-    std::memcpy(sqe->cmd, &req, sizeof req);
-    return io_uring_submit(&ring);
-  };
+// The ring threads of all queues, and a watchdog. A handler may wait for
+// requests the kernel sends to its own queue (the WRITEs that
+// fuse_lowlevel_notify_inval_inode makes it send); EnsureIdleEntry gives
+// the queue a free entry first. The kernel hands queued requests only to
+// entries that commit or to requests arriving later, so that must happen
+// before the wait. The watchdog adds an entry to a queue whose entries have
+// all been busy for two ticks (requests arriving meanwhile get it) and
+// replaces a thread that ended on an unexpected error.
+struct UringWorkers {
+  static constexpr unsigned kMaxPerQueue = 32;
+  std::atomic<bool> stop{false};
+  std::atomic<bool> ended{false};  // the kernel ended the connection
+  std::atomic<bool> first_served{false};
+  size_t max_payload = 0;
+  unsigned nr_queues = 0;
+  int dev_fd = -1;  // owned: the ring commands and late writes use it
+  std::unique_ptr<UringQueue[]> queues;
+  std::vector<std::unique_ptr<UringRing>> prepared;  // until Start
+  std::mutex threads_mutex;
+  std::vector<std::thread> threads;  // guarded by threads_mutex
+  std::thread watchdog;
 
-  ++queue->workers;
-  int r = submit(kUringCmdRegister, 0);
-  while (r >= 0 && !stop->load()) {
-    io_uring_cqe* cqe = nullptr;
-    __kernel_timespec ts{0, 200 * 1000 * 1000};  // to notice `stop`
-    r = io_uring_wait_cqe_timeout(&ring, &cqe, &ts);
-    if (r == -ETIME || r == -EINTR) {
-      r = 0;
-      continue;
-    }
-    if (r < 0) {
-      LOG_ERROR("io_uring queue %u: wait failed: %s", qid, strerror(-r));
-      break;
-    }
-    const int res = cqe->res;
-    io_uring_cqe_seen(&ring, cqe);
-    if (res == -EAGAIN) {  // The kernel has not finished INIT yet.
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      r = submit(kUringCmdRegister, 0);
-      continue;
-    }
-    if (res < 0) {
-      // ENOTCONN, ECANCELED: the connection ended. Anything else is a bug.
-      if (res != -ENOTCONN && res != -ECANCELED && res != -ECONNABORTED) {
-        LOG_ERROR("io_uring queue %u: %s", qid, strerror(-res));
+  ~UringWorkers() {
+    if (dev_fd >= 0) close(dev_fd);
+  }
+
+  // Starts a thread serving `ring` (or a new ring) on queue `qid`. Returns
+  // false when stopping, at the bound, or if no ring could be set up.
+  bool Add(unsigned qid, std::unique_ptr<UringRing> ring) {
+    UringQueue& queue = queues[qid];
+    if (!ring) {
+      if (queue.started.load() >= kMaxPerQueue) return false;
+      std::string why;
+      ring = MakeRing(qid, max_payload, &why);
+      if (!ring) {
+        LOG_WARN("io_uring queue %u: %s", qid, why.c_str());
+        return false;
       }
-      break;
     }
-    ++queue->busy;
-    const uint64_t unique = HandleUringRequest(entry, qid, request, stop);
-    --queue->busy;
-    r = submit(kUringCmdCommitAndFetch, unique);
+    std::lock_guard lock(threads_mutex);
+    if (stop.load()) return false;
+    ++queue.started;
+    threads.emplace_back(&UringWorkers::Serve, this, std::move(ring));
+    return true;
   }
-  if (r < 0) LOG_ERROR("io_uring queue %u: submit failed: %s", qid, strerror(-r));
-  --queue->workers;
-  io_uring_queue_exit(&ring);
-}
 
-// The number of possible CPUs (the kernel's queue count).
+  void Serve(std::unique_ptr<UringRing> r) {
+    const unsigned qid = r->qid;
+    UringQueue& queue = queues[qid];
+    t_workers = this;
+    t_qid = qid;
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    CPU_SET(qid, &cpus);
+    // Requests from a CPU go to that CPU's queue: serving them there makes
+    // the hand-over a wake-up on the same CPU (fails harmlessly for an
+    // offline CPU).
+    sched_setaffinity(0, sizeof cpus, &cpus);
+    UringEntry& entry = r->entry;
+    iovec iov[2] = {{entry.header.get(), sizeof(UringReqHeader)},
+                    {entry.payload.get(), entry.payload_size}};
+    std::vector<char> request;
+    // REGISTER hands the entry to the kernel; COMMIT_AND_FETCH returns a
+    // reply and hands it back in one step. Either completes with the next
+    // request.
+    auto submit = [&](uint32_t cmd, uint64_t commit_id) {
+      io_uring_sqe* sqe = io_uring_get_sqe(&r->ring);
+      if (sqe == nullptr) return -EBUSY;      // cannot happen: one command at a time
+      std::memset(sqe, 0, 2 * sizeof(*sqe));  // SQE128: the command is the 2nd half
+      sqe->opcode = IORING_OP_URING_CMD;
+      sqe->fd = dev_fd;
+      sqe->cmd_op = cmd;
+      sqe->addr = reinterpret_cast<uint64_t>(iov);
+      sqe->len = 2;
+      UringCmdReq req{};
+      req.commit_id = commit_id;
+      req.qid = static_cast<uint16_t>(qid);
+      std::memcpy(sqe->cmd, &req, sizeof req);
+      int n;
+      while ((n = io_uring_submit(&r->ring)) == -EINTR || n == -EAGAIN) {
+      }
+      return n;
+    };
+    int rc = submit(kUringCmdRegister, 0);
+    if (rc >= 0) ++queue.workers;
+    while (rc >= 0 && !stop.load()) {
+      io_uring_cqe* cqe = nullptr;
+      __kernel_timespec ts{0, 200 * 1000 * 1000};  // to notice `stop`
+      rc = io_uring_wait_cqe_timeout(&r->ring, &cqe, &ts);
+      if (rc == -ETIME || rc == -EINTR) {
+        rc = 0;
+        continue;
+      }
+      if (rc < 0) break;
+      const int res = cqe->res;
+      io_uring_cqe_seen(&r->ring, cqe);
+      if (res == -EAGAIN) {  // The kernel has not finished INIT yet.
+        --queue.workers;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        rc = submit(kUringCmdRegister, 0);
+        if (rc >= 0) ++queue.workers;
+        continue;
+      }
+      if (res < 0) {
+        if (res == -ENOTCONN || res == -ECANCELED || res == -ECONNABORTED) {
+          ended = true;  // unmounted or aborted
+        } else {
+          LOG_ERROR("io_uring queue %u: %s", qid, strerror(-res));
+        }
+        --queue.workers;
+        return;
+      }
+      if (!first_served.exchange(true)) {
+        LOG_INFO("FUSE over io_uring: serving requests (first on queue %u)", qid);
+      }
+      ++queue.busy;
+      const uint64_t unique = HandleUringRequest(entry, qid, request, &stop);
+      --queue.busy;
+      rc = submit(kUringCmdCommitAndFetch, unique);
+    }
+    if (rc < 0) LOG_ERROR("io_uring queue %u: %s", qid, strerror(-rc));
+    --queue.workers;
+  }
+
+  void Watch() {
+    while (!stop.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      if (ended.load()) continue;
+      for (unsigned q = 0; q < nr_queues && !stop.load(); ++q) {
+        UringQueue& queue = queues[q];
+        const unsigned workers = queue.workers.load();
+        const bool full = queue.busy.load() >= workers;
+        if (workers == 0 || (full && queue.full_last_tick)) {
+          if (workers != 0) LOG_DEBUG("io_uring queue %u: all %u entries busy", q, workers);
+          Add(q, nullptr);
+          queue.full_last_tick = false;
+        } else {
+          queue.full_last_tick = full;
+        }
+      }
+    }
+  }
+
+  void EnsureIdleEntry(unsigned qid) {
+    UringQueue& queue = queues[qid];
+    const unsigned before = queue.workers.load();
+    if (queue.busy.load() < before) return;
+    if (!Add(qid, nullptr)) return;
+    // The new thread registers its entry at once; wait for it (bounded).
+    for (int i = 0; i < 2000 && queue.workers.load() <= before && !stop.load(); ++i) {
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+  }
+};
+std::unique_ptr<UringWorkers> g_workers;
+
+// The number of possible CPUs (the kernel's queue count), 0 if unknown.
 unsigned PossibleCpus() {
   std::ifstream in("/sys/devices/system/cpu/possible");
   std::string text;
@@ -454,72 +510,113 @@ unsigned PossibleCpus() {
       count += 1;
     }
   }
-  if (count == 0) {
-    const long n = sysconf(_SC_NPROCESSORS_CONF);
-    count = n > 0 ? static_cast<unsigned>(n) : 1;
-  }
   return count;
 }
 
-// Threads of all queues, and a watchdog that adds a thread (and entry) to a
-// queue whose entries have all been busy for two ticks: a handler may wait
-// for requests the kernel routes to its own queue (the WRITEs that
-// notify_inval_inode makes the kernel send), and a queue must never run out.
-struct UringWorkers {
-  std::atomic<bool> stop{false};
-  unsigned max_payload = 0;
-  std::unique_ptr<UringQueue[]> queues;
-  unsigned nr_queues = 0;
-  std::mutex threads_mutex;
-  std::vector<std::thread> threads;  // guarded by threads_mutex
-  std::thread watchdog;
-
-  void Add(unsigned qid) {
-    std::lock_guard lock(threads_mutex);
-    threads.emplace_back(UringWorker, qid, max_payload, &queues[qid], &stop);
+// Sets up every ring before the INIT reply asks for FUSE over io_uring: once
+// it does, the kernel holds all requests back until every queue has an
+// entry, so it must not ask unless all of them can be registered.
+std::unique_ptr<UringWorkers> PrepareUring(uint32_t max_write, uint16_t max_pages) {
+  auto w = std::make_unique<UringWorkers>();
+  w->nr_queues = PossibleCpus();
+  if (w->nr_queues == 0) {
+    LOG_WARN("FUSE over io_uring not used: cannot read /sys/devices/system/cpu/possible");
+    return nullptr;
   }
+  w->queues = std::make_unique<UringQueue[]>(w->nr_queues);
+  // Each entry's payload must hold the largest request or reply the kernel
+  // may send: max(8 KiB, max_write, max_pages pages).
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  w->max_payload = std::max({size_t{8192}, size_t{max_write}, size_t{max_pages} * page});
+  w->dev_fd = fcntl(g_session_fd, F_DUPFD_CLOEXEC, 0);
+  if (w->dev_fd < 0) {
+    LOG_WARN("FUSE over io_uring not used: dup /dev/fuse: %s", strerror(errno));
+    return nullptr;
+  }
+  for (unsigned q = 0; q < w->nr_queues; ++q) {
+    for (unsigned t = 0; t < g_uring_threads_per_queue; ++t) {
+      std::string why;
+      std::unique_ptr<UringRing> ring = MakeRing(q, w->max_payload, &why);
+      if (!ring) {
+        LOG_WARN("FUSE over io_uring not used (requests go through /dev/fuse): %s", why.c_str());
+        return nullptr;
+      }
+      w->prepared.push_back(std::move(ring));
+    }
+  }
+  return w;
+}
 
-  void Watch() {
-    constexpr unsigned kMaxPerQueue = 32;
-    while (!stop.load()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      for (unsigned q = 0; q < nr_queues; ++q) {
-        UringQueue& queue = queues[q];
-        const unsigned workers = queue.workers.load();
-        const bool full = workers != 0 && queue.busy.load() >= workers;
-        if (full && queue.full_last_tick && workers < kMaxPerQueue) {
-          LOG_DEBUG("io_uring queue %u: all %u entries busy, adding one", q, workers);
-          Add(q);
-          queue.full_last_tick = false;
-        } else {
-          queue.full_last_tick = full;
+void StartUring(std::unique_ptr<UringWorkers> w) {
+  // Replies are looked up among ring entries from the first registration on
+  // (a reply written to /dev/fuse instead would be lost).
+  g_uring = true;
+  UringWorkers* raw = w.get();
+  std::vector<std::unique_ptr<UringRing>> rings = std::move(w->prepared);
+  for (auto& ring : rings) {
+    const unsigned qid = ring->qid;
+    w->Add(qid, std::move(ring));
+  }
+  w->watchdog = std::thread([raw] { raw->Watch(); });
+  LOG_INFO("FUSE over io_uring: %u queues, %u threads each", w->nr_queues,
+           g_uring_threads_per_queue);
+  g_workers = std::move(w);
+}
+
+ssize_t WritevHook(int fd, iovec* iov, int count, void*) {
+  if (g_uring.load(std::memory_order_relaxed)) {
+    if (count >= 1 && iov[0].iov_len >= sizeof(fuse_out_header)) {
+      fuse_out_header out;
+      std::memcpy(&out, iov[0].iov_base, sizeof out);
+      ssize_t written;
+      if (out.unique != 0 && ReplyToEntry(out.unique, iov, count, &written)) return written;
+    }
+    // libfuse closes the session's descriptor at unmount while ring threads
+    // may still write (notifications, late replies): use the channel's own.
+    if (fd == g_session_fd && g_workers_fd.load() >= 0) fd = g_workers_fd.load();
+  }
+  std::unique_ptr<UringWorkers> uring;
+  if (g_init_pending.load(std::memory_order_relaxed) && count >= 2 &&
+      iov[0].iov_len >= sizeof(fuse_out_header)) {
+    fuse_out_header out;
+    std::memcpy(&out, iov[0].iov_base, sizeof out);
+    if (out.unique == g_init_unique.load() && out.unique != 0) {
+      g_init_pending = false;
+      char* arg = static_cast<char*>(iov[1].iov_base);
+      if (out.error == 0 && g_want_killpriv_v2 && g_kernel_offers_killpriv_v2 &&
+          iov[1].iov_len >= offsetof(fuse_init_out, flags) + sizeof(uint32_t)) {
+        uint32_t flags;
+        std::memcpy(&flags, arg + offsetof(fuse_init_out, flags), sizeof flags);
+        flags |= FUSE_HANDLE_KILLPRIV_V2;
+        std::memcpy(arg + offsetof(fuse_init_out, flags), &flags, sizeof flags);
+        g_killpriv_v2 = true;
+      }
+      if (out.error == 0 && g_want_uring && g_kernel_offers_uring &&
+          iov[1].iov_len >= offsetof(fuse_init_out, flags2) + sizeof(uint32_t)) {
+        uint32_t max_write;
+        uint16_t max_pages;
+        std::memcpy(&max_write, arg + offsetof(fuse_init_out, max_write), sizeof max_write);
+        std::memcpy(&max_pages, arg + offsetof(fuse_init_out, max_pages), sizeof max_pages);
+        uring = PrepareUring(max_write, max_pages);
+        if (uring) {
+          uint32_t flags;
+          uint32_t flags2;
+          std::memcpy(&flags, arg + offsetof(fuse_init_out, flags), sizeof flags);
+          std::memcpy(&flags2, arg + offsetof(fuse_init_out, flags2), sizeof flags2);
+          flags |= FUSE_INIT_EXT;
+          flags2 |= kFuseOverIoUring2;
+          std::memcpy(arg + offsetof(fuse_init_out, flags), &flags, sizeof flags);
+          std::memcpy(arg + offsetof(fuse_init_out, flags2), &flags2, sizeof flags2);
+          g_workers_fd = uring->dev_fd;
         }
       }
     }
   }
-};
-std::unique_ptr<UringWorkers> g_workers;
-
-void StartUring() {
-  if (g_session == nullptr) return;
-  auto workers = std::make_unique<UringWorkers>();
-  workers->nr_queues = PossibleCpus();
-  workers->queues = std::make_unique<UringQueue[]>(workers->nr_queues);
-  // Each entry's payload must hold the largest request or reply the kernel
-  // may send: max(8 KiB, max_write, max_pages pages), from the INIT reply.
-  workers->max_payload =
-      std::max({8192u, g_init_max_write.load(), g_init_max_pages.load() * 4096u});
-  // Replies are looked up among ring entries from the first registration on
-  // (a reply written to /dev/fuse instead would be lost).
-  g_uring = true;
-  for (unsigned q = 0; q < workers->nr_queues; ++q) {
-    for (unsigned t = 0; t < g_uring_threads_per_queue; ++t) workers->Add(q);
-  }
-  UringWorkers* w = workers.get();
-  workers->watchdog = std::thread([w] { w->Watch(); });
-  g_workers = std::move(workers);
-  LOG_INFO("FUSE over io_uring: %u queues, %u threads each", w->nr_queues,
-           g_uring_threads_per_queue);
+  ssize_t n = ::writev(fd, iov, count);
+  // The kernel has processed INIT when the write returns: the entries may
+  // be registered now.
+  if (uring && n >= 0) StartUring(std::move(uring));
+  return n;
 }
 
 // Splice hooks are plain splice(2); vssfs turns splice reception off (see
@@ -536,6 +633,7 @@ int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned urin
   g_want_uring = uring;
   g_uring_threads_per_queue = uring_threads == 0 ? 1 : uring_threads;
   g_session = se;
+  g_session_fd = fuse_session_fd(se);
   static const fuse_custom_io kIo = {WritevHook, ReadHook, SpliceHook, SpliceHook};
   return fuse_session_custom_io(se, &kIo, fuse_session_fd(se));
 }
@@ -551,8 +649,24 @@ void StopUring() {
   if (!workers) return;
   workers->stop = true;
   workers->watchdog.join();
-  std::lock_guard lock(workers->threads_mutex);
-  for (std::thread& t : workers->threads) t.join();
+  // Handlers may still add a thread (EnsureIdleEntry) until `stop` is seen
+  // under the lock: join until none is left.
+  while (true) {
+    std::vector<std::thread> threads;
+    {
+      std::lock_guard lock(workers->threads_mutex);
+      threads.swap(workers->threads);
+    }
+    if (threads.empty()) break;
+    for (std::thread& t : threads) t.join();
+  }
+  g_workers_fd = -1;
+  // ~UringWorkers closes the channel's descriptor: the kernel ends what is
+  // still queued once the last one is closed.
+}
+
+void EnsureIdleUringEntry() {
+  if (t_workers != nullptr) t_workers->EnsureIdleEntry(t_qid);
 }
 
 bool RequestKillsSuidgid() { return t_kill_suidgid; }

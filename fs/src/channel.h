@@ -47,6 +47,12 @@ bool UringActive();
 // offered by the kernel). Replies then must not be spliced.
 bool UringOffered();
 
+// Called by a handler before it makes the kernel send requests that it then
+// waits for (fuse_lowlevel_notify_inval_inode laundering dirty pages): on an
+// io_uring thread, makes sure this CPU's queue has a free entry to take
+// them. No effect on other threads.
+void EnsureIdleUringEntry();
+
 // Stops the io_uring threads (after the session loop ended and the mount is
 // gone; requests still queued to them are ended by the kernel).
 void StopUring();

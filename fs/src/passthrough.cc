@@ -942,7 +942,9 @@ int Filesystem::OpenLive(fuse_req_t req, Inode& inode_ref, const CowEngine::Epoc
 int Filesystem::WriteBackKernelCache(const Inode& inode) {
   if (!writeback_ || !multithreaded_ || session_ == nullptr || inode.open_writers == 0) return 0;
   // Invalidating the file's page cache makes the kernel launder dirty pages
-  // through WRITE requests, served by the other worker threads.
+  // through WRITE requests, served by the other worker threads (with io_uring:
+  // by another entry of this CPU's queue, which must be free beforehand).
+  EnsureIdleUringEntry();
   int r = fuse_lowlevel_notify_inval_inode(session_, inode.nodeid, 0, 0);
   return r == -ENOENT ? 0 : r;
 }

@@ -222,7 +222,7 @@ TEST_CASE("difftest: requests served through FUSE over io_uring", "[fs][difftest
   static const uint64_t seed = Seeds({RandomSeed()}).front();
   WARN("difftest io_uring seed: " << seed << " (rerun with VSSFS_DIFFTEST_SEED=" << seed << ")");
   const std::vector<std::string> uring = {"-o", "io_uring"};
-  const std::string active = "FUSE over io_uring:";
+  const std::string active = "FUSE over io_uring: serving requests";
   SECTION("root") { RunDifftest(seed, /*unprivileged=*/false, false, uring, active); }
   SECTION("uid 65534") { RunDifftest(seed, /*unprivileged=*/true, false, uring, active); }
   SECTION("snapshots") { RunDifftest(seed, /*unprivileged=*/false, true, uring, active); }
