@@ -371,17 +371,19 @@ struct UringWorkers {
   bool Add(unsigned qid, std::unique_ptr<UringRing> ring) {
     UringQueue& queue = queues[qid];
     if (!ring) {
-      if (queue.started.load() >= kMaxPerQueue) return false;
+      // Attempts count against the bound, failed ones too (no retry loop).
+      if (queue.started.fetch_add(1) >= kMaxPerQueue) return false;
       std::string why;
       ring = MakeRing(qid, max_payload, &why);
       if (!ring) {
         LOG_WARN("io_uring queue %u: %s", qid, why.c_str());
         return false;
       }
+    } else {
+      ++queue.started;
     }
     std::lock_guard lock(threads_mutex);
     if (stop.load()) return false;
-    ++queue.started;
     threads.emplace_back(&UringWorkers::Serve, this, std::move(ring));
     return true;
   }
