@@ -127,7 +127,7 @@ int ReadLiveListing(int dir_fd, bool is_root, std::vector<DirEntry>* out) {
   return 0;
 }
 
-int ReadLiveMeta(int fd, bool with_xattrs, InodeMeta* meta) {
+int ReadLiveMeta(int fd, bool with_xattrs, InodeMeta* meta, const std::string& symlink_path) {
   struct stat st;
   if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return -errno;
   *meta = InodeMeta{};
@@ -149,10 +149,14 @@ int ReadLiveMeta(int fd, bool with_xattrs, InodeMeta* meta) {
     ssize_t n = readlinkat(fd, "", buf, sizeof buf);
     if (n < 0) return -errno;
     meta->symlink.assign(buf, static_cast<size_t>(n));
-    n = readlink(ProcPath(fd).path, buf, sizeof buf);
-    if (n <= 0 || static_cast<size_t>(n) >= sizeof buf || buf[0] != '/') return 0;
-    link.assign(buf, static_cast<size_t>(n));
-    if (SameInode(fd, link) != 0) return 0;  // Nameless: it can carry none we can read.
+    if (!symlink_path.empty() && SameInode(fd, symlink_path) == 0) {
+      link = symlink_path;
+    } else {
+      n = readlink(ProcPath(fd).path, buf, sizeof buf);
+      if (n <= 0 || static_cast<size_t>(n) >= sizeof buf || buf[0] != '/') return 0;
+      link.assign(buf, static_cast<size_t>(n));
+      if (SameInode(fd, link) != 0) return 0;  // Nameless: it can carry none we can read.
+    }
   }
   std::string list;
   for (int attempt = 0; attempt < 4; ++attempt) {
@@ -247,10 +251,11 @@ int CowEngine::Load(Inode& inode, SnapId k, int fd) {
   return 0;
 }
 
-int CowEngine::PreserveInodeLocked(const Epoch& e, int fd, Ino ino, uint64_t* size) {
+int CowEngine::PreserveInodeLocked(const Epoch& e, int fd, Ino ino, uint64_t* size,
+                                   const std::string& symlink_path) {
   Preservation batch;
   InodeMeta meta;
-  if (int r = ReadLiveMeta(fd, true, &meta); r != 0) return r;
+  if (int r = ReadLiveMeta(fd, true, &meta, symlink_path); r != 0) return r;
   if (size != nullptr) *size = meta.size;
   batch.AddInode(ino, std::move(meta));
   if (Status s = store_->Preserve(e.latest(), batch); !s.ok()) {
@@ -273,8 +278,12 @@ int CowEngine::PreserveInode(const Epoch& e, Inode* inode, int fd, Ino ino) {
   std::lock_guard lock(inode->cow_mutex);
   if (int r = Load(*inode, e.latest(), fd); r != 0) return r;
   if (inode->cow_inode) return 0;
+  // A symlink's descriptor may be named by a link since removed: find a
+  // name that reaches its xattrs.
+  std::string link;
+  if (S_ISLNK(inode->type)) (void)LiveSymlinkPath(*inode, &link);
   uint64_t size = 0;
-  if (int r = PreserveInodeLocked(e, fd, ino, &size); r != 0) return r;
+  if (int r = PreserveInodeLocked(e, fd, ino, &size, link); r != 0) return r;
   inode->cow_inode = true;
   inode->cow_size = size;
   return 0;
@@ -373,9 +382,10 @@ int CowEngine::PreserveData(const Epoch& e, Inode& inode, uint64_t off, uint64_t
       const uint64_t pos = todo[j] * bs;
       const size_t want = static_cast<size_t>(std::min(bs, size - pos));
       if (FaultSkipThisBlock()) {
-        LOG_WARN("fault injection (VSSFS_FAULT_SKIP_PRESERVE): block %llu of inode %llu not preserved",
-                 static_cast<unsigned long long>(todo[j]),
-                 static_cast<unsigned long long>(inode.backing_ino));
+        LOG_WARN(
+            "fault injection (VSSFS_FAULT_SKIP_PRESERVE): block %llu of inode %llu not preserved",
+            static_cast<unsigned long long>(todo[j]),
+            static_cast<unsigned long long>(inode.backing_ino));
         continue;
       }
       batch.AddBlock(inode.backing_ino, todo[j], std::string_view(buf).substr(pos - lo, want));

@@ -124,7 +124,8 @@ class CowEngine {
   // Makes sure inode's cow_* fields describe epoch k. Caller holds
   // inode.cow_mutex.
   int Load(Inode& inode, cow_store::SnapId k, int fd);
-  int PreserveInodeLocked(const Epoch& e, int fd, cow_store::Ino ino, uint64_t* size);
+  int PreserveInodeLocked(const Epoch& e, int fd, cow_store::Ino ino, uint64_t* size,
+                          const std::string& symlink_path = {});
   void Grace(cow_store::Ino ino) { std::unique_lock lock(Stripe(ino)); }
 
   static constexpr size_t kStripes = 256;
@@ -147,8 +148,11 @@ class CowEngine {
 // the volume root none of the reserved names. Returns 0 or a negative errno.
 int ReadLiveListing(int dir_fd, bool is_root, std::vector<cow_store::DirEntry>* out);
 // The attributes of a live object as a snapshot records them; without
-// `with_xattrs` only the stat fields (no xattrs, no symlink target).
-int ReadLiveMeta(int fd, bool with_xattrs, cow_store::InodeMeta* meta);
+// `with_xattrs` only the stat fields (no xattrs, no symlink target). A
+// symlink's xattrs are read through `symlink_path` when it names the object
+// (LiveSymlinkPath), else through the descriptor's own name.
+int ReadLiveMeta(int fd, bool with_xattrs, cow_store::InodeMeta* meta,
+                 const std::string& symlink_path = {});
 
 }  // namespace vssfs::fs
 

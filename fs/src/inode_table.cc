@@ -1,8 +1,12 @@
 #include "inode_table.h"
 
 #include <fuse_lowlevel.h>
+#include <unistd.h>
 
+#include <climits>
 #include <mutex>
+
+#include "backing_xattr.h"
 
 namespace vssfs::fs {
 
@@ -59,6 +63,32 @@ void InodeTable::Forget(uint64_t nodeid, uint64_t n) {
 size_t InodeTable::size() const {
   std::shared_lock lock(mutex_);
   return inodes_.size();
+}
+
+int LiveSymlinkPath(const Inode& inode, std::string* path) {
+  path->clear();
+  if (!S_ISLNK(inode.type)) return 0;
+  // Where the kernel last looked it up, through the parent's descriptor.
+  std::shared_ptr<Inode> parent;
+  std::string name;
+  {
+    std::lock_guard lock(inode.location_mutex);
+    parent = inode.location_parent.lock();
+    name = inode.location_name;
+  }
+  if (parent) {
+    *path = std::string(ProcPath(parent->fd.get()).path) + "/" + name;
+    if (SameInode(inode.fd.get(), *path) == 0) return 0;
+  }
+  // Where the descriptor's own name is now.
+  char buf[PATH_MAX];
+  ssize_t n = readlink(ProcPath(inode.fd.get()).path, buf, sizeof buf);
+  if (n > 0 && static_cast<size_t>(n) < sizeof buf && buf[0] == '/') {
+    path->assign(buf, static_cast<size_t>(n));
+    if (SameInode(inode.fd.get(), *path) == 0) return 0;
+  }
+  path->clear();
+  return -ESTALE;
 }
 
 }  // namespace vssfs::fs

@@ -96,6 +96,12 @@ struct Inode {
   std::string location_name;             // Guarded by location_mutex.
 };
 
+// A backing path naming symlink `inode` now, checked against its descriptor:
+// where the kernel last looked it up, else where its descriptor's own name
+// is (which is gone when that name was unlinked and another link remains).
+// Empty for other types. Returns 0 or -ESTALE if no path is found.
+int LiveSymlinkPath(const Inode& inode, std::string* path);
+
 class InodeTable {
  public:
   // `root_fd`: O_PATH descriptor of the backing root; `root` its stat.

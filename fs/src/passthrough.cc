@@ -629,29 +629,7 @@ int Filesystem::LookupIn(const Inode& parent, const char* name, fuse_entry_param
 }
 
 int Filesystem::SymlinkPath(const Inode& inode, std::string* path) const {
-  path->clear();
-  if (!S_ISLNK(inode.type)) return 0;
-  // Where the kernel last looked it up, through the parent's descriptor.
-  std::shared_ptr<Inode> parent;
-  std::string name;
-  {
-    std::lock_guard lock(inode.location_mutex);
-    parent = inode.location_parent.lock();
-    name = inode.location_name;
-  }
-  if (parent) {
-    *path = std::string(ProcPath(parent->fd.get()).path) + "/" + name;
-    if (SameInode(inode.fd.get(), *path) == 0) return 0;
-  }
-  // Where the descriptor's own name is now.
-  char buf[PATH_MAX];
-  ssize_t n = readlink(ProcPath(inode.fd.get()).path, buf, sizeof buf);
-  if (n > 0 && static_cast<size_t>(n) < sizeof buf && buf[0] == '/') {
-    path->assign(buf, static_cast<size_t>(n));
-    if (SameInode(inode.fd.get(), *path) == 0) return 0;
-  }
-  path->clear();
-  return -ESTALE;
+  return LiveSymlinkPath(inode, path);
 }
 
 int Filesystem::Lookup(fuse_ino_t parent, const char* name, fuse_entry_param* e) {

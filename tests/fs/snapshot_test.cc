@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -430,4 +431,36 @@ TEST_CASE("snapshot: a full store fails writes with ENOSPC and loses nothing", "
     close(fd);
     REQUIRE(mount.Unmount() == 0);
   }
+}
+
+TEST_CASE("snapshot: a symlink keeps its xattrs after the name vssfs opened it by is unlinked",
+          "[fs][snapshot]") {
+  // Found by the snapshot model test (seed 340264015839): a symlink made as
+  // `first`, linked as `second`, given an xattr and unlinked as `first`
+  // keeps its descriptor's name gone; changing it after a snapshot must still
+  // preserve the xattr, which is only reachable through a path.
+  REQUIRE(geteuid() == 0);
+  VolumeDirs dirs;
+  ScopedMount m(dirs.backing, dirs.mnt);
+  const std::string first = dirs.mnt + "/first";
+  const std::string second = dirs.mnt + "/second";
+  REQUIRE(symlink("target", first.c_str()) == 0);
+  REQUIRE(link(first.c_str(), second.c_str()) == 0);
+  REQUIRE(lsetxattr(first.c_str(), "trusted.x", "v1", 2, 0) == 0);
+  REQUIRE(unlink(first.c_str()) == 0);
+  int rc = 0;
+  const std::string out = Vssctl(dirs.mnt, {"snapshot", "create", "--name", "s1"}, &rc);
+  INFO(out);
+  REQUIRE(rc == 0);
+  REQUIRE(lchown(second.c_str(), static_cast<uid_t>(-1), 100) == 0);  // after the snapshot
+  REQUIRE(lremovexattr(second.c_str(), "trusted.x") == 0);
+  char value[16] = {};
+  const std::string snap = dirs.mnt + "/.snapshot/s1/second";
+  const ssize_t n = lgetxattr(snap.c_str(), "trusted.x", value, sizeof value);
+  INFO("lgetxattr " << snap << ": " << (n < 0 ? std::strerror(errno) : "ok"));
+  REQUIRE(n == 2);
+  CHECK(std::string(value, 2) == "v1");
+  struct stat st;
+  REQUIRE(lstat(snap.c_str(), &st) == 0);
+  CHECK(st.st_gid == 0);  // the group it had at the snapshot
 }
