@@ -425,8 +425,15 @@ struct UringWorkers {
       }
       return n;
     };
+    // `workers` counts this thread while its entry is registered.
+    bool counted = false;
+    auto count = [&](bool registered) {
+      if (registered && !counted) ++queue.workers;
+      if (!registered && counted) --queue.workers;
+      counted = registered;
+    };
     int rc = submit(kUringCmdRegister, 0);
-    if (rc >= 0) ++queue.workers;
+    count(rc >= 0);
     while (rc >= 0 && !stop.load()) {
       io_uring_cqe* cqe = nullptr;
       __kernel_timespec ts{0, 200 * 1000 * 1000};  // to notice `stop`
@@ -439,10 +446,10 @@ struct UringWorkers {
       const int res = cqe->res;
       io_uring_cqe_seen(&r->ring, cqe);
       if (res == -EAGAIN) {  // The kernel has not finished INIT yet.
-        --queue.workers;
+        count(false);
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
         rc = submit(kUringCmdRegister, 0);
-        if (rc >= 0) ++queue.workers;
+        count(rc >= 0);
         continue;
       }
       if (res < 0) {
@@ -451,8 +458,7 @@ struct UringWorkers {
         } else {
           LOG_ERROR("io_uring queue %u: %s", qid, strerror(-res));
         }
-        --queue.workers;
-        return;
+        break;
       }
       if (!first_served.exchange(true)) {
         LOG_INFO("FUSE over io_uring: serving requests (first on queue %u)", qid);
@@ -463,7 +469,7 @@ struct UringWorkers {
       rc = submit(kUringCmdCommitAndFetch, unique);
     }
     if (rc < 0) LOG_ERROR("io_uring queue %u: %s", qid, strerror(-rc));
-    --queue.workers;
+    count(false);
   }
 
   void Watch() {
