@@ -102,6 +102,17 @@ std::condition_variable g_entries_cv;
 std::unordered_map<uint64_t, UringEntry*> g_entries;  // guarded by g_entries_mutex
 thread_local UringEntry* t_entry = nullptr;
 
+// Stores a reply's header in `e`; its `payload` bytes are already there.
+void StoreReply(UringEntry& e, const fuse_out_header& out, size_t payload) {
+  std::memcpy(e.header->in_out, &out, sizeof out);
+  e.header->ent_in_out.payload_sz = static_cast<uint32_t>(payload);
+}
+
+// Ends the request in `e` with `error` (a negative errno).
+void StoreError(UringEntry& e, uint64_t unique, int error) {
+  StoreReply(e, fuse_out_header{sizeof(fuse_out_header), error, unique}, 0);
+}
+
 // Records what the handler on this thread needs to know about the request
 // in `buf` (n bytes, the header and the operation's arguments).
 void NoteRequest(const char* buf, size_t n) {
@@ -212,8 +223,7 @@ bool ReplyToEntry(uint64_t unique, const iovec* iov, int count, ssize_t* written
     std::memcpy(e->payload.get() + payload, base, len);
     payload += len;
   }
-  std::memcpy(e->header->in_out, &out, sizeof out);
-  e->header->ent_in_out.payload_sz = static_cast<uint32_t>(payload);
+  StoreReply(*e, out, payload);
   e->replied = true;
   if (lock.owns_lock()) g_entries_cv.notify_all();
   *written = static_cast<ssize_t>(total);
@@ -286,9 +296,7 @@ uint64_t HandleUringRequest(UringEntry& entry, unsigned qid, std::vector<char>& 
       in.len != sizeof in + op_sz + payload_sz) {
     LOG_ERROR("io_uring queue %u: malformed request (opcode %u, length %u)", qid, in.opcode,
               in.len);
-    fuse_out_header out{sizeof(fuse_out_header), -EIO, in.unique};
-    std::memcpy(entry.header->in_out, &out, sizeof out);
-    entry.header->ent_in_out.payload_sz = 0;
+    StoreError(entry, in.unique, -EIO);
     return in.unique;
   }
   const bool write = in.opcode == FUSE_WRITE;
@@ -318,9 +326,7 @@ uint64_t HandleUringRequest(UringEntry& entry, unsigned qid, std::vector<char>& 
     bool warned = false;
     while (!g_entries_cv.wait_for(lock, std::chrono::seconds(5), [&] { return entry.replied; })) {
       if (stop->load()) {  // Shutting down: end the request.
-        fuse_out_header out{sizeof(fuse_out_header), -EIO, in.unique};
-        std::memcpy(entry.header->in_out, &out, sizeof out);
-        entry.header->ent_in_out.payload_sz = 0;
+        StoreError(entry, in.unique, -EIO);
         break;
       }
       if (!warned) {
@@ -591,32 +597,31 @@ ssize_t WritevHook(int fd, iovec* iov, int count, void*) {
     if (out.unique == g_init_unique.load() && out.unique != 0) {
       g_init_pending = false;
       char* arg = static_cast<char*>(iov[1].iov_base);
-      if (out.error == 0 && g_want_killpriv_v2 && g_kernel_offers_killpriv_v2 &&
-          iov[1].iov_len >= offsetof(fuse_init_out, flags) + sizeof(uint32_t)) {
+      const size_t len = iov[1].iov_len;
+      if (out.error == 0 && len >= offsetof(fuse_init_out, flags) + sizeof(uint32_t)) {
         uint32_t flags;
         std::memcpy(&flags, arg + offsetof(fuse_init_out, flags), sizeof flags);
-        flags |= FUSE_HANDLE_KILLPRIV_V2;
-        std::memcpy(arg + offsetof(fuse_init_out, flags), &flags, sizeof flags);
-        g_killpriv_v2 = true;
-      }
-      if (out.error == 0 && g_want_uring && g_kernel_offers_uring &&
-          iov[1].iov_len >= offsetof(fuse_init_out, flags2) + sizeof(uint32_t)) {
-        uint32_t max_write;
-        uint16_t max_pages;
-        std::memcpy(&max_write, arg + offsetof(fuse_init_out, max_write), sizeof max_write);
-        std::memcpy(&max_pages, arg + offsetof(fuse_init_out, max_pages), sizeof max_pages);
-        uring = PrepareUring(max_write, max_pages);
-        if (uring) {
-          uint32_t flags;
-          uint32_t flags2;
-          std::memcpy(&flags, arg + offsetof(fuse_init_out, flags), sizeof flags);
-          std::memcpy(&flags2, arg + offsetof(fuse_init_out, flags2), sizeof flags2);
-          flags |= FUSE_INIT_EXT;
-          flags2 |= kFuseOverIoUring2;
-          std::memcpy(arg + offsetof(fuse_init_out, flags), &flags, sizeof flags);
-          std::memcpy(arg + offsetof(fuse_init_out, flags2), &flags2, sizeof flags2);
-          g_workers_fd = uring->dev_fd;
+        if (g_want_killpriv_v2 && g_kernel_offers_killpriv_v2) {
+          flags |= FUSE_HANDLE_KILLPRIV_V2;
+          g_killpriv_v2 = true;
         }
+        if (g_want_uring && g_kernel_offers_uring &&
+            len >= offsetof(fuse_init_out, flags2) + sizeof(uint32_t)) {
+          uint32_t max_write;
+          uint16_t max_pages;
+          std::memcpy(&max_write, arg + offsetof(fuse_init_out, max_write), sizeof max_write);
+          std::memcpy(&max_pages, arg + offsetof(fuse_init_out, max_pages), sizeof max_pages);
+          uring = PrepareUring(max_write, max_pages);
+          if (uring) {
+            uint32_t flags2;
+            std::memcpy(&flags2, arg + offsetof(fuse_init_out, flags2), sizeof flags2);
+            flags |= FUSE_INIT_EXT;
+            flags2 |= kFuseOverIoUring2;
+            std::memcpy(arg + offsetof(fuse_init_out, flags2), &flags2, sizeof flags2);
+            g_workers_fd = uring->dev_fd;
+          }
+        }
+        std::memcpy(arg + offsetof(fuse_init_out, flags), &flags, sizeof flags);
       }
     }
   }
@@ -647,8 +652,6 @@ int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned urin
 }
 
 bool KillprivV2Negotiated() { return g_killpriv_v2; }
-
-bool UringActive() { return g_uring; }
 
 bool UringOffered() { return g_want_uring && g_kernel_offers_uring; }
 

@@ -40,9 +40,6 @@ namespace vssfs::fs {
 // `uring_threads` threads per queue. Returns 0 or a negative errno.
 int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned uring_threads);
 
-// True once requests are served through io_uring.
-bool UringActive();
-
 // During INIT: whether vssfs will accept FUSE over io_uring (asked for, and
 // offered by the kernel). Replies then must not be spliced.
 bool UringOffered();
