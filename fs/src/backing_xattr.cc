@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 
 namespace vssfs::fs {
@@ -30,6 +31,17 @@ int SameInode(int path_fd, const std::string& path) {
   if (fstatat(path_fd, "", &want, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return -errno;
   if (lstat(path.c_str(), &got) != 0) return -ESTALE;
   return want.st_ino == got.st_ino && want.st_dev == got.st_dev ? 0 : -ESTALE;
+}
+
+int DescriptorPath(int fd, std::string* path) {
+  char buf[PATH_MAX];
+  const ssize_t n = readlink(ProcPath(fd).path, buf, sizeof buf);
+  if (n > 0 && static_cast<size_t>(n) < sizeof buf && buf[0] == '/') {
+    path->assign(buf, static_cast<size_t>(n));
+    if (SameInode(fd, *path) == 0) return 0;
+  }
+  path->clear();
+  return -ESTALE;
 }
 
 ssize_t BackingGetXattr(int path_fd, const std::string& symlink_path, const char* name, void* value,

@@ -7,7 +7,7 @@
 //
 // A symlink's own attributes cannot be reached that way (the link would be
 // followed), so the l*xattr calls take a path naming the symlink, which the
-// caller finds (see Filesystem::SymlinkPath). The path is checked to name
+// caller finds (see LiveSymlinkPath in inode_table.h). The path is checked to name
 // the same inode as the descriptor before and, for reads, after the call: a
 // concurrent rename makes the call fail with ESTALE instead of touching
 // another file.
@@ -43,6 +43,11 @@ int BackingRemoveXattr(int path_fd, const std::string& symlink_path, const char*
 // 0 if `path` names the inode held by `path_fd` (without following a final
 // symlink), else -ESTALE (or the error of fstat on the descriptor).
 int SameInode(int path_fd, const std::string& path);
+
+// The path `fd`'s own name has now (readlink of /proc/self/fd/N), checked to
+// name the same inode. Returns 0, or -ESTALE when that name is gone (an
+// unlinked name, or a descriptor obtained from a file handle).
+int DescriptorPath(int fd, std::string* path);
 
 }  // namespace vssfs::fs
 

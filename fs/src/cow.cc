@@ -151,11 +151,8 @@ int ReadLiveMeta(int fd, bool with_xattrs, InodeMeta* meta, const std::string& s
     meta->symlink.assign(buf, static_cast<size_t>(n));
     if (!symlink_path.empty() && SameInode(fd, symlink_path) == 0) {
       link = symlink_path;
-    } else {
-      n = readlink(ProcPath(fd).path, buf, sizeof buf);
-      if (n <= 0 || static_cast<size_t>(n) >= sizeof buf || buf[0] != '/') return 0;
-      link.assign(buf, static_cast<size_t>(n));
-      if (SameInode(fd, link) != 0) return 0;  // Nameless: it can carry none we can read.
+    } else if (DescriptorPath(fd, &link) != 0) {
+      return 0;  // Nameless: it can carry none we can read.
     }
   }
   std::string list;

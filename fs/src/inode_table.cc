@@ -1,9 +1,7 @@
 #include "inode_table.h"
 
 #include <fuse_lowlevel.h>
-#include <unistd.h>
 
-#include <climits>
 #include <mutex>
 
 #include "backing_xattr.h"
@@ -81,14 +79,7 @@ int LiveSymlinkPath(const Inode& inode, std::string* path) {
     if (SameInode(inode.fd.get(), *path) == 0) return 0;
   }
   // Where the descriptor's own name is now.
-  char buf[PATH_MAX];
-  ssize_t n = readlink(ProcPath(inode.fd.get()).path, buf, sizeof buf);
-  if (n > 0 && static_cast<size_t>(n) < sizeof buf && buf[0] == '/') {
-    path->assign(buf, static_cast<size_t>(n));
-    if (SameInode(inode.fd.get(), *path) == 0) return 0;
-  }
-  path->clear();
-  return -ESTALE;
+  return DescriptorPath(inode.fd.get(), path);
 }
 
 }  // namespace vssfs::fs

@@ -628,10 +628,6 @@ int Filesystem::LookupIn(const Inode& parent, const char* name, fuse_entry_param
   return 0;
 }
 
-int Filesystem::SymlinkPath(const Inode& inode, std::string* path) const {
-  return LiveSymlinkPath(inode, path);
-}
-
 int Filesystem::Lookup(fuse_ino_t parent, const char* name, fuse_entry_param* e) {
   if (parent == kSnapshotDirNodeId) {
     if (IsDotOrDotDot(name)) return -ENOENT;
@@ -1230,7 +1226,7 @@ int Filesystem::GetXattr(fuse_ino_t ino, const char* name, size_t size, std::str
   const bool caps = std::strcmp(name, kCapabilityXattr) == 0;
   if (caps && inode->caps == Inode::Caps::kAbsent) return -ENODATA;
   std::string link;
-  if (int r = SymlinkPath(*inode, &link); r != 0) return r;
+  if (int r = LiveSymlinkPath(*inode, &link); r != 0) return r;
   value->resize(size);
   ssize_t n = BackingGetXattr(inode->fd.get(), link, name, size ? value->data() : nullptr, size);
   if (caps) {
@@ -1247,7 +1243,7 @@ int Filesystem::ListLiveXattr(fuse_ino_t ino, std::string* all) {
   if (!inode) return -ESTALE;
   const int fd = inode->fd.get();
   std::string symlink;
-  if (int r = SymlinkPath(*inode, &symlink); r != 0) return r;
+  if (int r = LiveSymlinkPath(*inode, &symlink); r != 0) return r;
   // It can grow between the two calls; retry then.
   for (int attempt = 0;; ++attempt) {
     ssize_t n = BackingListXattr(fd, symlink, nullptr, 0);
@@ -1318,7 +1314,7 @@ int Filesystem::SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const
     if (int r = WriteBackKernelCache(*inode); r != 0) return r;
   }
   std::string link;
-  if (int r = SymlinkPath(*inode, &link); r != 0) return r;
+  if (int r = LiveSymlinkPath(*inode, &link); r != 0) return r;
   auto set = [&] { return BackingSetXattr(inode->fd.get(), link, name, value, size, flags); };
   // Setting an access ACL clears set-group-ID when the caller is neither in
   // the file's group nor has CAP_FSETID: let the backing filesystem decide
@@ -1345,7 +1341,7 @@ int Filesystem::RemoveXattr(fuse_ino_t ino, const char* name) {
   }
   if (std::strcmp(name, kCapabilityXattr) == 0) inode->caps = Inode::Caps::kUnknown;
   std::string link;
-  if (int r = SymlinkPath(*inode, &link); r != 0) return r;
+  if (int r = LiveSymlinkPath(*inode, &link); r != 0) return r;
   return BackingRemoveXattr(inode->fd.get(), link, name);
 }
 

@@ -174,9 +174,6 @@ class Filesystem : public snapshot_ctl::Volume {
   // still be dirty in the kernel; has the kernel write it back to vssfs.
   // Needs a multithreaded session. Returns 0 or a negative errno.
   int WriteBackKernelCache(const Inode& inode);
-  // A backing path naming symlink `inode` (checked), or "" for other types;
-  // -ESTALE if none can be found.
-  int SymlinkPath(const Inode& inode, std::string* path) const;
   // The inode for `ino`; nullptr if unknown (reported as ESTALE).
   std::shared_ptr<Inode> Get(fuse_ino_t ino) const { return inodes_->Find(ino); }
 
