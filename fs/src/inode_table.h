@@ -52,9 +52,12 @@ struct Inode {
   std::atomic<int> open_writers{0};
   // Serialises WRITE requests to this inode (see OpWriteBuf). A leaf lock.
   std::mutex write_mutex;
-  // O_DIRECT descriptor for large aligned writes, opened on first use;
-  // guarded by write_mutex. direct_unsupported: the backing filesystem
-  // refused O_DIRECT for this file.
+  // Large writes (OpWriteBuf's UncachedWrite), guarded by write_mutex.
+  // dontcache_unsupported: the kernel or backing filesystem refused
+  // RWF_DONTCACHE. direct_fd: O_DIRECT descriptor for large aligned writes
+  // when it did, opened on first use; direct_unsupported: the backing
+  // filesystem refused O_DIRECT for this file too.
+  bool dontcache_unsupported = false;
   cow_store::UniqueFd direct_fd;
   bool direct_unsupported = false;
   // O_DIRECT descriptor for large aligned reads, opened on first use under

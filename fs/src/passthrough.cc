@@ -7,6 +7,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1532,11 +1533,11 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   }
 }
 
-// Reads and writes of at least this size, page-aligned in offset and length,
-// use O_DIRECT on the backing file: they come from readahead and from
-// writeback of whole pages, and the mount's page cache already holds the
-// data, so the backing page cache would only keep a second copy (and cost a
-// copy each way).
+// Reads and writes of at least this size bypass the backing page cache: they
+// come from readahead and from writeback of whole pages, and the mount's page
+// cache already holds the data, so the backing page cache would only keep a
+// second copy. Reads (page-aligned in offset and length) use O_DIRECT, writes
+// UncachedWrite.
 constexpr size_t kDirectIoMin = 256 << 10;
 constexpr size_t kPage = 4096;
 
@@ -1601,10 +1602,41 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
   }
 }
 
-// Writes `len` bytes at `data` (page-aligned) with O_DIRECT; -EAGAIN when
-// direct I/O is not possible for this file. Caller holds inode.write_mutex.
-ssize_t DirectWrite(Inode& inode, const char* data, size_t len, off_t off) {
-  if (inode.direct_unsupported) return -EAGAIN;
+// pwritev2's RWF_DONTCACHE (Linux 6.14+; the value is the kernel ABI's, which
+// this system's headers may predate): a buffered write whose pages are
+// written back at once and dropped from the page cache when that completes.
+constexpr int kRwfDontCache = 0x00000080;
+
+// Writes `len` bytes at `data` to the backing file for writeback of the
+// mount's page cache: with RWF_DONTCACHE through `fd` (the handle's buffered
+// descriptor), else with O_DIRECT when `data` is page-aligned in memory,
+// offset and length; -EAGAIN when neither is possible for this file. Caller
+// holds inode.write_mutex.
+//
+// Both keep no second copy of the data in the backing page cache. Uncached
+// buffered writes are preferred: the backing filesystem starts writing each
+// range back as it arrives, with many ranges in flight at once, whereas
+// direct writes that extend a file run one at a time at the disk's latency
+// (1 GiB written sequentially and fsynced: 0.65 s of flushing against 1.0 s).
+ssize_t UncachedWrite(Inode& inode, int fd, const char* data, size_t len, off_t off) {
+  if (!inode.dontcache_unsupported) {
+    iovec v{const_cast<char*>(data), len};
+    ssize_t n = pwritev2(fd, &v, 1, off, kRwfDontCache);
+    if (n >= 0) return n;
+    // EOPNOTSUPP: an older kernel, or a filesystem without uncached writes.
+    if (errno != EOPNOTSUPP) return -errno;
+    inode.dontcache_unsupported = true;
+    static std::atomic<bool> logged{false};
+    if (!logged.exchange(true)) {
+      VSSFS_LOG(LogLevel::kInfo,
+                "uncached writes (RWF_DONTCACHE) refused by the kernel or the backing "
+                "filesystem; large writes use O_DIRECT");
+    }
+  }
+  if (inode.direct_unsupported || len % kPage != 0 || off % static_cast<off_t>(kPage) != 0 ||
+      reinterpret_cast<uintptr_t>(data) % kPage != 0) {
+    return -EAGAIN;
+  }
   if (!inode.direct_fd) {
     inode.direct_fd.reset(open(ProcPath(inode.fd.get()).path, O_WRONLY | O_DIRECT | O_CLOEXEC));
     if (!inode.direct_fd) {
@@ -1662,12 +1694,11 @@ void OpWriteBuf(fuse_req_t req, fuse_ino_t ino, fuse_bufvec* in, off_t off, fuse
   const int preserved = Run([&] { return fs.PreserveForWrite(epoch, inode.get(), off, len); });
   std::unique_lock<std::mutex> serialise;
   if (inode) serialise = std::unique_lock(inode->write_mutex);
-  const bool direct = inode && payload != nullptr && len >= kDirectIoMin && len % kPage == 0 &&
-                      off % static_cast<off_t>(kPage) == 0 && src.count == 1 &&
-                      src.buf[0].mem == payload;
+  const bool uncached = inode && payload != nullptr && len >= kDirectIoMin && src.count == 1 &&
+                        src.buf[0].mem == payload;
   auto write = [&]() -> ssize_t {
-    if (direct) {
-      ssize_t n = DirectWrite(*inode, payload, len, off);
+    if (uncached) {
+      ssize_t n = UncachedWrite(*inode, static_cast<int>(fi->fh), payload, len, off);
       if (n != -EAGAIN) return n;
     }
     return fuse_buf_copy(&out, &src, static_cast<fuse_buf_copy_flags>(0));

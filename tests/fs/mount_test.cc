@@ -3,7 +3,9 @@
 #include <grp.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -339,17 +341,23 @@ TEST_CASE("mount: writes and truncates by another user clear set-id bits as nati
     Action action;
     bool own;  // Owned by the writer (so it is in the file's group).
   };
-  const Case cases[] = {
-      {"suid_w", 04777, kWrite, false},        {"sgidx_w", 02777, kWrite, false},
-      {"sgid_noexec_w", 02767, kWrite, false}, {"both_w", 06777, kWrite, false},
-      {"own_sgid_noexec_w", 02666, kWrite, true}, {"own_both_noexec_w", 06646, kWrite, true},
-      {"suid_t", 04777, kTruncate, false},     {"sgidx_t", 02777, kTruncate, false},
-      {"own_sgid_noexec_t", 02666, kTruncate, true},
-      {"suid_o", 04777, kOpenTrunc, false},    {"sgidx_o", 02777, kOpenTrunc, false},
-      {"own_sgid_noexec_o", 02666, kOpenTrunc, true},
-      {"suid_f", 04777, kFallocate, false},    {"sgidx_f", 02777, kFallocate, false},
-      {"sgidx_p", 02777, kPunchHole, false},   {"own_both_c", 06766, kCopyInto, true},
-      {"sgidx_c", 02777, kCopyInto, false}};
+  const Case cases[] = {{"suid_w", 04777, kWrite, false},
+                        {"sgidx_w", 02777, kWrite, false},
+                        {"sgid_noexec_w", 02767, kWrite, false},
+                        {"both_w", 06777, kWrite, false},
+                        {"own_sgid_noexec_w", 02666, kWrite, true},
+                        {"own_both_noexec_w", 06646, kWrite, true},
+                        {"suid_t", 04777, kTruncate, false},
+                        {"sgidx_t", 02777, kTruncate, false},
+                        {"own_sgid_noexec_t", 02666, kTruncate, true},
+                        {"suid_o", 04777, kOpenTrunc, false},
+                        {"sgidx_o", 02777, kOpenTrunc, false},
+                        {"own_sgid_noexec_o", 02666, kOpenTrunc, true},
+                        {"suid_f", 04777, kFallocate, false},
+                        {"sgidx_f", 02777, kFallocate, false},
+                        {"sgidx_p", 02777, kPunchHole, false},
+                        {"own_both_c", 06766, kCopyInto, true},
+                        {"sgidx_c", 02777, kCopyInto, false}};
   for (const std::string& dir : {native, v.mnt}) {
     WriteFile(dir + "/source", std::string(8192, 's'));
     REQUIRE(chmod((dir + "/source").c_str(), 0644) == 0);
@@ -521,10 +529,12 @@ TEST_CASE("mount: POSIX record locks and flock work between processes", "[fs][mo
   close(fd);
 }
 
-TEST_CASE("mount: large reads and writes stay coherent with the backing file",
-          "[fs][mount]") {
-  Volume v;
-  ScopedMount m(v.backing, v.mnt);
+namespace {
+
+// Large writes through the mount reach the backing file (as uncached
+// buffered writes, or O_DIRECT where those are refused) and large reads come
+// back through the mount (O_DIRECT), coherent with data written beside it.
+void CheckLargeIoCoherent(const std::string& backing, const std::string& mnt) {
   std::mt19937_64 rng(7);
   auto random_bytes = [&](size_t n) {
     std::string s(n, '\0');
@@ -538,46 +548,103 @@ TEST_CASE("mount: large reads and writes stay coherent with the backing file",
     REQUIRE(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0);
     close(fd);
   };
-  // Written through the mount (large aligned writes go direct), read back
-  // through the mount after its cache is dropped (large reads go direct).
+  // Written through the mount, read back through the mount after its cache
+  // is dropped.
   const std::string data = random_bytes(8 << 20);
   {
-    int fd = open((v.mnt + "/big").c_str(), O_CREAT | O_WRONLY, 0644);
+    int fd = open((mnt + "/big").c_str(), O_CREAT | O_WRONLY, 0644);
     REQUIRE(fd >= 0);
     REQUIRE(write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()));
     REQUIRE(fsync(fd) == 0);
     close(fd);
   }
-  CHECK(ReadFile(v.backing + "/big") == data);
-  drop_mount_cache(v.mnt + "/big");
-  CHECK(ReadFile(v.mnt + "/big") == data);
+  CHECK(ReadFile(backing + "/big") == data);
+  drop_mount_cache(mnt + "/big");
+  CHECK(ReadFile(mnt + "/big") == data);
   // An unaligned tail and a partial overwrite through the mount.
   const std::string tail = random_bytes(12345);
   {
-    int fd = open((v.mnt + "/big").c_str(), O_WRONLY | O_APPEND);
+    int fd = open((mnt + "/big").c_str(), O_WRONLY | O_APPEND);
     REQUIRE(fd >= 0);
     REQUIRE(write(fd, tail.data(), tail.size()) == static_cast<ssize_t>(tail.size()));
     close(fd);
-    fd = open((v.mnt + "/big").c_str(), O_WRONLY);
+    fd = open((mnt + "/big").c_str(), O_WRONLY);
     REQUIRE(fd >= 0);
     REQUIRE(pwrite(fd, "patch", 5, 1 << 20) == 5);
     close(fd);
   }
   std::string want = data + tail;
   want.replace(1 << 20, 5, "patch");
-  drop_mount_cache(v.mnt + "/big");
-  CHECK(ReadFile(v.mnt + "/big") == want);
+  drop_mount_cache(mnt + "/big");
+  CHECK(ReadFile(mnt + "/big") == want);
+  // A large write at an unaligned offset (uncached writes take it as it is,
+  // the O_DIRECT fallback leaves it to a plain buffered write).
+  const std::string odd = random_bytes(1 << 20);
+  {
+    int fd = open((mnt + "/big").c_str(), O_WRONLY);
+    REQUIRE(fd >= 0);
+    REQUIRE(pwrite(fd, odd.data(), odd.size(), 3 * (1 << 20) + 100) ==
+            static_cast<ssize_t>(odd.size()));
+    REQUIRE(fdatasync(fd) == 0);
+    close(fd);
+  }
+  want.replace(3 * (1 << 20) + 100, odd.size(), odd);
+  CHECK(ReadFile(backing + "/big") == want);
   // Data still dirty in the backing file's page cache (written beside the
   // mount, not synced) is what a direct read returns.
   const std::string beside = random_bytes(4 << 20);
   {
-    int fd = open((v.backing + "/big").c_str(), O_WRONLY);
+    int fd = open((backing + "/big").c_str(), O_WRONLY);
     REQUIRE(fd >= 0);
-    REQUIRE(pwrite(fd, beside.data(), beside.size(), 0) ==
-            static_cast<ssize_t>(beside.size()));
+    REQUIRE(pwrite(fd, beside.data(), beside.size(), 0) == static_cast<ssize_t>(beside.size()));
     close(fd);
   }
   want.replace(0, beside.size(), beside);
-  drop_mount_cache(v.mnt + "/big");
-  CHECK(ReadFile(v.mnt + "/big") == want);
+  drop_mount_cache(mnt + "/big");
+  CHECK(ReadFile(mnt + "/big") == want);
+}
+
+// Whether the filesystem holding `dir` takes pwritev2(RWF_DONTCACHE).
+bool TakesUncachedWrites(const std::string& dir) {
+  const std::string probe = dir + "/.probe";
+  int fd = open(probe.c_str(), O_CREAT | O_WRONLY | O_TRUNC, 0600);
+  REQUIRE(fd >= 0);
+  char byte = 'x';
+  iovec v{&byte, 1};
+  const bool ok = pwritev2(fd, &v, 1, 0, 0x80 /* RWF_DONTCACHE */) == 1;
+  const int err = errno;
+  close(fd);
+  unlink(probe.c_str());
+  if (!ok) REQUIRE(err == EOPNOTSUPP);
+  return ok;
+}
+
+constexpr const char* kUncachedRefused = "uncached writes (RWF_DONTCACHE) refused";
+
+}  // namespace
+
+TEST_CASE("mount: large reads and writes stay coherent with the backing file", "[fs][mount]") {
+  Volume v;
+  const bool uncached = TakesUncachedWrites(v.backing);
+  ScopedMount m(v.backing, v.mnt);
+  CheckLargeIoCoherent(v.backing, v.mnt);
+  INFO("backing filesystem takes RWF_DONTCACHE: " << uncached);
+  CHECK((m.Log().find(kUncachedRefused) == std::string::npos) == uncached);
+}
+
+TEST_CASE("mount: large writes fall back to O_DIRECT where uncached writes are refused",
+          "[fs][mount]") {
+  REQUIRE(geteuid() == 0);
+  Volume v;
+  // tmpfs keeps no separate cache to drop, so it refuses RWF_DONTCACHE.
+  REQUIRE(mount("tmpfs", v.backing.c_str(), "tmpfs", 0, "size=64m,mode=0755") == 0);
+  struct Unmounter {
+    std::string path;
+    ~Unmounter() { umount2(path.c_str(), MNT_DETACH); }
+  } unmounter{v.backing};
+  REQUIRE_FALSE(TakesUncachedWrites(v.backing));
+  ScopedMount m(v.backing, v.mnt);
+  CheckLargeIoCoherent(v.backing, v.mnt);
+  CHECK(m.Log().find(kUncachedRefused) != std::string::npos);
+  REQUIRE(m.Unmount() == 0);
 }
