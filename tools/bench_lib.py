@@ -119,6 +119,15 @@ def _run(cmd):
         return ""
 
 
+def _read_sys(path):
+    """First line of a sysfs/procfs file, or None."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().strip()
+    except OSError:
+        return None
+
+
 def _cpu_model():
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -186,6 +195,11 @@ def cmd_env(a):
         "backing_mount": m.get("mountpoint", ""),
         "backing_mount_opts": m.get("mount_opts", ""),
         "fio_version": _run(["fio", "--version"]),
+        # FUSE round trips wake the daemon and the caller on other CPUs: how
+        # long an idle vCPU polls before halting changes them (README).
+        "cpuidle_driver": _read_sys("/sys/devices/system/cpu/cpuidle/current_driver"),
+        "guest_halt_poll_ns": _read_sys("/sys/module/haltpoll/parameters/guest_halt_poll_ns"),
+        "fuse_enable_uring": _read_sys("/sys/module/fuse/parameters/enable_uring"),
         "libfuse3": fuse_pkg or "unknown",
         "mode": a.mode,
         "vssfs_binary": a.vssfs if a.mode == "vssfs" else None,
@@ -233,6 +247,12 @@ def cmd_env(a):
         f"(mounted at {env['backing_mount']}, {env['backing_mount_opts']})",
         f"  fio         {env['fio_version']}",
         f"  libfuse3    {env['libfuse3']}",
+        f"  cpuidle     {env['cpuidle_driver'] or 'none'}"
+        + (f", guest_halt_poll_ns {env['guest_halt_poll_ns']}"
+           if env["guest_halt_poll_ns"] is not None else "")
+        + (" (idle vCPUs halt at once: FUSE round trips pay for waking them)"
+           if env["guest_halt_poll_ns"] == "0" else "")
+        + f"; fuse enable_uring {env['fuse_enable_uring'] or '?'}",
     ]
     if a.mode == "vssfs":
         lines.append(f"  vssfs       {a.vssfs} (built {env.get('vssfs_binary_mtime', '?')},"
