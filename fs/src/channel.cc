@@ -5,6 +5,7 @@
 #include <liburing.h>
 #include <linux/fuse.h>
 #include <sched.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -233,11 +234,22 @@ bool ReplyToEntry(uint64_t unique, const iovec* iov, int count, ssize_t* written
 // One queue per possible CPU (the kernel routes a request to the queue of
 // the CPU its sender runs on).
 struct UringQueue {
-  std::atomic<unsigned> workers{0};  // threads whose entry is registered
-  std::atomic<unsigned> busy{0};     // of those, handling a request
-  std::atomic<unsigned> started{0};  // threads ever started (bounded)
-  bool full_last_tick = false;       // watchdog only
+  std::atomic<unsigned> workers{0};   // threads whose entry is registered
+  std::atomic<unsigned> busy{0};      // of those, handling a request
+  std::atomic<unsigned> threads{0};   // threads started and not ended (bounded)
+  std::atomic<unsigned> failures{0};  // rings or threads that failed (bounded: no retry loop)
+  std::atomic<uint64_t> served{0};    // requests handled so far
+  // Watchdog only: whether the queue was stalled at the last tick, and
+  // `served` then.
+  bool stalled_last_tick = false;
+  uint64_t served_last_tick = 0;
 };
+
+// An entry that has had no request for this long hands its payload buffer's
+// memory back to the system; the kernel faults it in again when a request
+// next lands there. Entries added for a burst stay registered (the kernel
+// has no way to take one back safely), but cost little memory once idle.
+constexpr auto kIdleRelease = std::chrono::seconds(30);
 
 // A ring with its one entry, set up before it is handed to a thread.
 struct UringRing {
@@ -352,8 +364,12 @@ thread_local unsigned t_qid = 0;
 // the queue a free entry first. The kernel hands queued requests only to
 // entries that commit or to requests arriving later, so that must happen
 // before the wait. The watchdog adds an entry to a queue whose entries have
-// all been busy for two ticks (requests arriving meanwhile get it) and
-// replaces a thread that ended on an unexpected error.
+// all been busy, with none finishing a request, for two ticks (requests
+// arriving meanwhile get it), and replaces a thread that ended on an
+// unexpected error. A queue whose entries are all busy but keep finishing
+// requests (writeback streaming WRITEs of one file, which vssfs serialises)
+// gains nothing from more entries: the kernel hands each waiting request to
+// the next entry that commits.
 struct UringWorkers {
   static constexpr unsigned kMaxPerQueue = 32;
   std::atomic<bool> stop{false};
@@ -377,19 +393,27 @@ struct UringWorkers {
   bool Add(unsigned qid, std::unique_ptr<UringRing> ring) {
     UringQueue& queue = queues[qid];
     if (!ring) {
-      // Attempts count against the bound, failed ones too (no retry loop).
-      if (queue.started.fetch_add(1) >= kMaxPerQueue) return false;
+      if (queue.failures.load() >= kMaxPerQueue) return false;
+      if (queue.threads.fetch_add(1) >= kMaxPerQueue) {
+        --queue.threads;
+        return false;
+      }
       std::string why;
       ring = MakeRing(qid, max_payload, &why);
       if (!ring) {
+        --queue.threads;
+        ++queue.failures;
         LOG_WARN("io_uring queue %u: %s", qid, why.c_str());
         return false;
       }
     } else {
-      ++queue.started;
+      ++queue.threads;
     }
     std::lock_guard lock(threads_mutex);
-    if (stop.load()) return false;
+    if (stop.load()) {
+      --queue.threads;
+      return false;
+    }
     threads.emplace_back(&UringWorkers::Serve, this, std::move(ring));
     return true;
   }
@@ -440,12 +464,25 @@ struct UringWorkers {
     };
     int rc = submit(kUringCmdRegister, 0);
     count(rc >= 0);
+    auto last_request = std::chrono::steady_clock::now();
+    bool released = false;  // the payload buffer's memory is given back
+    bool failed = false;    // the kernel ended the entry with an error
     while (rc >= 0 && !stop.load()) {
       io_uring_cqe* cqe = nullptr;
       __kernel_timespec ts{0, 200 * 1000 * 1000};  // to notice `stop`
       rc = io_uring_wait_cqe_timeout(&r->ring, &cqe, &ts);
       if (rc == -ETIME || rc == -EINTR) {
         rc = 0;
+        if (!released && std::chrono::steady_clock::now() - last_request >= kIdleRelease) {
+          // The kernel copies a request into the buffer as task work of
+          // this thread, so never during this call.
+          // Whole pages only: the buffer starts on one, and a partial last
+          // page may hold the allocator's data.
+          const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+          madvise(entry.payload.get(), entry.payload_size / page * page, MADV_DONTNEED);
+          released = true;
+          LOG_DEBUG("io_uring queue %u: entry idle, payload buffer released", qid);
+        }
         continue;
       }
       if (rc < 0) break;
@@ -463,6 +500,7 @@ struct UringWorkers {
           ended = true;  // unmounted or aborted
         } else {
           LOG_ERROR("io_uring queue %u: %s", qid, strerror(-res));
+          failed = true;
         }
         break;
       }
@@ -472,10 +510,15 @@ struct UringWorkers {
       ++queue.busy;
       const uint64_t unique = HandleUringRequest(entry, qid, request, &stop);
       --queue.busy;
+      ++queue.served;
+      last_request = std::chrono::steady_clock::now();
+      released = false;
       rc = submit(kUringCmdCommitAndFetch, unique);
     }
     if (rc < 0) LOG_ERROR("io_uring queue %u: %s", qid, strerror(-rc));
+    if ((rc < 0 || failed) && !stop.load()) ++queue.failures;
     count(false);
+    --queue.threads;
   }
 
   void Watch() {
@@ -485,13 +528,17 @@ struct UringWorkers {
       for (unsigned q = 0; q < nr_queues && !stop.load(); ++q) {
         UringQueue& queue = queues[q];
         const unsigned workers = queue.workers.load();
-        const bool full = queue.busy.load() >= workers;
-        if (workers == 0 || (full && queue.full_last_tick)) {
-          if (workers != 0) LOG_DEBUG("io_uring queue %u: all %u entries busy", q, workers);
+        const uint64_t served = queue.served.load();
+        const bool stalled = queue.busy.load() >= workers && served == queue.served_last_tick;
+        queue.served_last_tick = served;
+        if (workers == 0 || (stalled && queue.stalled_last_tick)) {
+          if (workers != 0) {
+            LOG_DEBUG("io_uring queue %u: all %u entries busy and none finished", q, workers);
+          }
           Add(q, nullptr);
-          queue.full_last_tick = false;
+          queue.stalled_last_tick = false;
         } else {
-          queue.full_last_tick = full;
+          queue.stalled_last_tick = stalled;
         }
       }
     }

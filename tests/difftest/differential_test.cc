@@ -29,6 +29,7 @@ namespace {
 
 using vssfs::testing::RunCommand;
 using vssfs::testing::ScopedMount;
+using vssfs::testing::ScopedUringParameter;
 using vssfs::testing::TempDir;
 
 constexpr uint64_t kDefaultOps = 20000;
@@ -92,42 +93,6 @@ void MakeDir(const std::string& path) {
 // `snapshots`, the run also takes and deletes snapshots and compares each
 // with a copy of native/ made at its instant; after a remount, the
 // remaining snapshots are compared again.
-// Sets the fuse module's enable_uring parameter for the scope (the kernel
-// offers FUSE over io_uring only while it is Y) and restores it after.
-class ScopedUringParameter {
- public:
-  ScopedUringParameter() {
-    old_ = ReadParameter();
-    if (!old_.empty()) available_ = WriteParameter("Y") && ReadParameter() == "Y";
-  }
-  ~ScopedUringParameter() {
-    if (!old_.empty()) WriteParameter(old_);
-  }
-  ScopedUringParameter(const ScopedUringParameter&) = delete;
-  ScopedUringParameter& operator=(const ScopedUringParameter&) = delete;
-  bool available() const { return available_; }
-
- private:
-  static constexpr const char* kPath = "/sys/module/fuse/parameters/enable_uring";
-  static std::string ReadParameter() {
-    int fd = open(kPath, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return "";
-    char c = 0;
-    const ssize_t n = read(fd, &c, 1);
-    close(fd);
-    return n == 1 ? std::string(1, c) : "";
-  }
-  static bool WriteParameter(const std::string& value) {
-    int fd = open(kPath, O_WRONLY | O_CLOEXEC);
-    if (fd < 0) return false;
-    const bool ok = write(fd, value.data(), value.size()) == static_cast<ssize_t>(value.size());
-    close(fd);
-    return ok;
-  }
-  std::string old_;
-  bool available_ = false;
-};
-
 void RunDifftest(uint64_t seed, bool unprivileged, bool snapshots = false,
                  const std::vector<std::string>& mount_args = {},
                  const std::string& expect_in_log = "") {

@@ -191,4 +191,35 @@ void ScopedMount::Kill() {
   umount2(mountpoint_.c_str(), MNT_DETACH);
 }
 
+namespace {
+
+constexpr const char* kUringParameter = "/sys/module/fuse/parameters/enable_uring";
+
+std::string ReadUringParameter() {
+  int fd = open(kUringParameter, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "";
+  char c = 0;
+  const ssize_t n = read(fd, &c, 1);
+  close(fd);
+  return n == 1 ? std::string(1, c) : "";
+}
+
+bool WriteUringParameter(const std::string& value) {
+  int fd = open(kUringParameter, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool ok = write(fd, value.data(), value.size()) == static_cast<ssize_t>(value.size());
+  close(fd);
+  return ok;
+}
+
+}  // namespace
+
+ScopedUringParameter::ScopedUringParameter() : old_(ReadUringParameter()) {
+  if (!old_.empty()) available_ = WriteUringParameter("Y") && ReadUringParameter() == "Y";
+}
+
+ScopedUringParameter::~ScopedUringParameter() {
+  if (!old_.empty()) WriteUringParameter(old_);
+}
+
 }  // namespace vssfs::testing

@@ -68,6 +68,23 @@ class ScopedMount {
   int status_ = 0;
 };
 
+// Sets the fuse module's enable_uring parameter to Y for the scope (the
+// kernel offers FUSE over io_uring only while it is Y, read at mount time)
+// and restores the old value after. Needs root; available() says whether
+// the parameter exists and took the value.
+class ScopedUringParameter {
+ public:
+  ScopedUringParameter();
+  ~ScopedUringParameter();
+  ScopedUringParameter(const ScopedUringParameter&) = delete;
+  ScopedUringParameter& operator=(const ScopedUringParameter&) = delete;
+  bool available() const { return available_; }
+
+ private:
+  std::string old_;
+  bool available_ = false;
+};
+
 // True when `path` is a mount point of type fuse.vssfs (per /proc/self/mountinfo).
 bool IsVssfsMounted(const std::string& path);
 
