@@ -5,7 +5,6 @@
 #include <liburing.h>
 #include <linux/fuse.h>
 #include <sched.h>
-#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -17,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <fstream>
 #include <memory>
 #include <mutex>
@@ -245,12 +245,6 @@ struct UringQueue {
   uint64_t served_last_tick = 0;
 };
 
-// An entry that has had no request for this long hands its payload buffer's
-// memory back to the system; the kernel faults it in again when a request
-// next lands there. Entries added for a burst stay registered (the kernel
-// has no way to take one back safely), but cost little memory once idle.
-constexpr auto kIdleRelease = std::chrono::seconds(30);
-
 // A ring with its one entry, set up before it is handed to a thread.
 struct UringRing {
   io_uring ring{};
@@ -371,6 +365,8 @@ thread_local unsigned t_qid = 0;
 // gains nothing from more entries: the kernel hands each waiting request to
 // the next entry that commits.
 struct UringWorkers {
+  // Threads a queue may have beyond its -o uring_threads, and failures it
+  // may see in its life.
   static constexpr unsigned kMaxPerQueue = 32;
   std::atomic<bool> stop{false};
   std::atomic<bool> ended{false};  // the kernel ended the connection
@@ -394,7 +390,7 @@ struct UringWorkers {
     UringQueue& queue = queues[qid];
     if (!ring) {
       if (queue.failures.load() >= kMaxPerQueue) return false;
-      if (queue.threads.fetch_add(1) >= kMaxPerQueue) {
+      if (queue.threads.fetch_add(1) >= g_uring_threads_per_queue + kMaxPerQueue) {
         --queue.threads;
         return false;
       }
@@ -414,7 +410,14 @@ struct UringWorkers {
       --queue.threads;
       return false;
     }
-    threads.emplace_back(&UringWorkers::Serve, this, std::move(ring));
+    try {
+      threads.emplace_back(&UringWorkers::Serve, this, std::move(ring));
+    } catch (const std::exception& e) {  // no thread (EAGAIN under a pids limit), no memory
+      --queue.threads;
+      ++queue.failures;
+      LOG_WARN("io_uring queue %u: cannot start a thread: %s", qid, e.what());
+      return false;
+    }
     return true;
   }
 
@@ -464,25 +467,13 @@ struct UringWorkers {
     };
     int rc = submit(kUringCmdRegister, 0);
     count(rc >= 0);
-    auto last_request = std::chrono::steady_clock::now();
-    bool released = false;  // the payload buffer's memory is given back
-    bool failed = false;    // the kernel ended the entry with an error
+    bool failed = false;  // the kernel ended the entry with an error
     while (rc >= 0 && !stop.load()) {
       io_uring_cqe* cqe = nullptr;
       __kernel_timespec ts{0, 200 * 1000 * 1000};  // to notice `stop`
       rc = io_uring_wait_cqe_timeout(&r->ring, &cqe, &ts);
       if (rc == -ETIME || rc == -EINTR) {
         rc = 0;
-        if (!released && std::chrono::steady_clock::now() - last_request >= kIdleRelease) {
-          // The kernel copies a request into the buffer as task work of
-          // this thread, so never during this call.
-          // Whole pages only: the buffer starts on one, and a partial last
-          // page may hold the allocator's data.
-          const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-          madvise(entry.payload.get(), entry.payload_size / page * page, MADV_DONTNEED);
-          released = true;
-          LOG_DEBUG("io_uring queue %u: entry idle, payload buffer released", qid);
-        }
         continue;
       }
       if (rc < 0) break;
@@ -511,8 +502,6 @@ struct UringWorkers {
       const uint64_t unique = HandleUringRequest(entry, qid, request, &stop);
       --queue.busy;
       ++queue.served;
-      last_request = std::chrono::steady_clock::now();
-      released = false;
       rc = submit(kUringCmdCommitAndFetch, unique);
     }
     if (rc < 0) LOG_ERROR("io_uring queue %u: %s", qid, strerror(-rc));
@@ -547,7 +536,7 @@ struct UringWorkers {
   void EnsureIdleEntry(unsigned qid) {
     UringQueue& queue = queues[qid];
     const unsigned before = queue.workers.load();
-    if (queue.busy.load() < before) return;
+    if (ended.load() || queue.busy.load() < before) return;
     if (!Add(qid, nullptr)) return;
     // The new thread registers its entry at once; wait for it (bounded).
     for (int i = 0; i < 2000 && queue.workers.load() <= before && !stop.load(); ++i) {
