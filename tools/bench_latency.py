@@ -35,17 +35,11 @@ import sys
 import tempfile
 import time
 
+from bench_lib import wakeup_settings  # same directory, on sys.path when run
+
 
 def note(msg):
     print(msg, file=sys.stderr, flush=True)
-
-
-def read_first(path, default="?"):
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return default
 
 
 def daemon_usage(pid):
@@ -213,8 +207,9 @@ def main(argv):
             shutil.rmtree(work, ignore_errors=True)
 
     med = {side: {op: statistics.median(v) for op, v in d.items()} for side, d in samples.items()}
-    halt_poll = read_first("/sys/module/haltpoll/parameters/guest_halt_poll_ns", "n/a")
-    idle = read_first("/sys/devices/system/cpu/cpuidle/current_driver", "n/a")
+    wakeups = wakeup_settings()
+    halt_poll = wakeups["guest_halt_poll_ns"] or "n/a"
+    idle = wakeups["cpuidle_driver"] or "n/a"
     note("")
     note("per-operation cost, mean microseconds (medians of %d rounds of %d files), warm caches" %
          (a.repeat, a.files))

@@ -128,6 +128,19 @@ def _read_sys(path):
         return None
 
 
+def wakeup_settings():
+    """What decides the cost of FUSE round trips on this machine (each wakes
+    the daemon and the caller, often on other CPUs): the cpuidle driver, how
+    long an idle vCPU polls before halting (README), and whether the kernel
+    offers FUSE over io_uring. Values are None where the file is missing.
+    Also used by bench_latency.py."""
+    return {
+        "cpuidle_driver": _read_sys("/sys/devices/system/cpu/cpuidle/current_driver"),
+        "guest_halt_poll_ns": _read_sys("/sys/module/haltpoll/parameters/guest_halt_poll_ns"),
+        "fuse_enable_uring": _read_sys("/sys/module/fuse/parameters/enable_uring"),
+    }
+
+
 def _cpu_model():
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -195,11 +208,7 @@ def cmd_env(a):
         "backing_mount": m.get("mountpoint", ""),
         "backing_mount_opts": m.get("mount_opts", ""),
         "fio_version": _run(["fio", "--version"]),
-        # FUSE round trips wake the daemon and the caller on other CPUs: how
-        # long an idle vCPU polls before halting changes them (README).
-        "cpuidle_driver": _read_sys("/sys/devices/system/cpu/cpuidle/current_driver"),
-        "guest_halt_poll_ns": _read_sys("/sys/module/haltpoll/parameters/guest_halt_poll_ns"),
-        "fuse_enable_uring": _read_sys("/sys/module/fuse/parameters/enable_uring"),
+        **wakeup_settings(),
         "libfuse3": fuse_pkg or "unknown",
         "mode": a.mode,
         "vssfs_binary": a.vssfs if a.mode == "vssfs" else None,
