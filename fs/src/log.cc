@@ -63,6 +63,10 @@ bool ParseLogLevel(const std::string& text, LogLevel* level) {
 void SetLogLevel(LogLevel level) { g_level = static_cast<int>(level); }
 LogLevel GetLogLevel() { return static_cast<LogLevel>(g_level.load()); }
 
+void LogDropSyslogConnection() {
+  if (g_syslog) closelog();
+}
+
 void LogToSyslog() {
   openlog("vssfs", LOG_PID, LOG_DAEMON);
   g_syslog = true;

@@ -18,6 +18,10 @@ void SetLogLevel(LogLevel level);
 LogLevel GetLogLevel();
 // Switches output to syslog (used after daemonising).
 void LogToSyslog();
+// In a forked child that is about to close inherited descriptors: drops the
+// syslog connection, so that the next message opens a new one instead of
+// writing to (and closing) whatever reuses its descriptor number.
+void LogDropSyslogConnection();
 
 void Log(LogLevel level, const char* format, ...) __attribute__((format(printf, 2, 3)));
 

@@ -120,6 +120,7 @@ int Main(int argc, char** argv) {
   config.negative_timeout = opts.negative_timeout;
   config.read_ahead_kb = opts.read_ahead_kb;
   config.max_dirty_ratio = opts.max_dirty_ratio;
+  config.flush_behind = opts.flush_behind;
   config.store_in_backing =
       paths.value().store_dir == paths.value().backing_dir + "/" + cow_store::kDefaultStoreName;
   config.conn_opts = conn_opts.get();

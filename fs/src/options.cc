@@ -126,6 +126,8 @@ Status ApplyMountOption(const std::string& item, Options* o) {
     o->clone_fd = false;
   } else if ((name == "killpriv_v2" || name == "no_killpriv_v2") && !has_value) {
     o->killpriv_v2 = name == "killpriv_v2";
+  } else if ((name == "flush_behind" || name == "no_flush_behind") && !has_value) {
+    o->flush_behind = name == "flush_behind";
   } else if ((name == "io_uring" || name == "no_io_uring") && !has_value) {
     o->io_uring = name == "io_uring";
   } else if (name == "uring_threads") {
@@ -287,6 +289,9 @@ std::string UsageText(const std::string& program) {
     << "  read_ahead_kb=N         readahead window of the mount (default 1024, 0 = kernel's)\n"
     << "  max_dirty_ratio=N       percent of the dirty-page limit the mount may use with\n"
     << "                          the writeback cache (default 100; 0 = FUSE's strict 1%)\n"
+    << "  [no_]flush_behind       with the writeback cache, start writing files that are\n"
+    << "                          written sequentially back while they are written\n"
+    << "                          (default on; needs root and Linux 6.5+)\n"
     << "  block_size=N            snapshot block size in bytes for a new store (default\n"
     << "                          65536; an existing store keeps its own)\n"
     << "  max_write=N, max_background=N, congestion_threshold=N, [no_]splice_read,\n"

@@ -200,6 +200,14 @@ Status Filesystem::AttachStore(cow_store::Store* store) {
   Result<std::unique_ptr<MountSyncer>> syncer = MountSyncer::Start(config_.mountpoint);
   if (!syncer.ok()) return syncer.status();
   syncer_ = std::move(syncer.value());
+  if (std::string why; config_.flush_behind && !FlushBehind::Supported(&why)) {
+    LOG_INFO("flush-behind off: %s", why.c_str());
+  } else if (config_.flush_behind) {
+    // Forks too, then starts a thread: last.
+    Result<std::unique_ptr<FlushBehind>> fb = FlushBehind::Start(config_.mountpoint);
+    if (!fb.ok()) return fb.status();
+    flush_behind_ = std::move(fb.value());
+  }
   const FilesystemConfig& config = config_;
   store_ = store;
   struct stat st;
@@ -871,7 +879,7 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode
   FillEntry(e, inode->nodeid, st);
   fi->fh = static_cast<uint64_t>(fd.release());
   fi->keep_cache = config_.timeout > 0;
-  if ((fi->flags & O_ACCMODE) != O_RDONLY) ++inode->open_writers;
+  if ((fi->flags & O_ACCMODE) != O_RDONLY) CountWriter(*inode, 1);
   return 0;
 }
 
@@ -910,7 +918,7 @@ int Filesystem::OpenLive(fuse_req_t req, Inode& inode_ref, const CowEngine::Epoc
   if (fd < 0) return fd;
   fi->fh = static_cast<uint64_t>(fd);
   fi->keep_cache = config_.timeout > 0;
-  if ((fi->flags & O_ACCMODE) != O_RDONLY) ++inode->open_writers;
+  if ((fi->flags & O_ACCMODE) != O_RDONLY) CountWriter(*inode, 1);
   return 0;
 }
 
@@ -924,6 +932,18 @@ int Filesystem::WriteBackKernelCache(const Inode& inode) {
   return r == -ENOENT ? 0 : r;
 }
 
+void Filesystem::CountWriter(Inode& inode, int delta) {
+  if (flush_behind_ && writeback_) {
+    if (delta > 0) {
+      flush_behind_->WriterOpened(inode);
+    } else {
+      flush_behind_->WriterClosed(inode);
+    }
+  } else {
+    inode.open_writers += delta;
+  }
+}
+
 void Filesystem::Release(fuse_ino_t ino, fuse_file_info* fi) {
   if (SnapshotView::IsSnapshotNode(ino)) {
     snaps_->Release(fi->fh);
@@ -931,7 +951,7 @@ void Filesystem::Release(fuse_ino_t ino, fuse_file_info* fi) {
   }
   UniqueFd fd(static_cast<int>(fi->fh));
   if ((fi->flags & O_ACCMODE) != O_RDONLY) {
-    if (std::shared_ptr<Inode> inode = Get(ino)) --inode->open_writers;
+    if (std::shared_ptr<Inode> inode = Get(ino)) CountWriter(*inode, -1);
   }
 }
 

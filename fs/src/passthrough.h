@@ -27,6 +27,7 @@
 #include <unordered_map>
 
 #include "cow.h"
+#include "flush_behind.h"
 #include "inode_table.h"
 #include "mount_sync.h"
 #include "snapshot_view.h"
@@ -46,6 +47,8 @@ struct FilesystemConfig {
   // Share (percent) of the system's dirty-page limit the mount may use under
   // the writeback cache; 0 keeps FUSE's strict 1%.
   unsigned max_dirty_ratio = 100;
+  // Early writeback of streamed files (flush_behind.h).
+  bool flush_behind = true;
   // True when the store is BACKING_DIR/.vssfs (hidden, so not counted in
   // the root's link count).
   bool store_in_backing = true;
@@ -174,6 +177,9 @@ class Filesystem : public snapshot_ctl::Volume {
   // still be dirty in the kernel; has the kernel write it back to vssfs.
   // Needs a multithreaded session. Returns 0 or a negative errno.
   int WriteBackKernelCache(const Inode& inode);
+  // Counts a handle that may write to `inode` opening (+1) or closing (-1);
+  // tells FlushBehind when it is on and the writeback cache is used.
+  void CountWriter(Inode& inode, int delta);
   // The inode for `ino`; nullptr if unknown (reported as ESTALE).
   std::shared_ptr<Inode> Get(fuse_ino_t ino) const { return inodes_->Find(ino); }
 
@@ -202,6 +208,7 @@ class Filesystem : public snapshot_ctl::Volume {
   std::unique_ptr<CowEngine> cow_;
   std::unique_ptr<SnapshotView> snaps_;
   std::unique_ptr<MountSyncer> syncer_;
+  std::unique_ptr<FlushBehind> flush_behind_;  // Null when off.
   // The cross-volume write barrier: the cut lock, held by the control
   // thread between HoldWrites and CreateSnapshot (control thread only).
   std::unique_lock<std::shared_mutex> held_;

@@ -50,10 +50,12 @@ TEST_CASE("options: vssfs options in both spellings", "[fs][options]") {
   CHECK_FALSE(r.value().clone_fd);
   CHECK(r.value().io_uring);  // default: used when the kernel offers it
   CHECK(r.value().uring_threads == 2);
-  auto u = Parse({"-o", "no_io_uring,uring_threads=5", "b", "m"});
+  CHECK(r.value().flush_behind);
+  auto u = Parse({"-o", "no_io_uring,uring_threads=5,no_flush_behind", "b", "m"});
   REQUIRE(u.ok());
   CHECK_FALSE(u.value().io_uring);
   CHECK(u.value().uring_threads == 5);
+  CHECK_FALSE(u.value().flush_behind);
   auto f = Parse({"b", "m", "-ostore=/x,log_level=warn"});
   REQUIRE(f.ok());
   CHECK(f.value().store_dir == "/x");
@@ -91,6 +93,7 @@ TEST_CASE("options: every bad input gets a precise message", "[fs][options]") {
   CHECK_THAT(Error({"-o", "max_dirty_ratio=101", "b", "m"}), Catch::Contains("0-100"));
   CHECK_THAT(Error({"-o", "uring_threads=0", "b", "m"}), Catch::Contains("1-64"));
   CHECK_THAT(Error({"-o", "io_uring=yes", "b", "m"}), Catch::Contains("unknown option"));
+  CHECK_THAT(Error({"-o", "flush_behind=1", "b", "m"}), Catch::Contains("unknown option"));
   CHECK_THAT(Error({"-o", "store", "b", "m"}), Catch::Contains("needs a value"));
   CHECK_THAT(Error({"--log-level=loud", "b", "m"}), Catch::Contains("unknown log level 'loud'"));
   CHECK_THAT(Error({"b", "m", "-o"}), Catch::Contains("needs a value"));

@@ -53,6 +53,9 @@ struct Options {
   // Percent of the system's dirty-page limit the mount may use with the
   // writeback cache; 0 keeps FUSE's strict 1% (-o max_dirty_ratio=N).
   unsigned max_dirty_ratio = 100;
+  // Start writeback of files written as a stream while they are being
+  // written, with the writeback cache (-o no_flush_behind to turn off).
+  bool flush_behind = true;
   // Block size of a new store (-o block_size=N); existing stores keep theirs.
   unsigned block_size = 65536;
 

@@ -1,0 +1,397 @@
+#include "flush_behind.h"
+
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <unordered_map>
+#include <vector>
+
+#include "log.h"
+
+namespace vssfs::fs {
+
+using cow_store::Result;
+using cow_store::Status;
+using cow_store::UniqueFd;
+
+namespace {
+
+// System call numbers and flags newer than this system's headers may be
+// (the kernel ABI's values; one table for all architectures since 5.1).
+#ifndef SYS_open_tree
+constexpr long kSysOpenTree = 428;
+#else
+constexpr long kSysOpenTree = SYS_open_tree;
+#endif
+#ifndef SYS_cachestat
+constexpr long kSysCachestat = 451;
+#else
+constexpr long kSysCachestat = SYS_cachestat;
+#endif
+constexpr unsigned kOpenTreeClone = 1;
+
+struct CachestatRange {
+  uint64_t off;
+  uint64_t len;  // 0: to the end of the file.
+};
+struct Cachestat {
+  uint64_t nr_cache;
+  uint64_t nr_dirty;
+  uint64_t nr_writeback;
+  uint64_t nr_evicted;
+  uint64_t nr_recently_evicted;
+};
+
+constexpr uint32_t kWatch = 1;
+constexpr uint32_t kUnwatch = 2;
+
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t kChunk = 4 << 20;         // Unit of the decision and of writeback.
+constexpr uint64_t kSuperChunk = 256 << 20;  // Looked at first; unchanged ones are skipped.
+constexpr uint64_t kMinDirty = 8 << 20;      // Files with less dirty data are left alone.
+constexpr int kTickMs = 20;
+constexpr int64_t kFreshMs = 1000;     // Clean to all dirty within this: a stream.
+constexpr size_t kChunkBudget = 1024;  // Chunks looked at per file and tick.
+// A file with little dirty data is looked at less and less often, down to
+// this interval. A stream that starts meanwhile fills chunks that were clean
+// at the previous look, which is recent enough for kFreshMs.
+constexpr int64_t kMaxIdleMs = 320;
+
+int64_t NowMs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+int DoCachestat(int fd, uint64_t off, uint64_t len, Cachestat* cs) {
+  CachestatRange range{off, len};
+  return static_cast<int>(syscall(kSysCachestat, fd, &range, cs, 0U));
+}
+
+// One file with a handle open for writing.
+struct Watched {
+  UniqueFd fd;                    // Read-only descriptor through the clone; opened lazily.
+  bool dead = false;              // The file could not be opened (gone from the cache).
+  int64_t last_ms;                // Time of the previous look (or of the watch's start).
+  int64_t next_ms = 0;            // No look before this.
+  int64_t idle_ms = 0;            // Interval between looks while the file has little dirty data.
+  std::vector<int64_t> clean_ms;  // Per chunk: last time seen without dirty pages.
+  std::vector<uint64_t> super_dirty;  // Per super-chunk: dirty pages at the last look.
+};
+
+// The helper's state: what is watched, and the clone of the mount.
+class Helper {
+ public:
+  explicit Helper(const char* mountpoint) : mountpoint_(mountpoint) {}
+
+  void Watch(uint64_t nodeid) {
+    if (disabled_) return;
+    Watched& w = files_[nodeid];
+    w.last_ms = NowMs();
+  }
+  void Unwatch(uint64_t nodeid) {
+    files_.erase(nodeid);  // Closing may write back what is still dirty.
+    if (files_.empty()) tree_.reset();
+  }
+  bool idle() const { return files_.empty(); }
+
+  void Tick() {
+    if (files_.empty()) return;
+    if (!tree_) {
+      // open_tree gives an O_PATH descriptor, which open_by_handle_at does
+      // not take: open the clone's root directory through it.
+      UniqueFd clone(static_cast<int>(
+          syscall(kSysOpenTree, AT_FDCWD, mountpoint_, kOpenTreeClone | O_CLOEXEC)));
+      if (clone) tree_.reset(openat(clone.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (!tree_) {
+        LOG_WARN("flush-behind off: cannot clone the mount %s: %s", mountpoint_, strerror(errno));
+        disabled_ = true;
+        files_.clear();
+        return;
+      }
+    }
+    const int64_t now = NowMs();
+    for (auto& [nodeid, w] : files_) {
+      if (w.dead || now < w.next_ms) continue;
+      const bool busy = Look(nodeid, w);
+      w.idle_ms = busy ? 0 : std::clamp<int64_t>(w.idle_ms * 2, kTickMs, kMaxIdleMs);
+      w.next_ms = now + w.idle_ms;
+    }
+  }
+
+ private:
+  // Opens `nodeid` through the clone by its FUSE file handle.
+  UniqueFd Open(uint64_t nodeid) {
+    struct {
+      file_handle h;
+      uint32_t words[3];
+    } fh{};
+    fh.h.handle_bytes = sizeof fh.words;
+    fh.h.handle_type = 0x81;  // FILEID_INO64_GEN: node id (high, low word), generation 0.
+    fh.words[0] = static_cast<uint32_t>(nodeid >> 32);
+    fh.words[1] = static_cast<uint32_t>(nodeid);
+    fh.words[2] = 0;
+    return UniqueFd(open_by_handle_at(tree_.get(), &fh.h, O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  }
+
+  // Looks at one file's page cache and starts writeback of the chunks it
+  // just streamed. Returns whether the file has much dirty data.
+  bool Look(uint64_t nodeid, Watched& w) {
+    const int64_t now = NowMs();
+    if (!w.fd) {
+      w.fd = Open(nodeid);
+      if (!w.fd) {
+        // ESTALE: the kernel no longer has the inode (the writer is gone
+        // and its release is on the way). Anything else: not for us.
+        if (errno != ESTALE && !warned_open_) {
+          warned_open_ = true;
+          LOG_WARN("flush-behind: cannot open node %llu through the mount: %s",
+                   static_cast<unsigned long long>(nodeid), strerror(errno));
+        }
+        w.dead = true;
+        return false;
+      }
+    }
+    const int64_t before = w.last_ms;
+    w.last_ms = now;
+    struct stat st;
+    if (fstat(w.fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
+    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    const size_t chunks = static_cast<size_t>((size + kChunk - 1) / kChunk);
+    // Chunks beyond the old end of file were clean at the previous look.
+    if (w.clean_ms.size() < chunks) w.clean_ms.resize(chunks, before);
+    const size_t supers = static_cast<size_t>((size + kSuperChunk - 1) / kSuperChunk);
+    if (w.super_dirty.size() < supers) w.super_dirty.resize(supers, 0);
+
+    Cachestat all{};
+    if (DoCachestat(w.fd.get(), 0, 0, &all) != 0) {
+      if (!warned_cachestat_) {
+        warned_cachestat_ = true;
+        LOG_WARN("flush-behind: cachestat failed: %s", strerror(errno));
+      }
+      w.dead = true;
+      return false;
+    }
+    if (all.nr_dirty == 0) {
+      std::fill(w.clean_ms.begin(), w.clean_ms.end(), now);
+      std::fill(w.super_dirty.begin(), w.super_dirty.end(), 0);
+      return false;
+    }
+    if (all.nr_dirty * kPage < kMinDirty) return false;
+
+    size_t budget = kChunkBudget;
+    uint64_t run_start = 0, run_end = 0;  // Chunks to write back, [start, end).
+    auto flush_run = [&] {
+      if (run_end > run_start) {
+        sync_file_range(w.fd.get(), static_cast<off64_t>(run_start),
+                        static_cast<off64_t>(run_end - run_start), SYNC_FILE_RANGE_WRITE);
+      }
+      run_start = run_end = 0;
+    };
+    for (size_t s = 0; s < supers && budget > 0; ++s) {
+      const uint64_t s_off = s * kSuperChunk;
+      const uint64_t s_len = std::min(kSuperChunk, size - s_off);
+      Cachestat cs{};
+      if (DoCachestat(w.fd.get(), s_off, s_len, &cs) != 0) break;
+      const size_t first = static_cast<size_t>(s_off / kChunk);
+      const size_t last = static_cast<size_t>((s_off + s_len + kChunk - 1) / kChunk);
+      if (cs.nr_dirty == 0) {
+        std::fill(w.clean_ms.begin() + first, w.clean_ms.begin() + last, now);
+      } else if (cs.nr_dirty != w.super_dirty[s]) {
+        // Something changed here: look at each chunk.
+        for (size_t c = first; c < last && budget > 0; ++c, --budget) {
+          const uint64_t c_off = c * kChunk;
+          const uint64_t c_len = std::min(kChunk, size - c_off);
+          Cachestat cc{};
+          if (DoCachestat(w.fd.get(), c_off, c_len, &cc) != 0) break;
+          const uint64_t pages = (c_len + kPage - 1) / kPage;
+          if (cc.nr_dirty == 0) {
+            w.clean_ms[c] = now;
+          } else if (cc.nr_dirty == pages && cc.nr_writeback == 0 &&
+                     now - w.clean_ms[c] <= kFreshMs) {
+            if (run_end != c_off) flush_run();
+            if (run_end == 0 && run_start == 0) run_start = c_off;
+            run_end = c_off + c_len;
+            continue;
+          }
+          flush_run();
+        }
+      }
+      w.super_dirty[s] = cs.nr_dirty;
+    }
+    flush_run();
+    return true;
+  }
+
+  const char* mountpoint_;
+  UniqueFd tree_;  // Root of a detached clone of the mount, while files_ is not empty.
+  std::unordered_map<uint64_t, Watched> files_;
+  bool disabled_ = false;
+  bool warned_open_ = false;
+  bool warned_cachestat_ = false;
+};
+
+// The helper's main loop: messages on descriptor 0 until end of file;
+// descriptor 2 stays for log messages.
+[[noreturn]] void HelperMain(const char* mountpoint) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  prctl(PR_SET_NAME, "vssfs-flush");
+  Helper helper(mountpoint);
+  char buf[4096];
+  size_t have = 0;
+  int64_t next_tick = 0;
+  while (true) {
+    int timeout = -1;
+    if (!helper.idle()) {
+      const int64_t now = NowMs();
+      if (now >= next_tick) {
+        helper.Tick();
+        next_tick = now + kTickMs;
+      }
+      timeout = static_cast<int>(std::max<int64_t>(0, next_tick - NowMs()));
+    }
+    pollfd p{0, POLLIN, 0};
+    const int r = poll(&p, 1, timeout);
+    if (r < 0 && errno != EINTR) _exit(1);
+    if (r <= 0) continue;
+    const ssize_t n = read(0, buf + have, sizeof buf - have);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) _exit(0);
+    have += static_cast<size_t>(n);
+    constexpr size_t kSize = 16;
+    size_t used = 0;
+    for (; have - used >= kSize; used += kSize) {
+      uint32_t op;
+      uint64_t nodeid;
+      std::memcpy(&op, buf + used, sizeof op);
+      std::memcpy(&nodeid, buf + used + 8, sizeof nodeid);
+      const bool was_idle = helper.idle();
+      if (op == kWatch) {
+        helper.Watch(nodeid);
+      } else if (op == kUnwatch) {
+        helper.Unwatch(nodeid);
+      }
+      if (was_idle && !helper.idle()) next_tick = NowMs() + kTickMs;
+    }
+    std::memmove(buf, buf + used, have - used);
+    have -= used;
+  }
+}
+
+bool HasCapability(int cap) {
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2]{};
+  if (syscall(SYS_capget, &header, data) != 0) return false;
+  return (data[cap / 32].effective & (1U << (cap % 32))) != 0;
+}
+
+}  // namespace
+
+bool FlushBehind::Supported(std::string* why) {
+  Cachestat cs{};
+  if (DoCachestat(-1, 0, 0, &cs) != 0 && errno == ENOSYS) {
+    *why = "the kernel has no cachestat(2) (Linux 6.5+)";
+    return false;
+  }
+  if (syscall(kSysOpenTree, -1, "", 0U) != 0 && errno == ENOSYS) {
+    *why = "the kernel has no open_tree(2) (Linux 5.2+)";
+    return false;
+  }
+  if (!HasCapability(CAP_SYS_ADMIN) || !HasCapability(CAP_DAC_READ_SEARCH)) {
+    *why = "it needs CAP_SYS_ADMIN and CAP_DAC_READ_SEARCH (run vssfs as root)";
+    return false;
+  }
+  return true;
+}
+
+Result<std::unique_ptr<FlushBehind>> FlushBehind::Start(const std::string& mountpoint) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) return Status::FromErrno(errno, "pipe");
+  UniqueFd read_end(p[0]), write_end(p[1]);
+  std::unique_ptr<FlushBehind> fb(new FlushBehind());
+  const char* path = mountpoint.c_str();
+  const pid_t pid = fork();
+  if (pid < 0) return Status::FromErrno(errno, "fork the flush-behind helper");
+  if (pid == 0) {
+    if (dup2(read_end.get(), 0) < 0) _exit(1);
+    LogDropSyslogConnection();
+    // Keep 0 and 2 (log messages in the foreground); close the rest, the
+    // /dev/fuse descriptor above all, so that the helper never keeps the
+    // connection alive.
+    syscall(SYS_close_range, 1U, 1U, 0U);
+    syscall(SYS_close_range, 3U, ~0U, 0U);
+    HelperMain(path);
+  }
+  fb->pid_ = pid;
+  fb->to_helper_ = std::move(write_end);
+  fb->forwarder_ = std::thread([raw = fb.get()] { raw->Forward(); });
+  return fb;
+}
+
+FlushBehind::~FlushBehind() {
+  {
+    std::lock_guard lock(mutex_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (forwarder_.joinable()) forwarder_.join();
+  to_helper_.reset();
+  if (pid_ > 0) {
+    kill(pid_, SIGKILL);
+    int status;
+    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+    }
+  }
+}
+
+void FlushBehind::Push(uint32_t op, uint64_t nodeid) {
+  queue_.push_back(Message{op, 0, nodeid});
+  cv_.notify_one();
+}
+
+void FlushBehind::WriterOpened(Inode& inode) {
+  std::lock_guard lock(mutex_);
+  if (inode.open_writers.fetch_add(1) == 0 && S_ISREG(inode.type)) Push(kWatch, inode.nodeid);
+}
+
+void FlushBehind::WriterClosed(Inode& inode) {
+  std::lock_guard lock(mutex_);
+  if (inode.open_writers.fetch_sub(1) == 1 && S_ISREG(inode.type)) Push(kUnwatch, inode.nodeid);
+}
+
+void FlushBehind::Forward() {
+  std::unique_lock lock(mutex_);
+  while (true) {
+    cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stop_
+    std::deque<Message> batch;
+    batch.swap(queue_);
+    lock.unlock();
+    // Blocking writes: the helper reads between its looks at the files.
+    for (const Message& m : batch) {
+      const char* p = reinterpret_cast<const char*>(&m);
+      size_t left = sizeof m;
+      while (left > 0) {
+        const ssize_t n = write(to_helper_.get(), p, left);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;  // The helper is gone: nothing more to do.
+        p += n;
+        left -= static_cast<size_t>(n);
+      }
+    }
+    lock.lock();
+  }
+}
+
+}  // namespace vssfs::fs

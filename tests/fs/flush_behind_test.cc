@@ -1,0 +1,201 @@
+// Integration tests of flush-behind (fs/src/flush_behind.h): real mounts in
+// private temp dirs.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdint>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_support.h"
+
+using vssfs::testing::ScopedMount;
+
+namespace {
+
+using Volume = vssfs::testing::VolumeDirs;
+
+constexpr size_t kMiB = 1 << 20;
+constexpr const char* kOff = "flush-behind off";
+
+// The dirty-page level at which the kernel starts background writeback on
+// its own (vm.dirty_background_bytes, else the ratio of available memory).
+uint64_t BackgroundThreshold() {
+  auto read_number = [](const char* path) {
+    std::ifstream in(path);
+    uint64_t v = 0;
+    in >> v;
+    return v;
+  };
+  if (uint64_t bytes = read_number("/proc/sys/vm/dirty_background_bytes"); bytes > 0) return bytes;
+  const uint64_t ratio = read_number("/proc/sys/vm/dirty_background_ratio");
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  uint64_t kib = 0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return kib * 1024 / 100 * ratio;
+  }
+  return 0;
+}
+
+// Bytes of `path` allocated on the backing filesystem.
+uint64_t Allocated(const std::string& path) {
+  struct stat st;
+  REQUIRE(stat(path.c_str(), &st) == 0);
+  return static_cast<uint64_t>(st.st_blocks) * 512;
+}
+
+// 1 MiB block number `i` of a stream: its own byte value.
+std::string StreamBlock(size_t i) { return std::string(kMiB, static_cast<char>('a' + i % 26)); }
+
+// Writes `mib` MiB to `path` as a stream; returns the open descriptor.
+int WriteStream(const std::string& path, size_t mib) {
+  const int fd = open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0644);
+  REQUIRE(fd >= 0);
+  for (size_t i = 0; i < mib; ++i) {
+    const std::string block = StreamBlock(i);
+    REQUIRE(write(fd, block.data(), block.size()) == static_cast<ssize_t>(block.size()));
+  }
+  return fd;
+}
+
+// Waits up to `limit` for `path` to have at least `bytes` allocated;
+// returns what it has at the end.
+uint64_t WaitAllocated(const std::string& path, uint64_t bytes, std::chrono::milliseconds limit) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  uint64_t have = Allocated(path);
+  while (have < bytes && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    have = Allocated(path);
+  }
+  return have;
+}
+
+bool Off(const ScopedMount& m) {
+  if (m.Log().find(kOff) == std::string::npos) return false;
+  WARN("flush-behind is not available here:\n" << m.Log());
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("flush-behind: a stream reaches the backing file while it is written", "[fs][flush]") {
+  constexpr size_t kStream = 256;
+  const uint64_t threshold = BackgroundThreshold();
+  INFO("background writeback threshold " << (threshold >> 20) << " MiB");
+  Volume v;
+  const std::string backing = v.backing + "/stream";
+  {
+    ScopedMount m(v.backing, v.mnt);
+    if (Off(m)) return;
+    const int fd = WriteStream(v.mnt + "/stream", kStream);
+    // No fsync, no close: only flush-behind sends the data on its way.
+    const uint64_t have = WaitAllocated(backing, kStream * kMiB * 3 / 4, std::chrono::seconds(5));
+    INFO("allocated in the backing file before close: " << (have >> 20) << " MiB");
+    CHECK(have >= kStream * kMiB * 3 / 4);
+    REQUIRE(close(fd) == 0);
+    REQUIRE(m.Unmount() == 0);
+  }
+  // Every block landed where it belongs.
+  std::ifstream in(backing, std::ios::binary);
+  std::string block(kMiB, '\0');
+  for (size_t i = 0; i < kStream; ++i) {
+    REQUIRE(in.read(block.data(), static_cast<std::streamsize>(block.size())));
+    REQUIRE(block == StreamBlock(i));
+  }
+
+  SECTION("without it the data waits for the close") {
+    if (threshold < 4 * kStream * kMiB) {
+      WARN("the background threshold is too low here to tell");
+      return;
+    }
+    ScopedMount m(v.backing, v.mnt, {"-o", "no_flush_behind"});
+    const int fd = WriteStream(v.mnt + "/second", kStream);
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    CHECK(Allocated(v.backing + "/second") < kStream * kMiB / 4);
+    REQUIRE(close(fd) == 0);
+    REQUIRE(m.Unmount() == 0);
+  }
+}
+
+TEST_CASE("flush-behind: pages written at random stay in the page cache", "[fs][flush]") {
+  constexpr size_t kFile = 128 * kMiB;
+  constexpr size_t kPage = 4096;
+  if (BackgroundThreshold() < 4 * kFile) {
+    WARN("the background threshold is too low here to tell");
+    return;
+  }
+  Volume v;
+  ScopedMount m(v.backing, v.mnt);
+  if (Off(m)) return;
+  const std::string path = v.mnt + "/random";
+  const int fd = open(path.c_str(), O_CREAT | O_RDWR | O_TRUNC | O_CLOEXEC, 0644);
+  REQUIRE(fd >= 0);
+  const std::string zero(kMiB, '\0');
+  for (size_t off = 0; off < kFile; off += kMiB) {
+    REQUIRE(pwrite(fd, zero.data(), zero.size(), static_cast<off_t>(off)) ==
+            static_cast<ssize_t>(zero.size()));
+  }
+  REQUIRE(fsync(fd) == 0);
+  // Twice the file's size in 4 KiB writes at random places: every 4 MiB
+  // chunk gets dirty, none entirely (that takes about seven times its size).
+  const unsigned seed = std::random_device{}();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  const std::string page(kPage, 'r');
+  for (size_t i = 0; i < 2 * kFile / kPage; ++i) {
+    const off_t off = static_cast<off_t>(rng() % (kFile / kPage) * kPage);
+    REQUIRE(pwrite(fd, page.data(), page.size(), off) == static_cast<ssize_t>(page.size()));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  // Nothing was written back: the backing file still holds only zeros.
+  std::ifstream in(v.backing + "/random", std::ios::binary);
+  std::string block(kMiB, '\0');
+  size_t changed = 0;
+  for (size_t off = 0; off < kFile; off += kMiB) {
+    REQUIRE(in.read(block.data(), static_cast<std::streamsize>(block.size())));
+    if (block != zero) ++changed;
+  }
+  CHECK(changed == 0);
+  REQUIRE(close(fd) == 0);
+  REQUIRE(m.Unmount() == 0);
+}
+
+TEST_CASE("flush-behind: the mount can be unmounted as soon as the writer is done", "[fs][flush]") {
+  Volume v;
+  for (int round = 0; round < 5; ++round) {
+    ScopedMount m(v.backing, v.mnt);
+    if (Off(m)) return;
+    const int fd = WriteStream(v.mnt + "/stream", 64);
+    // Give the helper time to open the file and start writeback.
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    REQUIRE(close(fd) == 0);
+    // Not lazily: a descriptor held on the mount would make this EBUSY.
+    INFO("round " << round);
+    REQUIRE(umount2(v.mnt.c_str(), 0) == 0);
+    const int status = m.Unmount();
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+  }
+  SECTION("and the daemon stops on SIGTERM while a writer holds a file") {
+    ScopedMount m(v.backing, v.mnt);
+    const int fd = WriteStream(v.mnt + "/held", 64);
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    REQUIRE(kill(m.pid(), SIGTERM) == 0);
+    const auto start = std::chrono::steady_clock::now();
+    const int status = m.Unmount();
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+    CHECK(WIFEXITED(status));
+    close(fd);
+  }
+}
