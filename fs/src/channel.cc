@@ -160,6 +160,14 @@ ssize_t ReadHook(int fd, void* buf, size_t len, void*) {
     iovec iov[2] = {{buf, kWriteHeader}, {t_scratch.get(), len - kWriteHeader}};
     n = ::readv(fd, iov, 2);
   }
+  if (n < 0 && errno == ECONNABORTED) {
+    // The connection ended while the kernel tore the mount down (seen when
+    // the last reference to the superblock was flush-behind's clone of the
+    // mount). libfuse treats only ENODEV as the end of the session; any
+    // other error makes every worker print it and exit with an error, and a
+    // worker cancelled in the middle of printing leaves stderr locked.
+    errno = ENODEV;
+  }
   if (n < static_cast<ssize_t>(sizeof(fuse_in_header))) return n;
   fuse_in_header in;
   std::memcpy(&in, buf, sizeof in);

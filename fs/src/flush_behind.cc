@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -13,7 +14,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <iterator>
+#include <system_error>
 #include <unordered_map>
 #include <vector>
 
@@ -61,6 +65,7 @@ constexpr uint64_t kChunk = 4 << 20;         // Unit of the decision and of writ
 constexpr uint64_t kSuperChunk = 256 << 20;  // Looked at first; unchanged ones are skipped.
 constexpr uint64_t kMinDirty = 8 << 20;      // Files with less dirty data are left alone.
 constexpr int kTickMs = 20;
+constexpr int kBatchMs = 10;           // The forwarder collects messages this long.
 constexpr int64_t kFreshMs = 1000;     // Clean to all dirty within this: a stream.
 constexpr size_t kChunkBudget = 1024;  // Chunks looked at per file and tick.
 // A file with little dirty data is looked at less and less often, down to
@@ -82,12 +87,14 @@ int DoCachestat(int fd, uint64_t off, uint64_t len, Cachestat* cs) {
 // One file with a handle open for writing.
 struct Watched {
   UniqueFd fd;                    // Read-only descriptor through the clone; opened lazily.
-  bool dead = false;              // The file could not be opened (gone from the cache).
-  int64_t last_ms;                // Time of the previous look (or of the watch's start).
+  bool dead = false;              // The file cannot be watched (gone from the kernel's cache).
+  int64_t since_ms = 0;           // Start of the watch.
+  int64_t last_ms = 0;            // Time of the previous look (or of the watch's start).
+  uint64_t last_size = 0;         // Size at the previous look.
   int64_t next_ms = 0;            // No look before this.
   int64_t idle_ms = 0;            // Interval between looks while the file has little dirty data.
   std::vector<int64_t> clean_ms;  // Per chunk: last time seen without dirty pages.
-  std::vector<uint64_t> super_dirty;  // Per super-chunk: dirty pages at the last look.
+  std::vector<uint64_t> super_dirty;  // Per super-chunk: dirty pages at the last full look.
 };
 
 // The helper's state: what is watched, and the clone of the mount.
@@ -98,7 +105,7 @@ class Helper {
   void Watch(uint64_t nodeid) {
     if (disabled_) return;
     Watched& w = files_[nodeid];
-    w.last_ms = NowMs();
+    w.since_ms = w.last_ms = NowMs();
   }
   void Unwatch(uint64_t nodeid) {
     files_.erase(nodeid);  // Closing may write back what is still dirty.
@@ -115,9 +122,7 @@ class Helper {
           syscall(kSysOpenTree, AT_FDCWD, mountpoint_, kOpenTreeClone | O_CLOEXEC)));
       if (clone) tree_.reset(openat(clone.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
       if (!tree_) {
-        LOG_WARN("flush-behind off: cannot clone the mount %s: %s", mountpoint_, strerror(errno));
-        disabled_ = true;
-        files_.clear();
+        Disable("cannot clone the mount", errno);
         return;
       }
     }
@@ -125,12 +130,21 @@ class Helper {
     for (auto& [nodeid, w] : files_) {
       if (w.dead || now < w.next_ms) continue;
       const bool busy = Look(nodeid, w);
+      if (disabled_) return;
       w.idle_ms = busy ? 0 : std::clamp<int64_t>(w.idle_ms * 2, kTickMs, kMaxIdleMs);
       w.next_ms = now + w.idle_ms;
     }
   }
 
  private:
+  // Turns flush-behind off for the rest of the mount's life.
+  void Disable(const char* what, int err) {
+    LOG_WARN("flush-behind off: %s: %s", what, strerror(err));
+    disabled_ = true;
+    files_.clear();
+    tree_.reset();
+  }
+
   // Opens `nodeid` through the clone by its FUSE file handle.
   UniqueFd Open(uint64_t nodeid) {
     struct {
@@ -152,22 +166,30 @@ class Helper {
     if (!w.fd) {
       w.fd = Open(nodeid);
       if (!w.fd) {
-        // ESTALE: the kernel no longer has the inode (the writer is gone
-        // and its release is on the way). Anything else: not for us.
-        if (errno != ESTALE && !warned_open_) {
-          warned_open_ = true;
-          LOG_WARN("flush-behind: cannot open node %llu through the mount: %s",
-                   static_cast<unsigned long long>(nodeid), strerror(errno));
+        if (errno == ESTALE) {
+          // Not in the kernel's inode cache: a new file whose CREATE reply
+          // is still on its way (try again), or one whose writer is gone
+          // and whose release is on the way.
+          if (now - w.since_ms > kFreshMs) w.dead = true;
+        } else {
+          Disable("cannot open files through the mount by handle", errno);
         }
-        w.dead = true;
         return false;
       }
     }
     const int64_t before = w.last_ms;
     w.last_ms = now;
-    struct stat st;
-    if (fstat(w.fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
-    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    // The kernel's own size, without asking vssfs (which a plain fstat may
+    // do when the cached attributes are stale).
+    struct statx stx;
+    if (statx(w.fd.get(), "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_SIZE, &stx) !=
+            0 ||
+        !S_ISREG(stx.stx_mode)) {
+      return false;
+    }
+    const uint64_t size = stx.stx_size;
+    const bool growing = size != w.last_size;
+    w.last_size = size;
     const size_t chunks = static_cast<size_t>((size + kChunk - 1) / kChunk);
     // Chunks beyond the old end of file were clean at the previous look.
     if (w.clean_ms.size() < chunks) w.clean_ms.resize(chunks, before);
@@ -176,11 +198,7 @@ class Helper {
 
     Cachestat all{};
     if (DoCachestat(w.fd.get(), 0, 0, &all) != 0) {
-      if (!warned_cachestat_) {
-        warned_cachestat_ = true;
-        LOG_WARN("flush-behind: cachestat failed: %s", strerror(errno));
-      }
-      w.dead = true;
+      Disable("cachestat", errno);
       return false;
     }
     if (all.nr_dirty == 0) {
@@ -194,6 +212,10 @@ class Helper {
     uint64_t run_start = 0, run_end = 0;  // Chunks to write back, [start, end).
     auto flush_run = [&] {
       if (run_end > run_start) {
+        LOG_DEBUG("flush-behind: writing back node %llu, %llu MiB at %llu MiB",
+                  static_cast<unsigned long long>(nodeid),
+                  static_cast<unsigned long long>((run_end - run_start) >> 20),
+                  static_cast<unsigned long long>(run_start >> 20));
         sync_file_range(w.fd.get(), static_cast<off64_t>(run_start),
                         static_cast<off64_t>(run_end - run_start), SYNC_FILE_RANGE_WRITE);
       }
@@ -208,27 +230,33 @@ class Helper {
       const size_t last = static_cast<size_t>((s_off + s_len + kChunk - 1) / kChunk);
       if (cs.nr_dirty == 0) {
         std::fill(w.clean_ms.begin() + first, w.clean_ms.begin() + last, now);
-      } else if (cs.nr_dirty != w.super_dirty[s]) {
-        // Something changed here: look at each chunk.
-        for (size_t c = first; c < last && budget > 0; ++c, --budget) {
-          const uint64_t c_off = c * kChunk;
-          const uint64_t c_len = std::min(kChunk, size - c_off);
-          Cachestat cc{};
-          if (DoCachestat(w.fd.get(), c_off, c_len, &cc) != 0) break;
-          const uint64_t pages = (c_len + kPage - 1) / kPage;
-          if (cc.nr_dirty == 0) {
-            w.clean_ms[c] = now;
-          } else if (cc.nr_dirty == pages && cc.nr_writeback == 0 &&
-                     now - w.clean_ms[c] <= kFreshMs) {
-            if (run_end != c_off) flush_run();
-            if (run_end == 0 && run_start == 0) run_start = c_off;
-            run_end = c_off + c_len;
-            continue;
-          }
-          flush_run();
-        }
+        w.super_dirty[s] = 0;
+        continue;
       }
-      w.super_dirty[s] = cs.nr_dirty;
+      if (cs.nr_dirty == w.super_dirty[s]) continue;  // Nothing new here.
+      // Something changed: look at each chunk.
+      size_t c = first;
+      for (; c < last && budget > 0; ++c, --budget) {
+        const uint64_t c_off = c * kChunk;
+        const uint64_t c_len = std::min(kChunk, size - c_off);
+        // The chunk at the end of a file still being extended is not done.
+        if (c_len < kChunk && growing) break;
+        Cachestat cc{};
+        if (DoCachestat(w.fd.get(), c_off, c_len, &cc) != 0) break;
+        const uint64_t pages = (c_len + kPage - 1) / kPage;
+        if (cc.nr_dirty == 0) {
+          w.clean_ms[c] = now;
+        } else if (cc.nr_dirty == pages && cc.nr_writeback == 0 &&
+                   now - w.clean_ms[c] <= kFreshMs) {
+          if (run_end != c_off) flush_run();
+          if (run_end == run_start) run_start = c_off;
+          run_end = c_off + c_len;
+          continue;
+        }
+        flush_run();
+      }
+      // Remember the count only if every chunk was looked at.
+      if (c == last) w.super_dirty[s] = cs.nr_dirty;
     }
     flush_run();
     return true;
@@ -238,14 +266,13 @@ class Helper {
   UniqueFd tree_;  // Root of a detached clone of the mount, while files_ is not empty.
   std::unordered_map<uint64_t, Watched> files_;
   bool disabled_ = false;
-  bool warned_open_ = false;
-  bool warned_cachestat_ = false;
 };
 
 // The helper's main loop: messages on descriptor 0 until end of file;
 // descriptor 2 stays for log messages.
-[[noreturn]] void HelperMain(const char* mountpoint) {
+[[noreturn]] void HelperMain(const char* mountpoint, pid_t parent) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) _exit(0);  // The daemon died before the line above.
   prctl(PR_SET_NAME, "vssfs-flush");
   Helper helper(mountpoint);
   char buf[4096];
@@ -321,6 +348,7 @@ Result<std::unique_ptr<FlushBehind>> FlushBehind::Start(const std::string& mount
   UniqueFd read_end(p[0]), write_end(p[1]);
   std::unique_ptr<FlushBehind> fb(new FlushBehind());
   const char* path = mountpoint.c_str();
+  const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid < 0) return Status::FromErrno(errno, "fork the flush-behind helper");
   if (pid == 0) {
@@ -331,11 +359,15 @@ Result<std::unique_ptr<FlushBehind>> FlushBehind::Start(const std::string& mount
     // connection alive.
     syscall(SYS_close_range, 1U, 1U, 0U);
     syscall(SYS_close_range, 3U, ~0U, 0U);
-    HelperMain(path);
+    HelperMain(path, parent);
   }
   fb->pid_ = pid;
   fb->to_helper_ = std::move(write_end);
-  fb->forwarder_ = std::thread([raw = fb.get()] { raw->Forward(); });
+  try {
+    fb->forwarder_ = std::thread([raw = fb.get()] { raw->Forward(); });
+  } catch (const std::system_error& e) {
+    return Status::Error(e.code().value(), "start the flush-behind thread");
+  }
   return fb;
 }
 
@@ -345,10 +377,12 @@ FlushBehind::~FlushBehind() {
     stop_ = true;
   }
   cv_.notify_all();
+  // The helper goes first, so that a forwarder blocked on a full pipe gets
+  // EPIPE (it blocks SIGPIPE) instead of waiting for it.
+  if (pid_ > 0) kill(pid_, SIGKILL);
   if (forwarder_.joinable()) forwarder_.join();
   to_helper_.reset();
   if (pid_ > 0) {
-    kill(pid_, SIGKILL);
     int status;
     while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
     }
@@ -356,8 +390,21 @@ FlushBehind::~FlushBehind() {
 }
 
 void FlushBehind::Push(uint32_t op, uint64_t nodeid) {
+  if (op == kUnwatch) {
+    // A file opened and closed again before the forwarder sent its watch
+    // (most short-lived files): the helper need not hear of it at all.
+    for (auto it = queue_.rbegin(); it != queue_.rend(); ++it) {
+      if (it->nodeid == nodeid) {
+        if (it->op == kWatch) {
+          queue_.erase(std::next(it).base());
+          return;
+        }
+        break;
+      }
+    }
+  }
   queue_.push_back(Message{op, 0, nodeid});
-  cv_.notify_one();
+  if (queue_.size() == 1) cv_.notify_one();
 }
 
 void FlushBehind::WriterOpened(Inode& inode) {
@@ -371,24 +418,33 @@ void FlushBehind::WriterClosed(Inode& inode) {
 }
 
 void FlushBehind::Forward() {
+  sigset_t pipe_signal;
+  sigemptyset(&pipe_signal);
+  sigaddset(&pipe_signal, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
   std::unique_lock lock(mutex_);
   while (true) {
     cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-    if (queue_.empty()) return;  // stop_
-    std::deque<Message> batch;
-    batch.swap(queue_);
+    // Collect for a while: one write and one wake-up of the helper per
+    // batch, and files closed meanwhile cancel out (Push).
+    cv_.wait_for(lock, std::chrono::milliseconds(kBatchMs), [&] { return stop_; });
+    if (queue_.empty()) {
+      if (stop_) return;
+      continue;
+    }
+    static_assert(sizeof(Message) == 16, "the helper reads 16-byte messages");
+    std::vector<Message> batch(queue_.begin(), queue_.end());
+    queue_.clear();
     lock.unlock();
     // Blocking writes: the helper reads between its looks at the files.
-    for (const Message& m : batch) {
-      const char* p = reinterpret_cast<const char*>(&m);
-      size_t left = sizeof m;
-      while (left > 0) {
-        const ssize_t n = write(to_helper_.get(), p, left);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;  // The helper is gone: nothing more to do.
-        p += n;
-        left -= static_cast<size_t>(n);
-      }
+    const char* p = reinterpret_cast<const char*>(batch.data());
+    size_t left = batch.size() * sizeof(Message);
+    while (left > 0) {
+      const ssize_t n = write(to_helper_.get(), p, left);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // The helper is gone: nothing more to do.
+      p += n;
+      left -= static_cast<size_t>(n);
     }
     lock.lock();
   }

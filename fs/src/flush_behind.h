@@ -29,6 +29,9 @@
 // once it lets go, a few milliseconds later. Both calls need root
 // (CAP_SYS_ADMIN, CAP_DAC_READ_SEARCH); without them FlushBehind is off.
 //
+// The daemon never waits for the helper: WriterOpened/WriterClosed queue a
+// message and a thread forwards the queue to the helper's pipe in batches.
+//
 // Thread-safety: WriterOpened/WriterClosed may be called from any thread.
 // Lock order: mutex_ is a leaf lock.
 #ifndef VSSFS_FS_SRC_FLUSH_BEHIND_H_
@@ -79,13 +82,18 @@ class FlushBehind {
     uint32_t pad;
     uint64_t nodeid;
   };
-  void Push(uint32_t op, uint64_t nodeid);  // Caller holds mutex_.
-  void Forward();                           // The forwarding thread.
+  // Queues a message; an unwatch cancels its file's watch if that is still
+  // queued. Caller holds mutex_.
+  void Push(uint32_t op, uint64_t nodeid);
+  // The forwarding thread: sends what was queued in batches, one every
+  // 10 ms at most.
+  void Forward();
 
   std::mutex mutex_;
   std::condition_variable cv_;
   std::deque<Message> queue_;  // Guarded by mutex_.
   bool stop_ = false;          // Guarded by mutex_.
+  // Set in Start before the forwarding thread exists; read-only after.
   cow_store::UniqueFd to_helper_;
   pid_t pid_ = -1;
   std::thread forwarder_;
