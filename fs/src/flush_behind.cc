@@ -8,7 +8,6 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -21,6 +20,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "helper_process.h"
 #include "log.h"
 
 namespace vssfs::fs {
@@ -270,9 +270,7 @@ class Helper {
 
 // The helper's main loop: messages on descriptor 0 until end of file;
 // descriptor 2 stays for log messages.
-[[noreturn]] void HelperMain(const char* mountpoint, pid_t parent) {
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != parent) _exit(0);  // The daemon died before the line above.
+void HelperMain(const char* mountpoint) {
   prctl(PR_SET_NAME, "vssfs-flush");
   Helper helper(mountpoint);
   char buf[4096];
@@ -290,24 +288,21 @@ class Helper {
     }
     pollfd p{0, POLLIN, 0};
     const int r = poll(&p, 1, timeout);
-    if (r < 0 && errno != EINTR) _exit(1);
+    if (r < 0 && errno != EINTR) return;
     if (r <= 0) continue;
     const ssize_t n = read(0, buf + have, sizeof buf - have);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) _exit(0);
+    if (n <= 0) return;
     have += static_cast<size_t>(n);
-    constexpr size_t kSize = 16;
     size_t used = 0;
-    for (; have - used >= kSize; used += kSize) {
-      uint32_t op;
-      uint64_t nodeid;
-      std::memcpy(&op, buf + used, sizeof op);
-      std::memcpy(&nodeid, buf + used + 8, sizeof nodeid);
+    for (; have - used >= sizeof(FlushBehind::Message); used += sizeof(FlushBehind::Message)) {
+      FlushBehind::Message m;
+      std::memcpy(&m, buf + used, sizeof m);
       const bool was_idle = helper.idle();
-      if (op == kWatch) {
-        helper.Watch(nodeid);
-      } else if (op == kUnwatch) {
-        helper.Unwatch(nodeid);
+      if (m.op == kWatch) {
+        helper.Watch(m.nodeid);
+      } else if (m.op == kUnwatch) {
+        helper.Unwatch(m.nodeid);
       }
       if (was_idle && !helper.idle()) next_tick = NowMs() + kTickMs;
     }
@@ -348,20 +343,10 @@ Result<std::unique_ptr<FlushBehind>> FlushBehind::Start(const std::string& mount
   UniqueFd read_end(p[0]), write_end(p[1]);
   std::unique_ptr<FlushBehind> fb(new FlushBehind());
   const char* path = mountpoint.c_str();
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) return Status::FromErrno(errno, "fork the flush-behind helper");
-  if (pid == 0) {
-    if (dup2(read_end.get(), 0) < 0) _exit(1);
-    LogDropSyslogConnection();
-    // Keep 0 and 2 (log messages in the foreground); close the rest, the
-    // /dev/fuse descriptor above all, so that the helper never keeps the
-    // connection alive.
-    syscall(SYS_close_range, 1U, 1U, 0U);
-    syscall(SYS_close_range, 3U, ~0U, 0U);
-    HelperMain(path, parent);
-  }
-  fb->pid_ = pid;
+  Result<pid_t> pid =
+      ForkHelper(read_end.get(), -1, /*keep_stderr=*/true, [path] { HelperMain(path); });
+  if (!pid.ok()) return Status::FromErrno(pid.status().error(), "fork the flush-behind helper");
+  fb->pid_ = pid.value();
   fb->to_helper_ = std::move(write_end);
   try {
     fb->forwarder_ = std::thread([raw = fb.get()] { raw->Forward(); });
@@ -382,11 +367,7 @@ FlushBehind::~FlushBehind() {
   if (pid_ > 0) kill(pid_, SIGKILL);
   if (forwarder_.joinable()) forwarder_.join();
   to_helper_.reset();
-  if (pid_ > 0) {
-    int status;
-    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
-  }
+  if (pid_ > 0) ReapHelper(pid_);
 }
 
 void FlushBehind::Push(uint32_t op, uint64_t nodeid) {
@@ -432,7 +413,6 @@ void FlushBehind::Forward() {
       if (stop_) return;
       continue;
     }
-    static_assert(sizeof(Message) == 16, "the helper reads 16-byte messages");
     std::vector<Message> batch(queue_.begin(), queue_.end());
     queue_.clear();
     lock.unlock();

@@ -75,13 +75,15 @@ class FlushBehind {
   // its descriptor of the file).
   void WriterClosed(Inode& inode);
 
- private:
-  FlushBehind() = default;
+  // What the daemon sends the helper through its pipe.
   struct Message {
     uint32_t op;  // kWatch or kUnwatch (flush_behind.cc)
     uint32_t pad;
     uint64_t nodeid;
   };
+
+ private:
+  FlushBehind() = default;
   // Queues a message; an unwatch cancels its file's watch if that is still
   // queued. Caller holds mutex_.
   void Push(uint32_t op, uint64_t nodeid);

@@ -1,15 +1,13 @@
 #include "mount_sync.h"
 
 #include <fcntl.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
 #include <memory>
+
+#include "helper_process.h"
 
 namespace vssfs::fs {
 
@@ -21,13 +19,12 @@ namespace {
 
 // The helper: descriptors 0 (requests) and 1 (replies) only. One byte in,
 // one errno byte out (0 on success), until end of file.
-[[noreturn]] void HelperMain(const char* mountpoint) {
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
+void HelperMain(const char* mountpoint) {
   while (true) {
     char req;
     ssize_t n = read(0, &req, 1);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) _exit(0);
+    if (n <= 0) return;
     int err = 0;
     const int fd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) {
@@ -38,7 +35,7 @@ namespace {
     }
     const unsigned char reply =
         static_cast<unsigned char>(err > 0 && err < 256 ? err : (err ? EIO : 0));
-    if (write(1, &reply, 1) != 1) _exit(0);
+    if (write(1, &reply, 1) != 1) return;
   }
 }
 
@@ -53,14 +50,10 @@ Result<std::unique_ptr<MountSyncer>> MountSyncer::Start(const std::string& mount
   std::unique_ptr<MountSyncer> s(new MountSyncer());
   s->mountpoint_ = mountpoint;
   const char* path = s->mountpoint_.c_str();
-  const pid_t pid = fork();
-  if (pid < 0) return Status::FromErrno(errno, "fork the syncfs helper");
-  if (pid == 0) {
-    if (dup2(req_r.get(), 0) < 0 || dup2(rep_w.get(), 1) < 0) _exit(1);
-    syscall(SYS_close_range, 2U, ~0U, 0U);
-    HelperMain(path);
-  }
-  s->pid_ = pid;
+  Result<pid_t> pid =
+      ForkHelper(req_r.get(), rep_w.get(), /*keep_stderr=*/false, [path] { HelperMain(path); });
+  if (!pid.ok()) return Status::FromErrno(pid.status().error(), "fork the syncfs helper");
+  s->pid_ = pid.value();
   s->to_helper_ = std::move(req_w);
   s->from_helper_ = std::move(rep_r);
   return s;
@@ -69,11 +62,7 @@ Result<std::unique_ptr<MountSyncer>> MountSyncer::Start(const std::string& mount
 MountSyncer::~MountSyncer() {
   to_helper_.reset();
   from_helper_.reset();
-  if (pid_ > 0) {
-    int status;
-    while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-    }
-  }
+  if (pid_ > 0) ReapHelper(pid_);
 }
 
 Status MountSyncer::Sync() {

@@ -63,8 +63,9 @@ class Filesystem : public snapshot_ctl::Volume {
   static cow_store::Result<std::unique_ptr<Filesystem>> Create(const FilesystemConfig& config);
   // Connects the block store (borrowed; must outlive the Filesystem) before
   // the session loop starts, while the process has one thread (it forks the
-  // syncfs helper, mount_sync.h): opens the keep directory (BACKING/.vssfs/keep,
-  // created if absent) and reconciles kept files with the store.
+  // syncfs helper, mount_sync.h, and the flush-behind one, flush_behind.h):
+  // opens the keep directory (BACKING/.vssfs/keep, created if absent) and
+  // reconciles kept files with the store.
   cow_store::Status AttachStore(cow_store::Store* store);
 
   // ---- snapshots (called from the control thread, never a FUSE worker) ----
