@@ -61,13 +61,20 @@ constexpr uint32_t kWatch = 1;
 constexpr uint32_t kUnwatch = 2;
 
 constexpr uint64_t kPage = 4096;
-constexpr uint64_t kChunk = 4 << 20;         // Unit of the decision and of writeback.
-constexpr uint64_t kSuperChunk = 256 << 20;  // Looked at first; unchanged ones are skipped.
-constexpr uint64_t kMinDirty = 8 << 20;      // Files with less dirty data are left alone.
+constexpr uint64_t kChunk = 4 << 20;        // Unit of the decision and of writeback.
+constexpr uint64_t kSuperChunk = 16 << 20;  // Looked at first; unchanged ones are skipped.
+constexpr uint64_t kMinDirty = 8 << 20;     // Files with less dirty data are left alone.
 constexpr int kTickMs = 20;
 constexpr int kBatchMs = 10;           // The forwarder collects messages this long.
 constexpr int64_t kFreshMs = 1000;     // Clean to all dirty within this: a stream.
 constexpr size_t kChunkBudget = 1024;  // Chunks looked at per file and tick.
+// A super-chunk that cannot hold a stream's chunk right now (no dirty page,
+// or every chunk dirtied too long after it was last seen clean) is looked at
+// this often instead of every tick: cachestat(2) walks every page of its
+// range, and looking at a whole large file every tick cost more CPU than the
+// copies of a 1 GiB write. A stream that starts there is seen within this
+// time, well inside kFreshMs.
+constexpr int64_t kQuietMs = 200;
 // A file with little dirty data is looked at less and less often, down to
 // this interval. A stream that starts meanwhile fills chunks that were clean
 // at the previous look, which is recent enough for kFreshMs.
@@ -94,7 +101,17 @@ struct Watched {
   int64_t next_ms = 0;            // No look before this.
   int64_t idle_ms = 0;            // Interval between looks while the file has little dirty data.
   std::vector<int64_t> clean_ms;  // Per chunk: last time seen without dirty pages.
-  std::vector<uint64_t> super_dirty;  // Per super-chunk: dirty pages at the last full look.
+  // Per chunk: when it was judged a stream's (0: not since it was last seen
+  // clean). FUSE ignores a request to start writeback while the connection
+  // has many WRITEs in flight, so such a chunk is written back again at
+  // every look while it has dirty pages and none in writeback, for kFreshMs.
+  std::vector<int64_t> streamed_ms;
+  struct Super {
+    uint64_t dirty = kUnknown;  // Dirty pages when every chunk was last looked at.
+    int64_t next_ms = 0;        // Quiet: no look before this.
+    static constexpr uint64_t kUnknown = UINT64_MAX;
+  };
+  std::vector<Super> supers;
 };
 
 // The helper's state: what is watched, and the clone of the mount.
@@ -193,20 +210,39 @@ class Helper {
     const size_t chunks = static_cast<size_t>((size + kChunk - 1) / kChunk);
     // Chunks beyond the old end of file were clean at the previous look.
     if (w.clean_ms.size() < chunks) w.clean_ms.resize(chunks, before);
+    if (w.streamed_ms.size() < chunks) w.streamed_ms.resize(chunks, 0);
     const size_t supers = static_cast<size_t>((size + kSuperChunk - 1) / kSuperChunk);
-    if (w.super_dirty.size() < supers) w.super_dirty.resize(supers, 0);
+    if (w.supers.size() < supers) w.supers.resize(supers);
 
-    Cachestat all{};
-    if (DoCachestat(w.fd.get(), 0, 0, &all) != 0) {
-      Disable("cachestat", errno);
-      return false;
+    // First the super-chunks that are due, for their dirty counts.
+    std::vector<std::pair<size_t, uint64_t>> changed;  // (super-chunk, dirty pages)
+    uint64_t dirty = 0;
+    for (size_t s = 0; s < supers; ++s) {
+      Watched::Super& sup = w.supers[s];
+      if (now < sup.next_ms) {
+        if (sup.dirty != Watched::Super::kUnknown) dirty += sup.dirty;
+        continue;
+      }
+      const uint64_t s_off = s * kSuperChunk;
+      const uint64_t s_len = std::min(kSuperChunk, size - s_off);
+      Cachestat cs{};
+      if (DoCachestat(w.fd.get(), s_off, s_len, &cs) != 0) {
+        Disable("cachestat", errno);
+        return false;
+      }
+      dirty += cs.nr_dirty;
+      if (cs.nr_dirty == 0) {
+        const size_t first = static_cast<size_t>(s_off / kChunk);
+        const size_t last = static_cast<size_t>((s_off + s_len + kChunk - 1) / kChunk);
+        std::fill(w.clean_ms.begin() + first, w.clean_ms.begin() + last, now);
+        std::fill(w.streamed_ms.begin() + first, w.streamed_ms.begin() + last, 0);
+        sup.dirty = 0;
+        sup.next_ms = now + kQuietMs;
+      } else if (cs.nr_dirty != sup.dirty) {
+        changed.emplace_back(s, cs.nr_dirty);  // Something changed: look at each chunk.
+      }
     }
-    if (all.nr_dirty == 0) {
-      std::fill(w.clean_ms.begin(), w.clean_ms.end(), now);
-      std::fill(w.super_dirty.begin(), w.super_dirty.end(), 0);
-      return false;
-    }
-    if (all.nr_dirty * kPage < kMinDirty) return false;
+    if (dirty * kPage < kMinDirty) return false;
 
     size_t budget = kChunkBudget;
     uint64_t run_start = 0, run_end = 0;  // Chunks to write back, [start, end).
@@ -221,21 +257,15 @@ class Helper {
       }
       run_start = run_end = 0;
     };
-    for (size_t s = 0; s < supers && budget > 0; ++s) {
+    for (const auto& [s, s_dirty] : changed) {
+      if (budget == 0) break;
+      Watched::Super& sup = w.supers[s];
       const uint64_t s_off = s * kSuperChunk;
       const uint64_t s_len = std::min(kSuperChunk, size - s_off);
-      Cachestat cs{};
-      if (DoCachestat(w.fd.get(), s_off, s_len, &cs) != 0) break;
       const size_t first = static_cast<size_t>(s_off / kChunk);
       const size_t last = static_cast<size_t>((s_off + s_len + kChunk - 1) / kChunk);
-      if (cs.nr_dirty == 0) {
-        std::fill(w.clean_ms.begin() + first, w.clean_ms.begin() + last, now);
-        w.super_dirty[s] = 0;
-        continue;
-      }
-      if (cs.nr_dirty == w.super_dirty[s]) continue;  // Nothing new here.
-      // Something changed: look at each chunk.
       size_t c = first;
+      bool flushed = false;
       for (; c < last && budget > 0; ++c, --budget) {
         const uint64_t c_off = c * kChunk;
         const uint64_t c_len = std::min(kChunk, size - c_off);
@@ -244,10 +274,14 @@ class Helper {
         Cachestat cc{};
         if (DoCachestat(w.fd.get(), c_off, c_len, &cc) != 0) break;
         const uint64_t pages = (c_len + kPage - 1) / kPage;
+        const bool streamed = w.streamed_ms[c] != 0 && now - w.streamed_ms[c] <= kFreshMs;
         if (cc.nr_dirty == 0) {
           w.clean_ms[c] = now;
-        } else if (cc.nr_dirty == pages && cc.nr_writeback == 0 &&
-                   now - w.clean_ms[c] <= kFreshMs) {
+          w.streamed_ms[c] = 0;
+        } else if (cc.nr_writeback == 0 &&
+                   (streamed || (cc.nr_dirty == pages && now - w.clean_ms[c] <= kFreshMs))) {
+          if (!streamed) w.streamed_ms[c] = now;
+          flushed = true;
           if (run_end != c_off) flush_run();
           if (run_end == run_start) run_start = c_off;
           run_end = c_off + c_len;
@@ -255,10 +289,27 @@ class Helper {
         }
         flush_run();
       }
-      // Remember the count only if every chunk was looked at.
-      if (c == last) w.super_dirty[s] = cs.nr_dirty;
+      // Remember the count only if every chunk was looked at, and none is to
+      // be written back (the request may be ignored, see streamed_ms, and the
+      // count then stays the same).
+      sup.dirty = c == last && !flushed ? s_dirty : Watched::Super::kUnknown;
     }
     flush_run();
+    // Super-chunks none of whose chunks was seen clean within kFreshMs (a
+    // file written at random) cannot hold a stream's chunk until they are
+    // clean again: quiet.
+    for (size_t s = 0; s < supers; ++s) {
+      Watched::Super& sup = w.supers[s];
+      if (now < sup.next_ms) continue;
+      const size_t first = static_cast<size_t>(s * kSuperChunk / kChunk);
+      const size_t last = std::min(chunks, static_cast<size_t>((s + 1) * kSuperChunk / kChunk));
+      bool fresh = false;
+      for (size_t c = first; c < last && !fresh; ++c) {
+        fresh = now - w.clean_ms[c] <= kFreshMs ||
+                (w.streamed_ms[c] != 0 && now - w.streamed_ms[c] <= kFreshMs);
+      }
+      if (!fresh) sup.next_ms = now + kQuietMs;
+    }
     return true;
   }
 
