@@ -436,7 +436,13 @@ void FlushBehind::Push(uint32_t op, uint64_t nodeid) {
     }
   }
   queue_.push_back(Message{op, 0, nodeid});
-  if (queue_.size() == 1) cv_.notify_one();
+  // Only a forwarder waiting for work needs a wake-up: one collecting a
+  // batch sends the queue when its time is up. (Waking it for every message
+  // cost a cross-CPU wake-up per file created.)
+  if (forwarder_idle_) {
+    forwarder_idle_ = false;
+    cv_.notify_one();
+  }
 }
 
 void FlushBehind::WriterOpened(Inode& inode) {
@@ -456,7 +462,9 @@ void FlushBehind::Forward() {
   pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
   std::unique_lock lock(mutex_);
   while (true) {
+    forwarder_idle_ = true;
     cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    forwarder_idle_ = false;
     // Collect for a while: one write and one wake-up of the helper per
     // batch, and files closed meanwhile cancel out (Push).
     cv_.wait_for(lock, std::chrono::milliseconds(kBatchMs), [&] { return stop_; });

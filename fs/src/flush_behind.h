@@ -95,6 +95,9 @@ class FlushBehind {
   std::condition_variable cv_;
   std::deque<Message> queue_;  // Guarded by mutex_.
   bool stop_ = false;          // Guarded by mutex_.
+  // The forwarder waits for a first message (not collecting a batch), so a
+  // new message must wake it. Guarded by mutex_.
+  bool forwarder_idle_ = false;
   // Set in Start before the forwarding thread exists; read-only after.
   cow_store::UniqueFd to_helper_;
   pid_t pid_ = -1;
