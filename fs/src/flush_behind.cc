@@ -68,6 +68,11 @@ constexpr int kTickMs = 20;
 constexpr int kBatchMs = 10;           // The forwarder collects messages this long.
 constexpr int64_t kFreshMs = 1000;     // Clean to all dirty within this: a stream.
 constexpr size_t kChunkBudget = 1024;  // Chunks looked at per file and tick.
+// More chunks than this seen partly dirty in one look: the file is being
+// written at random, and those chunks are no stream's (until seen clean).
+// A stream leaves one or two partly written chunks behind its end, a few
+// more if its writes arrive out of order (Samba with several in flight).
+constexpr size_t kMaxPartial = 8;
 // A super-chunk that cannot hold a stream's chunk right now (no dirty page,
 // or every chunk dirtied too long after it was last seen clean) is looked at
 // this often instead of every tick: cachestat(2) walks every page of its
@@ -104,7 +109,10 @@ struct Watched {
   // Per chunk: when it was judged a stream's (0: not since it was last seen
   // clean). FUSE ignores a request to start writeback while the connection
   // has many WRITEs in flight, so such a chunk is written back again at
-  // every look while it has dirty pages and none in writeback, for kFreshMs.
+  // every look while all its pages are dirty and none in writeback, for
+  // kFreshMs. (Not while partly dirty: seen clean late, after a quiet
+  // spell, a chunk written back long ago may be partly dirty again by
+  // random writes.)
   std::vector<int64_t> streamed_ms;
   struct Super {
     uint64_t dirty = kUnknown;  // Dirty pages when every chunk was last looked at.
@@ -244,7 +252,43 @@ class Helper {
     }
     if (dirty * kPage < kMinDirty) return false;
 
+    // Every chunk due for a look, first.
+    struct Seen {
+      size_t chunk;
+      uint64_t pages;  // In the chunk.
+      Cachestat cs;
+    };
+    std::vector<Seen> seen;
+    size_t partial = 0;  // Chunks seen partly dirty, none in writeback.
     size_t budget = kChunkBudget;
+    for (const auto& [s, s_dirty] : changed) {
+      if (budget == 0) break;
+      const uint64_t s_off = s * kSuperChunk;
+      const uint64_t s_len = std::min(kSuperChunk, size - s_off);
+      const size_t first = static_cast<size_t>(s_off / kChunk);
+      const size_t last = static_cast<size_t>((s_off + s_len + kChunk - 1) / kChunk);
+      size_t c = first;
+      for (; c < last && budget > 0; ++c, --budget) {
+        const uint64_t c_off = c * kChunk;
+        const uint64_t c_len = std::min(kChunk, size - c_off);
+        // The chunk at the end of a file still being extended is not done.
+        if (c_len < kChunk && growing) break;
+        Cachestat cc{};
+        if (DoCachestat(w.fd.get(), c_off, c_len, &cc) != 0) break;
+        const uint64_t pages = (c_len + kPage - 1) / kPage;
+        if (cc.nr_writeback == 0 && cc.nr_dirty > 0 && cc.nr_dirty < pages) ++partial;
+        seen.push_back(Seen{c, pages, cc});
+      }
+      // Remember the count only if every chunk was looked at (and, below,
+      // none is to be written back: the request may be ignored, see
+      // streamed_ms, and the count then stays the same).
+      w.supers[s].dirty = c == last ? s_dirty : Watched::Super::kUnknown;
+    }
+    // Fast random writes fill whole chunks within kFreshMs, but are seen
+    // partly dirty all over the file: none of this look's dirty chunks is a
+    // stream's then.
+    const bool at_random = partial > kMaxPartial;
+
     uint64_t run_start = 0, run_end = 0;  // Chunks to write back, [start, end).
     auto flush_run = [&] {
       if (run_end > run_start) {
@@ -257,42 +301,25 @@ class Helper {
       }
       run_start = run_end = 0;
     };
-    for (const auto& [s, s_dirty] : changed) {
-      if (budget == 0) break;
-      Watched::Super& sup = w.supers[s];
-      const uint64_t s_off = s * kSuperChunk;
-      const uint64_t s_len = std::min(kSuperChunk, size - s_off);
-      const size_t first = static_cast<size_t>(s_off / kChunk);
-      const size_t last = static_cast<size_t>((s_off + s_len + kChunk - 1) / kChunk);
-      size_t c = first;
-      bool flushed = false;
-      for (; c < last && budget > 0; ++c, --budget) {
-        const uint64_t c_off = c * kChunk;
-        const uint64_t c_len = std::min(kChunk, size - c_off);
-        // The chunk at the end of a file still being extended is not done.
-        if (c_len < kChunk && growing) break;
-        Cachestat cc{};
-        if (DoCachestat(w.fd.get(), c_off, c_len, &cc) != 0) break;
-        const uint64_t pages = (c_len + kPage - 1) / kPage;
-        const bool streamed = w.streamed_ms[c] != 0 && now - w.streamed_ms[c] <= kFreshMs;
-        if (cc.nr_dirty == 0) {
-          w.clean_ms[c] = now;
-          w.streamed_ms[c] = 0;
-        } else if (cc.nr_writeback == 0 &&
-                   (streamed || (cc.nr_dirty == pages && now - w.clean_ms[c] <= kFreshMs))) {
-          if (!streamed) w.streamed_ms[c] = now;
-          flushed = true;
-          if (run_end != c_off) flush_run();
-          if (run_end == run_start) run_start = c_off;
-          run_end = c_off + c_len;
-          continue;
-        }
-        flush_run();
+    for (const Seen& x : seen) {
+      const size_t c = x.chunk;
+      const uint64_t c_off = c * kChunk;
+      const bool streamed = w.streamed_ms[c] != 0 && now - w.streamed_ms[c] <= kFreshMs;
+      if (x.cs.nr_dirty == 0) {
+        w.clean_ms[c] = now;
+        w.streamed_ms[c] = 0;
+      } else if (at_random && !streamed) {
+        w.clean_ms[c] = now - kFreshMs - 1;
+      } else if (x.cs.nr_writeback == 0 && x.cs.nr_dirty == x.pages &&
+                 (streamed || now - w.clean_ms[c] <= kFreshMs)) {
+        if (!streamed) w.streamed_ms[c] = now;
+        w.supers[c * kChunk / kSuperChunk].dirty = Watched::Super::kUnknown;
+        if (run_end != c_off) flush_run();
+        if (run_end == run_start) run_start = c_off;
+        run_end = c_off + x.pages * kPage;
+        continue;
       }
-      // Remember the count only if every chunk was looked at, and none is to
-      // be written back (the request may be ignored, see streamed_ms, and the
-      // count then stays the same).
-      sup.dirty = c == last && !flushed ? s_dirty : Watched::Super::kUnknown;
+      flush_run();
     }
     flush_run();
     // Super-chunks none of whose chunks was seen clean within kFreshMs (a
