@@ -489,8 +489,12 @@ void FlushBehind::Forward() {
   pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
   std::unique_lock lock(mutex_);
   while (true) {
-    forwarder_idle_ = true;
-    cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    // Idle again after every wake-up that found nothing: a message can be
+    // pushed and cancelled again between the notification and the wake-up.
+    while (!stop_ && queue_.empty()) {
+      forwarder_idle_ = true;
+      cv_.wait(lock);
+    }
     forwarder_idle_ = false;
     // Collect for a while: one write and one wake-up of the helper per
     // batch, and files closed meanwhile cancel out (Push).
