@@ -216,11 +216,12 @@ class Helper {
     const bool growing = size != w.last_size;
     w.last_size = size;
     const size_t chunks = static_cast<size_t>((size + kChunk - 1) / kChunk);
-    // Chunks beyond the old end of file were clean at the previous look.
-    if (w.clean_ms.size() < chunks) w.clean_ms.resize(chunks, before);
-    if (w.streamed_ms.size() < chunks) w.streamed_ms.resize(chunks, 0);
     const size_t supers = static_cast<size_t>((size + kSuperChunk - 1) / kSuperChunk);
-    if (w.supers.size() < supers) w.supers.resize(supers);
+    // Chunks beyond the old end of file were clean at the previous look (a
+    // truncated file forgets what it knew of the part cut off).
+    w.clean_ms.resize(chunks, before);
+    w.streamed_ms.resize(chunks, 0);
+    w.supers.resize(supers);
 
     // First the super-chunks that are due, for their dirty counts.
     std::vector<std::pair<size_t, uint64_t>> changed;  // (super-chunk, dirty pages)
