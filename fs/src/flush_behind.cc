@@ -18,6 +18,7 @@
 #include <iterator>
 #include <system_error>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "helper_process.h"
@@ -222,6 +223,15 @@ class Helper {
     w.clean_ms.resize(chunks, before);
     w.streamed_ms.resize(chunks, 0);
     w.supers.resize(supers);
+    // The chunks of super-chunk `s`: [first, last).
+    auto chunks_of = [&](size_t s) {
+      const size_t first = s * (kSuperChunk / kChunk);
+      return std::pair(first, std::min(chunks, first + kSuperChunk / kChunk));
+    };
+    // Chunk `c` was judged a stream's within kFreshMs (see streamed_ms).
+    auto streamed = [&](size_t c) {
+      return w.streamed_ms[c] != 0 && now - w.streamed_ms[c] <= kFreshMs;
+    };
 
     // First the super-chunks that are due, for their dirty counts.
     std::vector<std::pair<size_t, uint64_t>> changed;  // (super-chunk, dirty pages)
@@ -241,8 +251,7 @@ class Helper {
       }
       dirty += cs.nr_dirty;
       if (cs.nr_dirty == 0) {
-        const size_t first = static_cast<size_t>(s_off / kChunk);
-        const size_t last = static_cast<size_t>((s_off + s_len + kChunk - 1) / kChunk);
+        const auto [first, last] = chunks_of(s);
         std::fill(w.clean_ms.begin() + first, w.clean_ms.begin() + last, now);
         std::fill(w.streamed_ms.begin() + first, w.streamed_ms.begin() + last, 0);
         sup.dirty = 0;
@@ -264,10 +273,7 @@ class Helper {
     size_t budget = kChunkBudget;
     for (const auto& [s, s_dirty] : changed) {
       if (budget == 0) break;
-      const uint64_t s_off = s * kSuperChunk;
-      const uint64_t s_len = std::min(kSuperChunk, size - s_off);
-      const size_t first = static_cast<size_t>(s_off / kChunk);
-      const size_t last = static_cast<size_t>((s_off + s_len + kChunk - 1) / kChunk);
+      const auto [first, last] = chunks_of(s);
       size_t c = first;
       for (; c < last && budget > 0; ++c, --budget) {
         const uint64_t c_off = c * kChunk;
@@ -305,15 +311,15 @@ class Helper {
     for (const Seen& x : seen) {
       const size_t c = x.chunk;
       const uint64_t c_off = c * kChunk;
-      const bool streamed = w.streamed_ms[c] != 0 && now - w.streamed_ms[c] <= kFreshMs;
+      const bool was_streamed = streamed(c);
       if (x.cs.nr_dirty == 0) {
         w.clean_ms[c] = now;
         w.streamed_ms[c] = 0;
-      } else if (at_random && !streamed) {
+      } else if (at_random && !was_streamed) {
         w.clean_ms[c] = now - kFreshMs - 1;
       } else if (x.cs.nr_writeback == 0 && x.cs.nr_dirty == x.pages &&
-                 (streamed || now - w.clean_ms[c] <= kFreshMs)) {
-        if (!streamed) w.streamed_ms[c] = now;
+                 (was_streamed || now - w.clean_ms[c] <= kFreshMs)) {
+        if (!was_streamed) w.streamed_ms[c] = now;
         w.supers[c * kChunk / kSuperChunk].dirty = Watched::Super::kUnknown;
         if (run_end != c_off) flush_run();
         if (run_end == run_start) run_start = c_off;
@@ -329,12 +335,10 @@ class Helper {
     for (size_t s = 0; s < supers; ++s) {
       Watched::Super& sup = w.supers[s];
       if (now < sup.next_ms) continue;
-      const size_t first = static_cast<size_t>(s * kSuperChunk / kChunk);
-      const size_t last = std::min(chunks, static_cast<size_t>((s + 1) * kSuperChunk / kChunk));
+      const auto [first, last] = chunks_of(s);
       bool fresh = false;
       for (size_t c = first; c < last && !fresh; ++c) {
-        fresh = now - w.clean_ms[c] <= kFreshMs ||
-                (w.streamed_ms[c] != 0 && now - w.streamed_ms[c] <= kFreshMs);
+        fresh = now - w.clean_ms[c] <= kFreshMs || streamed(c);
       }
       if (!fresh) sup.next_ms = now + kQuietMs;
     }
