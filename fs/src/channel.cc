@@ -25,6 +25,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "idle_rings.h"
 #include "log.h"
 
 namespace vssfs::fs {
@@ -85,6 +86,7 @@ fuse_session* g_session = nullptr;
 int g_session_fd = -1;
 std::atomic<int> g_workers_fd{-1};  // UringWorkers::dev_fd while it is open
 unsigned g_uring_threads_per_queue = 2;
+bool g_uring_idle_rings = true;
 
 // One registered ring entry: the request the kernel placed in it and, once
 // the handler replied, the reply.
@@ -387,6 +389,8 @@ struct UringWorkers {
   std::mutex threads_mutex;
   std::vector<std::thread> threads;  // guarded by threads_mutex
   std::thread watchdog;
+  // Ring threads run as SCHED_IDLE (see idle_rings.h); null when off.
+  std::unique_ptr<IdleRings> idle_rings;
 
   ~UringWorkers() {
     if (dev_fd >= 0) close(dev_fd);
@@ -441,6 +445,10 @@ struct UringWorkers {
     // the hand-over a wake-up on the same CPU (fails harmlessly for an
     // offline CPU).
     sched_setaffinity(0, sizeof cpus, &cpus);
+    IdleRings::Slot* idle = nullptr;
+    if (idle_rings) {
+      idle = idle_rings->Register([ring = &r->ring] { return io_uring_cq_ready(ring) > 0; });
+    }
     UringEntry& entry = r->entry;
     iovec iov[2] = {{entry.header.get(), sizeof(UringReqHeader)},
                     {entry.payload.get(), entry.payload_size}};
@@ -507,11 +515,14 @@ struct UringWorkers {
         LOG_INFO("FUSE over io_uring: serving requests (first on queue %u)", qid);
       }
       ++queue.busy;
+      if (idle != nullptr) idle->Started();
       const uint64_t unique = HandleUringRequest(entry, qid, request, &stop);
+      if (idle != nullptr) idle->Finished();
       --queue.busy;
       ++queue.served;
       rc = submit(kUringCmdCommitAndFetch, unique);
     }
+    if (idle != nullptr) idle_rings->Unregister(idle);
     if (rc < 0) LOG_ERROR("io_uring queue %u: %s", qid, strerror(-rc));
     if ((rc < 0 || failed) && !stop.load()) ++queue.failures;
     count(false);
@@ -519,9 +530,29 @@ struct UringWorkers {
   }
 
   void Watch() {
+    // With SCHED_IDLE ring threads, ticks come every kIdleCheckMs while
+    // requests are being served (to notice starved threads soon), else every
+    // kTickMs; entries are added at kTickMs.
+    constexpr int kTickMs = 20;
+    constexpr int kIdleCheckMs = 2;
+    constexpr int kActiveTicks = 50;  // fast ticks after the last request seen
+    uint64_t served_seen = 0;
+    int active = 0;  // fast ticks left
+    int elapsed_ms = 0;
     while (!stop.load()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      const int tick = idle_rings && active > 0 ? kIdleCheckMs : kTickMs;
+      std::this_thread::sleep_for(std::chrono::milliseconds(tick));
       if (ended.load()) continue;
+      if (idle_rings) {
+        uint64_t served_now = 0;
+        for (unsigned q = 0; q < nr_queues; ++q) served_now += queues[q].served.load();
+        active = served_now != served_seen ? kActiveTicks : std::max(active - 1, 0);
+        served_seen = served_now;
+        idle_rings->Check();
+      }
+      elapsed_ms += tick;
+      if (elapsed_ms < kTickMs) continue;
+      elapsed_ms = 0;
       for (unsigned q = 0; q < nr_queues && !stop.load(); ++q) {
         UringQueue& queue = queues[q];
         const unsigned workers = queue.workers.load();
@@ -610,14 +641,23 @@ void StartUring(std::unique_ptr<UringWorkers> w) {
   // (a reply written to /dev/fuse instead would be lost).
   g_uring = true;
   UringWorkers* raw = w.get();
+  if (g_uring_idle_rings) {
+    std::string why;
+    auto idle = std::make_unique<IdleRings>();
+    if (IdleRings::Available(&why)) {
+      w->idle_rings = std::move(idle);
+    } else {
+      LOG_INFO("FUSE over io_uring: ring threads stay SCHED_OTHER: %s", why.c_str());
+    }
+  }
   std::vector<std::unique_ptr<UringRing>> rings = std::move(w->prepared);
   for (auto& ring : rings) {
     const unsigned qid = ring->qid;
     w->Add(qid, std::move(ring));
   }
   w->watchdog = std::thread([raw] { raw->Watch(); });
-  LOG_INFO("FUSE over io_uring: %u queues, %u threads each", w->nr_queues,
-           g_uring_threads_per_queue);
+  LOG_INFO("FUSE over io_uring: %u queues, %u threads each%s", w->nr_queues,
+           g_uring_threads_per_queue, w->idle_rings ? ", SCHED_IDLE" : "");
   g_workers = std::move(w);
 }
 
@@ -685,8 +725,10 @@ ssize_t SpliceHook(int fdin, off_t* offin, int fdout, off_t* offout, size_t len,
 
 }  // namespace
 
-int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned uring_threads) {
+int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned uring_threads,
+                   bool uring_idle_rings) {
   g_want_killpriv_v2 = killpriv_v2;
+  g_uring_idle_rings = uring_idle_rings;
   g_want_uring = uring;
   g_uring_threads_per_queue = uring_threads == 0 ? 1 : uring_threads;
   g_session = se;

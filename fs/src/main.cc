@@ -137,7 +137,7 @@ int Main(int argc, char** argv) {
     return Fail("cannot mount on " + config.mountpoint + " (see the message above)");
   }
   if (int r = InstallChannel(se.get(), opts.killpriv_v2, opts.io_uring && !opts.single_thread,
-                             opts.uring_threads);
+                             opts.uring_threads, opts.uring_sched_idle);
       r != 0) {
     fuse_session_unmount(se.get());
     fuse_remove_signal_handlers(se.get());

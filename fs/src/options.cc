@@ -130,6 +130,8 @@ Status ApplyMountOption(const std::string& item, Options* o) {
     o->flush_behind = name == "flush_behind";
   } else if ((name == "io_uring" || name == "no_io_uring") && !has_value) {
     o->io_uring = name == "io_uring";
+  } else if ((name == "uring_sched_idle" || name == "no_uring_sched_idle") && !has_value) {
+    o->uring_sched_idle = name == "uring_sched_idle";
   } else if (name == "uring_threads") {
     unsigned v;
     if (!has_value || !ParseUnsigned(value, &v) || v == 0 || v > 64) {
@@ -286,6 +288,8 @@ std::string UsageText(const std::string& program) {
     << "                          /sys/module/fuse/parameters/enable_uring = Y; default on)\n"
     << "  uring_threads=N         threads (ring entries) per CPU queue at start, 1-64\n"
     << "                          (default 2; more are added while all are busy)\n"
+    << "  [no_]uring_sched_idle   ring threads reply as SCHED_IDLE, so that the woken\n"
+    << "                          task stays on its CPU (default on; needs CAP_SYS_NICE)\n"
     << "  read_ahead_kb=N         readahead window of the mount (default 1024, 0 = kernel's)\n"
     << "  max_dirty_ratio=N       percent of the dirty-page limit the mount may use with\n"
     << "                          the writeback cache (default 100; 0 = FUSE's strict 1%)\n"

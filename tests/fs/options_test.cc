@@ -50,11 +50,14 @@ TEST_CASE("options: vssfs options in both spellings", "[fs][options]") {
   CHECK_FALSE(r.value().clone_fd);
   CHECK(r.value().io_uring);  // default: used when the kernel offers it
   CHECK(r.value().uring_threads == 2);
+  CHECK(r.value().uring_sched_idle);
   CHECK(r.value().flush_behind);
-  auto u = Parse({"-o", "no_io_uring,uring_threads=5,no_flush_behind", "b", "m"});
+  auto u =
+      Parse({"-o", "no_io_uring,uring_threads=5,no_uring_sched_idle,no_flush_behind", "b", "m"});
   REQUIRE(u.ok());
   CHECK_FALSE(u.value().io_uring);
   CHECK(u.value().uring_threads == 5);
+  CHECK_FALSE(u.value().uring_sched_idle);
   CHECK_FALSE(u.value().flush_behind);
   auto f = Parse({"b", "m", "-ostore=/x,log_level=warn"});
   REQUIRE(f.ok());

@@ -1,0 +1,135 @@
+#include "idle_rings.h"
+
+#include <linux/capability.h>
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "log.h"
+
+namespace vssfs::fs {
+namespace {
+
+bool HasCapSysNice() {
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2];
+  if (syscall(SYS_capget, &header, data) != 0) return false;
+  return (data[0].effective >> CAP_SYS_NICE) & 1;
+}
+
+// sched_setscheduler(2) on one thread (0: the calling one).
+int SetPolicy(pid_t tid, int policy) {
+  sched_param param{};
+  return sched_setscheduler(tid, policy, &param) == 0 ? 0 : -errno;
+}
+
+int64_t NowMs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+}  // namespace
+
+void IdleRings::Slot::Finished() {
+  busy_.store(false, std::memory_order_relaxed);
+  progress_.fetch_add(1, std::memory_order_relaxed);
+  if (normal_.load(std::memory_order_relaxed)) {
+    // Under the lock, so that Check() cannot turn the thread back to
+    // SCHED_OTHER between the test and the change.
+    std::lock_guard lock(owner_->mutex_);
+    if (normal_.load(std::memory_order_relaxed) && NowMs() >= normal_until_ms_) {
+      normal_.store(false, std::memory_order_relaxed);
+      SetPolicy(0, SCHED_IDLE);
+    }
+  }
+}
+
+bool IdleRings::Available(std::string* why) {
+  if (HasCapSysNice()) return true;
+  // Without CAP_SYS_NICE, leaving SCHED_IDLE is allowed when RLIMIT_NICE
+  // covers the thread's nice value (a limit of 20 - nice).
+  rlimit rl{};
+  errno = 0;
+  const int nice = getpriority(PRIO_PROCESS, 0);
+  if (errno == 0 && getrlimit(RLIMIT_NICE, &rl) == 0 &&
+      rl.rlim_cur >= static_cast<rlim_t>(20 - nice)) {
+    return true;
+  }
+  *why = "no CAP_SYS_NICE, and RLIMIT_NICE does not allow leaving SCHED_IDLE";
+  return false;
+}
+
+IdleRings::Slot* IdleRings::Register(std::function<bool()> has_queued) {
+  if (int r = SetPolicy(0, SCHED_IDLE); r != 0) {
+    LOG_WARN("io_uring: cannot make a ring thread SCHED_IDLE: %s", strerror(-r));
+    return nullptr;
+  }
+  std::lock_guard lock(mutex_);
+  Slot* slot = nullptr;
+  for (auto& s : slots_) {
+    if (!s->in_use_) {
+      slot = s.get();
+      break;
+    }
+  }
+  if (slot == nullptr) {
+    slots_.push_back(std::make_unique<Slot>());
+    slot = slots_.back().get();
+  }
+  slot->owner_ = this;
+  slot->tid_ = static_cast<pid_t>(syscall(SYS_gettid));
+  slot->has_queued_ = std::move(has_queued);
+  slot->busy_ = false;
+  slot->normal_ = false;
+  slot->checked_progress_ = slot->progress_.load();
+  slot->had_work_ = false;
+  slot->in_use_ = true;
+  return slot;
+}
+
+void IdleRings::Unregister(Slot* slot) {
+  if (slot == nullptr) return;
+  std::lock_guard lock(mutex_);
+  slot->in_use_ = false;
+  slot->has_queued_ = nullptr;
+  SetPolicy(0, SCHED_OTHER);
+}
+
+int IdleRings::Check() {
+  std::lock_guard lock(mutex_);
+  int turned = 0;
+  for (auto& s : slots_) {
+    if (!s->in_use_) continue;
+    // Work seen now and at the previous call, and no request picked up or
+    // finished in between: the thread has been waiting for its CPU (or
+    // handling one request) for a whole interval.
+    const uint64_t progress = s->progress_.load(std::memory_order_relaxed);
+    const bool work = s->busy_.load(std::memory_order_relaxed) || s->has_queued_();
+    const bool stalled = work && s->had_work_ && progress == s->checked_progress_ &&
+                         !s->normal_.load(std::memory_order_relaxed);
+    s->checked_progress_ = progress;
+    s->had_work_ = work;
+    if (!stalled) continue;
+    // Registered, hence alive: the tid is the thread's own.
+    s->normal_until_ms_ = NowMs() + kNormalMs;
+    s->normal_.store(true, std::memory_order_relaxed);
+    if (int r = SetPolicy(s->tid_, SCHED_OTHER); r != 0) {
+      LOG_WARN("io_uring: cannot make ring thread %d SCHED_OTHER: %s", static_cast<int>(s->tid_),
+               strerror(-r));
+      continue;
+    }
+    ++stalls_;
+    ++turned;
+    LOG_DEBUG("io_uring: ring thread %d stalled as SCHED_IDLE; SCHED_OTHER for %lld ms",
+              static_cast<int>(s->tid_), static_cast<long long>(kNormalMs));
+  }
+  return turned;
+}
+
+}  // namespace vssfs::fs

@@ -1,0 +1,115 @@
+// IdleRings: FUSE-over-io_uring ring threads run as SCHED_IDLE threads while
+// their CPU is not contended, so that the task a reply wakes stays on the CPU
+// it sent its request from.
+//
+// A ring thread serves one CPU's queue and is pinned to that CPU, so a
+// request reaches it by a wake-up on the sender's own CPU. The reply wakes
+// the sender again while the ring thread is still running there, and the
+// scheduler then moves the woken task to another CPU if one is idle: with a
+// normal ring thread, fio's create loop moved between the two vCPUs of the
+// benchmark VM 1.6 times per file. On a VM whose idle vCPUs halt, every such
+// wake-up waits for the host to resume the other vCPU. A CPU that runs only
+// SCHED_IDLE tasks counts as idle for that choice, so with SCHED_IDLE ring
+// threads the woken task stays, preempts the ring thread at once, and the
+// whole request/reply exchange stays on one CPU. (Lowering a thread only for
+// the reply was tried: two policy changes per request cost ~4 us on this VM,
+// and a thread that just left SCHED_IDLE competes with the woken task.)
+//
+// The price is starvation: a SCHED_IDLE thread gets CPU time only when no
+// normal task wants it. A watchdog calls Check() every few milliseconds;
+// a thread that had work (a request waiting in its ring, or one it is
+// handling) at two calls in a row and picked up or finished no request in
+// between is turned back to SCHED_OTHER and stays normal for kNormalMs (its CPU is busy: no
+// other CPU is idle for a woken task to move to, so SCHED_IDLE would gain
+// nothing there). A long request (a slow disk, fsync) is taken for a stall
+// too; that costs only the SCHED_IDLE benefit for kNormalMs.
+//
+// Leaving SCHED_IDLE needs CAP_SYS_NICE (or an RLIMIT_NICE that allows the
+// thread's nice value); without it IdleRings is off.
+//
+// Thread-safety: Register/Unregister/Check from any thread; a Slot's
+// Started/Finished only from the thread that registered it. Lock order:
+// mutex_ is a leaf lock.
+#ifndef VSSFS_FS_SRC_IDLE_RINGS_H_
+#define VSSFS_FS_SRC_IDLE_RINGS_H_
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace vssfs::fs {
+
+class IdleRings {
+ public:
+  // How long a thread found stalled stays SCHED_OTHER.
+  static constexpr int64_t kNormalMs = 1000;
+
+  // One registered thread.
+  class Slot {
+   public:
+    // The thread picked up a request.
+    void Started() {
+      busy_.store(true, std::memory_order_relaxed);
+      progress_.fetch_add(1, std::memory_order_relaxed);
+    }
+    // The thread handled its request (before committing the reply). Turns
+    // it back to SCHED_IDLE once kNormalMs have passed since it was found
+    // stalled.
+    void Finished();
+
+   private:
+    friend class IdleRings;
+    IdleRings* owner_ = nullptr;
+    pid_t tid_ = 0;
+    std::function<bool()> has_queued_;  // whether a request waits for the thread
+    std::atomic<bool> busy_{false};
+    std::atomic<uint64_t> progress_{0};
+    // SCHED_OTHER after a stall; changed, and the policy with it, under
+    // owner_->mutex_ (read without it).
+    std::atomic<bool> normal_{false};
+    int64_t normal_until_ms_ = 0;    // guarded by owner_->mutex_
+    uint64_t checked_progress_ = 0;  // progress_ at the previous Check (mutex_)
+    bool had_work_ = false;          // work seen at the previous Check (mutex_)
+    bool in_use_ = false;            // guarded by mutex_
+  };
+
+  IdleRings() = default;
+  IdleRings(const IdleRings&) = delete;
+  IdleRings& operator=(const IdleRings&) = delete;
+
+  // Whether this process may switch a thread back from SCHED_IDLE. On false,
+  // *why says why not.
+  static bool Available(std::string* why);
+
+  // Registers the calling thread and makes it SCHED_IDLE. `has_queued` is
+  // called from Check() (on another thread, while the calling thread is
+  // registered) and says whether a request waits for this thread. Returns
+  // nullptr if the policy cannot be set (the thread stays as it was). The
+  // pointer stays valid until Unregister.
+  Slot* Register(std::function<bool()> has_queued);
+  // Ends the calling thread's registration and makes it SCHED_OTHER again.
+  void Unregister(Slot* slot);
+
+  // Turns every registered thread that had work at this call and the
+  // previous one, and made no progress in between, back to SCHED_OTHER (for
+  // kNormalMs). Returns how many.
+  int Check();
+
+  // Threads turned back so far.
+  uint64_t stalls() const { return stalls_.load(); }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<Slot>> slots_;  // guarded by mutex_; reused, never shrinks
+  std::atomic<uint64_t> stalls_{0};
+};
+
+}  // namespace vssfs::fs
+
+#endif  // VSSFS_FS_SRC_IDLE_RINGS_H_
