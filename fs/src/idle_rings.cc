@@ -36,18 +36,27 @@ int64_t NowMs() {
 
 }  // namespace
 
-void IdleRings::Slot::Finished() {
+void IdleRings::Slot::Started(Kind kind) {
+  busy_.store(true, std::memory_order_relaxed);
+  progress_.fetch_add(1, std::memory_order_relaxed);
+  if (kind == Kind::kData && idle_.load(std::memory_order_relaxed)) {
+    idle_.store(false, std::memory_order_relaxed);
+    SetPolicy(0, SCHED_OTHER);
+  }
+}
+
+void IdleRings::Slot::Finished(Kind kind) {
   busy_.store(false, std::memory_order_relaxed);
   progress_.fetch_add(1, std::memory_order_relaxed);
-  if (normal_.load(std::memory_order_relaxed)) {
-    // Under the lock, so that Check() cannot turn the thread back to
-    // SCHED_OTHER between the test and the change.
-    std::lock_guard lock(owner_->mutex_);
-    if (normal_.load(std::memory_order_relaxed) && NowMs() >= normal_until_ms_) {
-      normal_.store(false, std::memory_order_relaxed);
-      SetPolicy(0, SCHED_IDLE);
-    }
+  if (kind != Kind::kLatency || idle_.load(std::memory_order_relaxed)) return;
+  // Under the lock, so that Check() cannot find the thread stalled and turn
+  // it back to SCHED_OTHER between the test and the change.
+  std::lock_guard lock(owner_->mutex_);
+  if (normal_) {
+    if (NowMs() < normal_until_ms_) return;
+    normal_ = false;
   }
+  if (SetPolicy(0, SCHED_IDLE) == 0) idle_.store(true, std::memory_order_relaxed);
 }
 
 bool IdleRings::Available(std::string* why) {
@@ -86,6 +95,7 @@ IdleRings::Slot* IdleRings::Register(std::function<bool()> has_queued) {
   slot->tid_ = static_cast<pid_t>(syscall(SYS_gettid));
   slot->has_queued_ = std::move(has_queued);
   slot->busy_ = false;
+  slot->idle_ = true;
   slot->normal_ = false;
   slot->checked_progress_ = slot->progress_.load();
   slot->had_work_ = false;
@@ -112,14 +122,16 @@ int IdleRings::Check() {
     const uint64_t progress = s->progress_.load(std::memory_order_relaxed);
     const bool work = s->busy_.load(std::memory_order_relaxed) || s->has_queued_();
     const bool stalled = work && s->had_work_ && progress == s->checked_progress_ &&
-                         !s->normal_.load(std::memory_order_relaxed);
+                         s->idle_.load(std::memory_order_relaxed);
     s->checked_progress_ = progress;
     s->had_work_ = work;
     if (!stalled) continue;
     // Registered, hence alive: the tid is the thread's own.
+    s->normal_ = true;
     s->normal_until_ms_ = NowMs() + kNormalMs;
-    s->normal_.store(true, std::memory_order_relaxed);
+    s->idle_.store(false, std::memory_order_relaxed);
     if (int r = SetPolicy(s->tid_, SCHED_OTHER); r != 0) {
+      s->idle_.store(true, std::memory_order_relaxed);
       LOG_WARN("io_uring: cannot make ring thread %d SCHED_OTHER: %s", static_cast<int>(s->tid_),
                strerror(-r));
       continue;

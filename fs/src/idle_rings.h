@@ -15,6 +15,13 @@
 // the reply was tried: two policy changes per request cost ~4 us on this VM,
 // and a thread that just left SCHED_IDLE competes with the woken task.)
 //
+// Only small synchronous requests (metadata: Kind::kLatency) gain from this.
+// A SCHED_IDLE thread handling a stream of WRITEs or READs runs only while
+// its CPU has nothing else to do, which made 1 GiB sequential writes about
+// 10% slower, so a data request (Kind::kData) turns the thread SCHED_OTHER,
+// and the next latency request turns it back before its reply: a thread
+// changes its policy only where the kind of its requests changes.
+//
 // The price is starvation: a SCHED_IDLE thread gets CPU time only when no
 // normal task wants it. A watchdog calls Check() every few milliseconds;
 // a thread that had work (a request waiting in its ring, or one it is
@@ -50,18 +57,23 @@ class IdleRings {
   // How long a thread found stalled stays SCHED_OTHER.
   static constexpr int64_t kNormalMs = 1000;
 
+  // What a request needs of the thread's policy.
+  enum class Kind {
+    kLatency,  // small and synchronous (metadata): reply as SCHED_IDLE
+    kData,     // READ, WRITE and the like: handled at SCHED_OTHER (see above)
+    kNeutral,  // nobody waits for the reply (RELEASE): no change
+  };
+
   // One registered thread.
   class Slot {
    public:
-    // The thread picked up a request.
-    void Started() {
-      busy_.store(true, std::memory_order_relaxed);
-      progress_.fetch_add(1, std::memory_order_relaxed);
-    }
-    // The thread handled its request (before committing the reply). Turns
-    // it back to SCHED_IDLE once kNormalMs have passed since it was found
-    // stalled.
-    void Finished();
+    // The thread picked up a request of `kind`; a data request makes it
+    // SCHED_OTHER.
+    void Started(Kind kind);
+    // The thread handled its request (before committing the reply); a
+    // latency request makes it SCHED_IDLE, unless it was found stalled less
+    // than kNormalMs ago.
+    void Finished(Kind kind);
 
    private:
     friend class IdleRings;
@@ -70,9 +82,11 @@ class IdleRings {
     std::function<bool()> has_queued_;  // whether a request waits for the thread
     std::atomic<bool> busy_{false};
     std::atomic<uint64_t> progress_{0};
-    // SCHED_OTHER after a stall; changed, and the policy with it, under
-    // owner_->mutex_ (read without it).
-    std::atomic<bool> normal_{false};
+    // The thread's policy is SCHED_IDLE. Set only under owner_->mutex_
+    // (cleared by the thread itself without it: SCHED_OTHER is always safe).
+    std::atomic<bool> idle_{false};
+    // Found stalled: SCHED_OTHER until normal_until_ms_ (mutex_).
+    bool normal_ = false;
     int64_t normal_until_ms_ = 0;    // guarded by owner_->mutex_
     uint64_t checked_progress_ = 0;  // progress_ at the previous Check (mutex_)
     bool had_work_ = false;          // work seen at the previous Check (mutex_)

@@ -50,8 +50,10 @@ class FakeRingThread {
       ready_ = true;
       while (!stop_.load()) {
         if (!pending_.load()) continue;
-        if (slot != nullptr) slot->Started();
-        if (slot != nullptr) slot->Finished();
+        const IdleRings::Kind kind = kind_.load();
+        if (slot != nullptr) slot->Started(kind);
+        policy_during_ = sched_getscheduler(0);
+        if (slot != nullptr) slot->Finished(kind);
         policy_after_ = sched_getscheduler(0);
         ++handled_;
         pending_ = false;
@@ -69,9 +71,18 @@ class FakeRingThread {
 
   bool registered() const { return registered_; }
   pid_t tid() const { return tid_; }
-  void Post() { pending_ = true; }
+  void Post(IdleRings::Kind kind = IdleRings::Kind::kLatency) {
+    kind_ = kind;
+    pending_ = true;
+  }
+  // Posts a request and waits until it is handled.
+  void Handle(IdleRings::Kind kind) {
+    Post(kind);
+    while (!Done()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   bool Done() const { return !pending_.load(); }
   int handled() const { return handled_.load(); }
+  int policy_during() const { return policy_during_.load(); }
   int policy_after() const { return policy_after_.load(); }
   int policy_at_end() const { return policy_at_end_.load(); }
 
@@ -81,9 +92,11 @@ class FakeRingThread {
   std::atomic<bool> ready_{false};
   std::atomic<bool> stop_{false};
   std::atomic<bool> pending_{false};
+  std::atomic<IdleRings::Kind> kind_{IdleRings::Kind::kLatency};
   std::atomic<bool> registered_{false};
   std::atomic<pid_t> tid_{0};
   std::atomic<int> handled_{0};
+  std::atomic<int> policy_during_{-1};
   std::atomic<int> policy_after_{-1};
   std::atomic<int> policy_at_end_{-1};
 };
@@ -123,8 +136,7 @@ TEST_CASE("IdleRings: a registered thread is SCHED_IDLE until it unregisters", "
   FakeRingThread t(rings, SomeCpu());
   REQUIRE(t.registered());
   CHECK(sched_getscheduler(t.tid()) == SCHED_IDLE);
-  t.Post();
-  while (!t.Done()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  t.Handle(IdleRings::Kind::kLatency);
   CHECK(t.policy_after() == SCHED_IDLE);
   // Without work, no Check() turns it back, however often it runs.
   for (int i = 0; i < 5; ++i) CHECK(rings.Check() == 0);
@@ -164,8 +176,7 @@ TEST_CASE("IdleRings: a thread starved on a busy CPU is turned back to SCHED_OTH
       CHECK(rings.stalls() == 1);
       CHECK(t.policy_after() == SCHED_OTHER);
       // It stays SCHED_OTHER for kNormalMs: the CPU is busy.
-      t.Post();
-      while (!t.Done()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      t.Handle(IdleRings::Kind::kLatency);
       CHECK(t.policy_after() == SCHED_OTHER);
     } else {
       WARN("the SCHED_IDLE thread ran on the busy CPU within " << ms << " ms");
@@ -173,8 +184,29 @@ TEST_CASE("IdleRings: a thread starved on a busy CPU is turned back to SCHED_OTH
   }
   // kNormalMs later, the next request it handles makes it SCHED_IDLE again.
   std::this_thread::sleep_for(std::chrono::milliseconds(IdleRings::kNormalMs + 100));
-  t.Post();
-  while (!t.Done()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  t.Handle(IdleRings::Kind::kLatency);
   CHECK(t.policy_after() == SCHED_IDLE);
   CHECK(sched_getscheduler(t.tid()) == SCHED_IDLE);
+}
+
+TEST_CASE("IdleRings: data requests are handled at SCHED_OTHER", "[fs][idle_rings]") {
+  if (SkipUnlessAvailable()) return;
+  IdleRings rings;
+  FakeRingThread t(rings, SomeCpu());
+  REQUIRE(t.registered());
+  t.Handle(IdleRings::Kind::kData);
+  CHECK(t.policy_during() == SCHED_OTHER);
+  CHECK(t.policy_after() == SCHED_OTHER);
+  // A reply nobody waits for changes nothing.
+  t.Handle(IdleRings::Kind::kNeutral);
+  CHECK(t.policy_after() == SCHED_OTHER);
+  // A latency request's reply is committed as SCHED_IDLE.
+  t.Handle(IdleRings::Kind::kLatency);
+  CHECK(t.policy_during() == SCHED_OTHER);
+  CHECK(t.policy_after() == SCHED_IDLE);
+  t.Handle(IdleRings::Kind::kNeutral);
+  CHECK(t.policy_after() == SCHED_IDLE);
+  // An idle thread with a data request is not starving: Check() leaves it.
+  CHECK(rings.Check() == 0);
+  CHECK(rings.stalls() == 0);
 }

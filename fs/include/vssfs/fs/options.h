@@ -40,8 +40,8 @@ struct Options {
   // (-o no_io_uring to turn off), with this many threads per CPU queue.
   bool io_uring = true;
   unsigned uring_threads = 2;
-  // Ring threads reply as SCHED_IDLE, so that the woken sender stays on its
-  // CPU (-o no_uring_sched_idle to turn off).
+  // Ring threads answer metadata requests as SCHED_IDLE, so that the woken
+  // sender stays on its CPU (-o no_uring_sched_idle to turn off).
   bool uring_sched_idle = true;
 
   // Kernel cache lifetimes in seconds (-o timeout=, -o negative_timeout=).
