@@ -469,10 +469,7 @@ struct UringWorkers {
     // the hand-over a wake-up on the same CPU (fails harmlessly for an
     // offline CPU).
     sched_setaffinity(0, sizeof cpus, &cpus);
-    IdleRings::Slot* idle = nullptr;
-    if (idle_rings) {
-      idle = idle_rings->Register([ring = &r->ring] { return io_uring_cq_ready(ring) > 0; });
-    }
+    IdleRings::Slot* idle = idle_rings ? idle_rings->Register() : nullptr;
     UringEntry& entry = r->entry;
     iovec iov[2] = {{entry.header.get(), sizeof(UringReqHeader)},
                     {entry.payload.get(), entry.payload_size}};
@@ -556,8 +553,9 @@ struct UringWorkers {
 
   void Watch() {
     // With SCHED_IDLE ring threads, ticks come every kIdleCheckMs while
-    // requests are being served (to notice starved threads soon), else every
-    // kTickMs; entries are added at kTickMs.
+    // requests are being served or a SCHED_IDLE thread has work (to notice
+    // starved threads soon), else every kTickMs; entries are added at
+    // kTickMs.
     constexpr int kTickMs = 20;
     constexpr int kIdleCheckMs = 2;
     constexpr int kActiveTicks = 50;  // fast ticks after the last request seen
@@ -571,9 +569,12 @@ struct UringWorkers {
       if (idle_rings) {
         uint64_t served_now = 0;
         for (unsigned q = 0; q < nr_queues; ++q) served_now += queues[q].served.load();
-        active = served_now != served_seen ? kActiveTicks : std::max(active - 1, 0);
+        bool watch = false;
+        idle_rings->Check(&watch);
+        // A starving queue serves nothing: keep the fast ticks while a
+        // SCHED_IDLE thread has work.
+        active = served_now != served_seen || watch ? kActiveTicks : std::max(active - 1, 0);
         served_seen = served_now;
-        idle_rings->Check();
       }
       elapsed_ms += tick;
       if (elapsed_ms < kTickMs) continue;
@@ -769,6 +770,9 @@ bool UringOffered() { return g_want_uring && g_kernel_offers_uring; }
 void StopUring() {
   std::unique_ptr<UringWorkers> workers = std::move(g_workers);
   if (!workers) return;
+  // SCHED_IDLE threads must get their CPU to notice `stop`, and the
+  // watchdog that rescues them ends first.
+  if (workers->idle_rings) workers->idle_rings->ReleaseAll();
   workers->stop = true;
   workers->watchdog.join();
   // Handlers may still add a thread (EnsureIdleEntry) until `stop` is seen

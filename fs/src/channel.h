@@ -38,8 +38,8 @@ namespace vssfs::fs {
 // `killpriv_v2`: whether to negotiate FUSE_HANDLE_KILLPRIV_V2. `uring`:
 // whether to ask for FUSE over io_uring (used if the kernel offers it), with
 // `uring_threads` threads per queue; `uring_sched_idle`: whether ring threads
-// reply as SCHED_IDLE (idle_reply.h; off if the process cannot leave
-// SCHED_IDLE again). Returns 0 or a negative errno.
+// answer metadata requests as SCHED_IDLE (idle_rings.h; off if the process
+// cannot leave SCHED_IDLE again). Returns 0 or a negative errno.
 int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned uring_threads,
                    bool uring_sched_idle);
 

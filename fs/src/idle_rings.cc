@@ -1,5 +1,6 @@
 #include "idle_rings.h"
 
+#include <fcntl.h>
 #include <linux/capability.h>
 #include <sched.h>
 #include <sys/resource.h>
@@ -9,6 +10,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <string_view>
 
 #include "log.h"
 
@@ -22,7 +24,8 @@ bool HasCapSysNice() {
   return (data[0].effective >> CAP_SYS_NICE) & 1;
 }
 
-// sched_setscheduler(2) on one thread (0: the calling one).
+// sched_setscheduler(2) on one thread (0: the calling one). Returns 0 or a
+// negative errno.
 int SetPolicy(pid_t tid, int policy) {
   sched_param param{};
   return sched_setscheduler(tid, policy, &param) == 0 ? 0 : -errno;
@@ -34,14 +37,26 @@ int64_t NowMs() {
   return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
+// Whether the thread whose /proc/.../stat is open as `fd` is running or
+// waiting for a CPU (state R).
+bool Runnable(int fd) {
+  char buf[256];
+  const ssize_t n = pread(fd, buf, sizeof buf, 0);
+  if (n <= 0) return false;
+  // "tid (comm) S ...": the command may contain anything, ')' included.
+  const std::string_view line(buf, static_cast<size_t>(n));
+  const size_t close = line.rfind(')');
+  return close != std::string_view::npos && close + 2 < line.size() && line[close + 2] == 'R';
+}
+
 }  // namespace
 
 void IdleRings::Slot::Started(Kind kind) {
   busy_.store(true, std::memory_order_relaxed);
   progress_.fetch_add(1, std::memory_order_relaxed);
-  if (kind == Kind::kData && idle_.load(std::memory_order_relaxed)) {
+  if (kind == Kind::kData && idle_.load(std::memory_order_relaxed) &&
+      SetPolicy(0, SCHED_OTHER) == 0) {
     idle_.store(false, std::memory_order_relaxed);
-    SetPolicy(0, SCHED_OTHER);
   }
 }
 
@@ -49,14 +64,24 @@ void IdleRings::Slot::Finished(Kind kind) {
   busy_.store(false, std::memory_order_relaxed);
   progress_.fetch_add(1, std::memory_order_relaxed);
   if (kind != Kind::kLatency || idle_.load(std::memory_order_relaxed)) return;
-  // Under the lock, so that Check() cannot find the thread stalled and turn
-  // it back to SCHED_OTHER between the test and the change.
-  std::lock_guard lock(owner_->mutex_);
-  if (normal_) {
-    if (NowMs() < normal_until_ms_) return;
-    normal_ = false;
+  uint64_t raised;
+  {
+    std::lock_guard lock(owner_->mutex_);
+    if (owner_->released_) return;
+    if (normal_) {
+      if (NowMs() < normal_until_ms_) return;
+      normal_ = false;
+    }
+    idle_.store(true, std::memory_order_relaxed);
+    raised = raised_.load(std::memory_order_relaxed);
   }
-  if (SetPolicy(0, SCHED_IDLE) == 0) idle_.store(true, std::memory_order_relaxed);
+  // Outside the lock (see the header). Should Check() or ReleaseAll() have
+  // raised the thread meanwhile, raise it again.
+  if (SetPolicy(0, SCHED_IDLE) != 0) {
+    idle_.store(false, std::memory_order_relaxed);
+  } else if (raised_.load() != raised) {
+    SetPolicy(0, SCHED_OTHER);
+  }
 }
 
 bool IdleRings::Available(std::string* why) {
@@ -74,9 +99,11 @@ bool IdleRings::Available(std::string* why) {
   return false;
 }
 
-IdleRings::Slot* IdleRings::Register(std::function<bool()> has_queued) {
-  if (int r = SetPolicy(0, SCHED_IDLE); r != 0) {
-    LOG_WARN("io_uring: cannot make a ring thread SCHED_IDLE: %s", strerror(-r));
+IdleRings::Slot* IdleRings::Register() {
+  cow_store::UniqueFd stat(open("/proc/thread-self/stat", O_RDONLY | O_CLOEXEC));
+  if (!stat) {
+    LOG_WARN("io_uring: ring thread stays SCHED_OTHER: /proc/thread-self/stat: %s",
+             strerror(errno));
     return nullptr;
   }
   std::lock_guard lock(mutex_);
@@ -93,9 +120,9 @@ IdleRings::Slot* IdleRings::Register(std::function<bool()> has_queued) {
   }
   slot->owner_ = this;
   slot->tid_ = static_cast<pid_t>(syscall(SYS_gettid));
-  slot->has_queued_ = std::move(has_queued);
+  slot->stat_ = std::move(stat);
   slot->busy_ = false;
-  slot->idle_ = true;
+  slot->idle_ = false;
   slot->normal_ = false;
   slot->checked_progress_ = slot->progress_.load();
   slot->had_work_ = false;
@@ -105,14 +132,26 @@ IdleRings::Slot* IdleRings::Register(std::function<bool()> has_queued) {
 
 void IdleRings::Unregister(Slot* slot) {
   if (slot == nullptr) return;
+  SetPolicy(0, SCHED_OTHER);  // before the lock (see the header)
   std::lock_guard lock(mutex_);
+  slot->idle_ = false;
   slot->in_use_ = false;
-  slot->has_queued_ = nullptr;
-  SetPolicy(0, SCHED_OTHER);
+  slot->stat_.reset();
 }
 
-int IdleRings::Check() {
+void IdleRings::Raise(Slot& s) {
+  s.raised_.fetch_add(1);
+  s.idle_.store(false, std::memory_order_relaxed);
+  // Registered, hence alive: the tid is the thread's own.
+  if (int r = SetPolicy(s.tid_, SCHED_OTHER); r != 0) {
+    LOG_WARN("io_uring: cannot make ring thread %d SCHED_OTHER: %s", static_cast<int>(s.tid_),
+             strerror(-r));
+  }
+}
+
+int IdleRings::Check(bool* watch) {
   std::lock_guard lock(mutex_);
+  *watch = false;
   int turned = 0;
   for (auto& s : slots_) {
     if (!s->in_use_) continue;
@@ -120,28 +159,31 @@ int IdleRings::Check() {
     // finished in between: the thread has been waiting for its CPU (or
     // handling one request) for a whole interval.
     const uint64_t progress = s->progress_.load(std::memory_order_relaxed);
-    const bool work = s->busy_.load(std::memory_order_relaxed) || s->has_queued_();
-    const bool stalled = work && s->had_work_ && progress == s->checked_progress_ &&
-                         s->idle_.load(std::memory_order_relaxed);
+    const bool work = s->idle_.load(std::memory_order_relaxed) &&
+                      progress == s->checked_progress_ &&
+                      (s->busy_.load(std::memory_order_relaxed) || Runnable(s->stat_.get()));
+    const bool stalled = work && s->had_work_;
     s->checked_progress_ = progress;
-    s->had_work_ = work;
+    s->had_work_ = work && !stalled;
+    if (work && !stalled) *watch = true;
     if (!stalled) continue;
-    // Registered, hence alive: the tid is the thread's own.
     s->normal_ = true;
     s->normal_until_ms_ = NowMs() + kNormalMs;
-    s->idle_.store(false, std::memory_order_relaxed);
-    if (int r = SetPolicy(s->tid_, SCHED_OTHER); r != 0) {
-      s->idle_.store(true, std::memory_order_relaxed);
-      LOG_WARN("io_uring: cannot make ring thread %d SCHED_OTHER: %s", static_cast<int>(s->tid_),
-               strerror(-r));
-      continue;
-    }
+    Raise(*s);
     ++stalls_;
     ++turned;
     LOG_DEBUG("io_uring: ring thread %d stalled as SCHED_IDLE; SCHED_OTHER for %lld ms",
               static_cast<int>(s->tid_), static_cast<long long>(kNormalMs));
   }
   return turned;
+}
+
+void IdleRings::ReleaseAll() {
+  std::lock_guard lock(mutex_);
+  released_ = true;
+  for (auto& s : slots_) {
+    if (s->in_use_) Raise(*s);
+  }
 }
 
 }  // namespace vssfs::fs

@@ -1,6 +1,6 @@
-// IdleRings: FUSE-over-io_uring ring threads run as SCHED_IDLE threads while
-// their CPU is not contended, so that the task a reply wakes stays on the CPU
-// it sent its request from.
+// IdleRings: FUSE-over-io_uring ring threads answer metadata requests as
+// SCHED_IDLE threads, so that the task a reply wakes stays on the CPU it sent
+// its request from.
 //
 // A ring thread serves one CPU's queue and is pinned to that CPU, so a
 // request reaches it by a wake-up on the sender's own CPU. The reply wakes
@@ -12,31 +12,40 @@
 // SCHED_IDLE tasks counts as idle for that choice, so with SCHED_IDLE ring
 // threads the woken task stays, preempts the ring thread at once, and the
 // whole request/reply exchange stays on one CPU. (Lowering a thread only for
-// the reply was tried: two policy changes per request cost ~4 us on this VM,
-// and a thread that just left SCHED_IDLE competes with the woken task.)
+// the commit of each reply was tried: two policy changes per request cost
+// ~4 us on this VM, and a thread that had just left SCHED_IDLE was often
+// picked before the woken task.)
 //
 // Only small synchronous requests (metadata: Kind::kLatency) gain from this.
 // A SCHED_IDLE thread handling a stream of WRITEs or READs runs only while
 // its CPU has nothing else to do, which made 1 GiB sequential writes about
 // 10% slower, so a data request (Kind::kData) turns the thread SCHED_OTHER,
 // and the next latency request turns it back before its reply: a thread
-// changes its policy only where the kind of its requests changes.
+// changes its policy only where the kind of its requests changes. A thread
+// starts SCHED_OTHER (its first REGISTER must not wait for a busy CPU).
 //
 // The price is starvation: a SCHED_IDLE thread gets CPU time only when no
-// normal task wants it. A watchdog calls Check() every few milliseconds;
-// a thread that had work (a request waiting in its ring, or one it is
-// handling) at two calls in a row and picked up or finished no request in
-// between is turned back to SCHED_OTHER and stays normal for kNormalMs (its CPU is busy: no
-// other CPU is idle for a woken task to move to, so SCHED_IDLE would gain
-// nothing there). A long request (a slow disk, fsync) is taken for a stall
-// too; that costs only the SCHED_IDLE benefit for kNormalMs.
+// normal task wants it, and on this kernel one waited 1.3 s each time
+// behind a spinning process. A watchdog calls Check() every few
+// milliseconds; a SCHED_IDLE thread that had work at two calls in a row and
+// picked up or finished no request in between is turned back to
+// SCHED_OTHER for kNormalMs (its CPU is busy: no other CPU is idle for a
+// woken task to move to, so SCHED_IDLE would gain nothing there). "Work" is
+// a request being handled, or the thread being runnable (state R in
+// /proc/thread-self/stat) outside a request: the kernel hands a request to
+// an entry by task work that runs in the ring thread itself, so a woken
+// thread that has not got its CPU shows nothing in its completion queue. A
+// request that legitimately takes longer than a call interval (a slow disk)
+// is taken for a stall too, which costs only the benefit for kNormalMs.
 //
 // Leaving SCHED_IDLE needs CAP_SYS_NICE (or an RLIMIT_NICE that allows the
 // thread's nice value); without it IdleRings is off.
 //
-// Thread-safety: Register/Unregister/Check from any thread; a Slot's
-// Started/Finished only from the thread that registered it. Lock order:
-// mutex_ is a leaf lock.
+// Thread-safety: Register/Unregister/Check/ReleaseAll from any thread; a
+// Slot's Started/Finished only from the thread that registered it. Lock
+// order: mutex_ is a leaf lock (Check logs while holding it); no policy is
+// lowered while it is held (a thread preempted as SCHED_IDLE while holding
+// it would block the watchdog that is to rescue it).
 #ifndef VSSFS_FS_SRC_IDLE_RINGS_H_
 #define VSSFS_FS_SRC_IDLE_RINGS_H_
 
@@ -44,11 +53,12 @@
 
 #include <atomic>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
+
+#include "vssfs/cow_store/unique_fd.h"
 
 namespace vssfs::fs {
 
@@ -72,25 +82,27 @@ class IdleRings {
     void Started(Kind kind);
     // The thread handled its request (before committing the reply); a
     // latency request makes it SCHED_IDLE, unless it was found stalled less
-    // than kNormalMs ago.
+    // than kNormalMs ago or ReleaseAll() was called.
     void Finished(Kind kind);
 
    private:
     friend class IdleRings;
     IdleRings* owner_ = nullptr;
     pid_t tid_ = 0;
-    std::function<bool()> has_queued_;  // whether a request waits for the thread
+    cow_store::UniqueFd stat_;  // the thread's /proc/thread-self/stat
     std::atomic<bool> busy_{false};
     std::atomic<uint64_t> progress_{0};
-    // The thread's policy is SCHED_IDLE. Set only under owner_->mutex_
-    // (cleared by the thread itself without it: SCHED_OTHER is always safe).
+    // The thread is (or is about to be) SCHED_IDLE. Set under mutex_;
+    // cleared without it (SCHED_OTHER is always safe).
     std::atomic<bool> idle_{false};
-    // Found stalled: SCHED_OTHER until normal_until_ms_ (mutex_).
-    bool normal_ = false;
-    int64_t normal_until_ms_ = 0;    // guarded by owner_->mutex_
+    // Bumped under mutex_ whenever someone else makes the thread
+    // SCHED_OTHER, so that a lowering that raced with it is undone.
+    std::atomic<uint64_t> raised_{0};
+    bool normal_ = false;            // found stalled: SCHED_OTHER until... (mutex_)
+    int64_t normal_until_ms_ = 0;    // ...this time (mutex_)
     uint64_t checked_progress_ = 0;  // progress_ at the previous Check (mutex_)
     bool had_work_ = false;          // work seen at the previous Check (mutex_)
-    bool in_use_ = false;            // guarded by mutex_
+    bool in_use_ = false;            // (mutex_)
   };
 
   IdleRings() = default;
@@ -101,26 +113,32 @@ class IdleRings {
   // *why says why not.
   static bool Available(std::string* why);
 
-  // Registers the calling thread and makes it SCHED_IDLE. `has_queued` is
-  // called from Check() (on another thread, while the calling thread is
-  // registered) and says whether a request waits for this thread. Returns
-  // nullptr if the policy cannot be set (the thread stays as it was). The
-  // pointer stays valid until Unregister.
-  Slot* Register(std::function<bool()> has_queued);
-  // Ends the calling thread's registration and makes it SCHED_OTHER again.
+  // Registers the calling thread (which stays SCHED_OTHER until it finishes
+  // a latency request). Returns nullptr if its state cannot be watched (the
+  // thread then keeps its policy). The pointer stays valid until Unregister.
+  Slot* Register();
+  // Makes the calling thread SCHED_OTHER and ends its registration.
   void Unregister(Slot* slot);
 
-  // Turns every registered thread that had work at this call and the
+  // Turns every SCHED_IDLE thread that had work at this call and the
   // previous one, and made no progress in between, back to SCHED_OTHER (for
-  // kNormalMs). Returns how many.
-  int Check();
+  // kNormalMs). Returns how many; sets *watch to whether some SCHED_IDLE
+  // thread has work now (call again soon).
+  int Check(bool* watch);
+
+  // Makes every registered thread SCHED_OTHER for good (before shutdown:
+  // threads that are to notice a stop flag must not starve).
+  void ReleaseAll();
 
   // Threads turned back so far.
   uint64_t stalls() const { return stalls_.load(); }
 
  private:
+  void Raise(Slot& s);  // SCHED_OTHER now; mutex_ held
+
   std::mutex mutex_;
   std::vector<std::unique_ptr<Slot>> slots_;  // guarded by mutex_; reused, never shrinks
+  bool released_ = false;                     // guarded by mutex_
   std::atomic<uint64_t> stalls_{0};
 };
 

@@ -1,15 +1,19 @@
-// Unit tests of IdleRings (fs/src/idle_rings.h): SCHED_IDLE ring threads and
-// their rescue when a busy CPU starves them.
+// Unit tests of IdleRings (fs/src/idle_rings.h): ring threads that answer
+// metadata requests as SCHED_IDLE, and their rescue when a busy CPU starves
+// them.
 #include "idle_rings.h"
 
 #include <pthread.h>
 #include <sched.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -17,6 +21,7 @@ namespace {
 
 using vssfs::fs::IdleRings;
 using Clock = std::chrono::steady_clock;
+using Kind = IdleRings::Kind;
 
 void PinTo(int cpu) {
   cpu_set_t set;
@@ -36,28 +41,49 @@ int SomeCpu() {
   return 0;
 }
 
-// A ring thread's stand-in: pinned to `cpu`, registered with IdleRings, it
-// handles a "request" whenever `pending` is set (spinning while it waits, so
-// that it always wants the CPU).
+// Spins until the calling thread has used `ms` more of CPU time.
+void SpinCpu(int ms) {
+  auto cpu_ns = [] {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  };
+  const int64_t end = cpu_ns() + static_cast<int64_t>(ms) * 1000000;
+  while (cpu_ns() < end) {
+  }
+}
+
+// A ring thread's stand-in: pinned to `cpu` and registered with IdleRings,
+// it sleeps until a "request" is posted, as a ring thread sleeps in
+// io_uring_enter (so IdleRings sees it only as a thread, busy or runnable).
 class FakeRingThread {
  public:
   FakeRingThread(IdleRings& rings, int cpu) : rings_(rings) {
     thread_ = std::thread([this, cpu] {
       PinTo(cpu);
-      IdleRings::Slot* slot = rings_.Register([this] { return pending_.load(); });
+      IdleRings::Slot* slot = rings_.Register();
       tid_ = static_cast<pid_t>(syscall(SYS_gettid));
       registered_ = slot != nullptr;
       ready_ = true;
-      while (!stop_.load()) {
-        if (!pending_.load()) continue;
-        const IdleRings::Kind kind = kind_.load();
+      std::unique_lock lock(mutex_);
+      while (true) {
+        cv_.wait(lock, [this] { return stop_ || pending_; });
+        if (stop_) break;
+        const Kind kind = kind_;
+        const int work_ms = work_ms_;
+        const int tail_ms = tail_ms_;
+        lock.unlock();
         if (slot != nullptr) slot->Started(kind);
         policy_during_ = sched_getscheduler(0);
+        SpinCpu(work_ms);
         if (slot != nullptr) slot->Finished(kind);
         policy_after_ = sched_getscheduler(0);
-        ++handled_;
+        SpinCpu(tail_ms);  // like committing the reply: runnable, not busy
+        lock.lock();
         pending_ = false;
+        done_cv_.notify_all();
       }
+      lock.unlock();
       rings_.Unregister(slot);
       policy_at_end_ = sched_getscheduler(0);
     });
@@ -65,23 +91,41 @@ class FakeRingThread {
   }
   ~FakeRingThread() { Join(); }
   void Join() {
-    stop_ = true;
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    cv_.notify_all();
     if (thread_.joinable()) thread_.join();
   }
 
   bool registered() const { return registered_; }
   pid_t tid() const { return tid_; }
-  void Post(IdleRings::Kind kind = IdleRings::Kind::kLatency) {
+  // Posts a request; its handling takes `work_ms` of CPU time, and the
+  // thread spins `tail_ms` more after finishing it.
+  void Post(Kind kind, int work_ms = 0, int tail_ms = 0) {
+    std::lock_guard lock(mutex_);
     kind_ = kind;
+    work_ms_ = work_ms;
+    tail_ms_ = tail_ms;
     pending_ = true;
+    cv_.notify_all();
+  }
+  // Waits up to `limit` for the posted request; returns whether it was
+  // handled.
+  bool Wait(std::chrono::milliseconds limit) {
+    std::unique_lock lock(mutex_);
+    return done_cv_.wait_for(lock, limit, [this] { return !pending_; });
+  }
+  bool Done() {
+    std::lock_guard lock(mutex_);
+    return !pending_;
   }
   // Posts a request and waits until it is handled.
-  void Handle(IdleRings::Kind kind) {
+  void Handle(Kind kind) {
     Post(kind);
-    while (!Done()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    REQUIRE(Wait(std::chrono::seconds(10)));
   }
-  bool Done() const { return !pending_.load(); }
-  int handled() const { return handled_.load(); }
   int policy_during() const { return policy_during_.load(); }
   int policy_after() const { return policy_after_.load(); }
   int policy_at_end() const { return policy_at_end_.load(); }
@@ -90,12 +134,16 @@ class FakeRingThread {
   IdleRings& rings_;
   std::thread thread_;
   std::atomic<bool> ready_{false};
-  std::atomic<bool> stop_{false};
-  std::atomic<bool> pending_{false};
-  std::atomic<IdleRings::Kind> kind_{IdleRings::Kind::kLatency};
   std::atomic<bool> registered_{false};
   std::atomic<pid_t> tid_{0};
-  std::atomic<int> handled_{0};
+  std::mutex mutex_;
+  std::condition_variable cv_;       // a request or stop
+  std::condition_variable done_cv_;  // the request was handled
+  bool stop_ = false;                // guarded by mutex_
+  bool pending_ = false;             // guarded by mutex_
+  Kind kind_ = Kind::kLatency;       // guarded by mutex_
+  int work_ms_ = 0;                  // guarded by mutex_
+  int tail_ms_ = 0;                  // guarded by mutex_
   std::atomic<int> policy_during_{-1};
   std::atomic<int> policy_after_{-1};
   std::atomic<int> policy_at_end_{-1};
@@ -128,22 +176,81 @@ bool SkipUnlessAvailable() {
   return true;
 }
 
+int Check(IdleRings& rings) {
+  bool watch = false;
+  return rings.Check(&watch);
+}
+
 }  // namespace
 
-TEST_CASE("IdleRings: a registered thread is SCHED_IDLE until it unregisters", "[fs][idle_rings]") {
+TEST_CASE("IdleRings: latency requests leave a thread SCHED_IDLE until it unregisters",
+          "[fs][idle_rings]") {
   if (SkipUnlessAvailable()) return;
   IdleRings rings;
   FakeRingThread t(rings, SomeCpu());
   REQUIRE(t.registered());
-  CHECK(sched_getscheduler(t.tid()) == SCHED_IDLE);
-  t.Handle(IdleRings::Kind::kLatency);
+  // A new thread is normal (its first REGISTER must not wait for a CPU).
+  CHECK(sched_getscheduler(t.tid()) == SCHED_OTHER);
+  t.Handle(Kind::kLatency);
+  CHECK(t.policy_during() == SCHED_OTHER);
   CHECK(t.policy_after() == SCHED_IDLE);
-  // Without work, no Check() turns it back, however often it runs.
-  for (int i = 0; i < 5; ++i) CHECK(rings.Check() == 0);
+  CHECK(sched_getscheduler(t.tid()) == SCHED_IDLE);
+  // Asleep without work, it is not turned back, however often Check runs.
+  for (int i = 0; i < 5; ++i) {
+    CHECK(Check(rings) == 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
   CHECK(sched_getscheduler(t.tid()) == SCHED_IDLE);
   t.Join();
   CHECK(t.policy_at_end() == SCHED_OTHER);
   CHECK(rings.stalls() == 0);
+}
+
+TEST_CASE("IdleRings: data requests are handled at SCHED_OTHER", "[fs][idle_rings]") {
+  if (SkipUnlessAvailable()) return;
+  IdleRings rings;
+  FakeRingThread t(rings, SomeCpu());
+  REQUIRE(t.registered());
+  t.Handle(Kind::kLatency);
+  REQUIRE(t.policy_after() == SCHED_IDLE);
+  t.Handle(Kind::kData);
+  CHECK(t.policy_during() == SCHED_OTHER);
+  CHECK(t.policy_after() == SCHED_OTHER);
+  // A reply nobody waits for changes nothing.
+  t.Handle(Kind::kNeutral);
+  CHECK(t.policy_after() == SCHED_OTHER);
+  // A latency request's reply is committed as SCHED_IDLE.
+  t.Handle(Kind::kLatency);
+  CHECK(t.policy_during() == SCHED_OTHER);
+  CHECK(t.policy_after() == SCHED_IDLE);
+  t.Handle(Kind::kNeutral);
+  CHECK(t.policy_after() == SCHED_IDLE);
+  CHECK(rings.stalls() == 0);
+}
+
+// Posts a request that makes `t` run for a while as SCHED_IDLE on `cpu`
+// while a normal thread spins there, calls Check() every 2 ms as the
+// watchdog does, and returns how many threads it turned back. `work_ms`:
+// CPU time the request takes (the thread is busy); `tail_ms`: CPU time the
+// thread spins after it (runnable, not busy, as while committing a reply).
+int StarveAndRescue(IdleRings& rings, FakeRingThread& t, int cpu, int work_ms, int tail_ms) {
+  Hog hog(cpu);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the hog is running
+  t.Post(Kind::kLatency, work_ms, tail_ms);
+  const auto start = Clock::now();
+  int turned = 0;
+  while (!t.Done() && Clock::now() - start < std::chrono::seconds(10)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    turned += Check(rings);
+  }
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
+  INFO("request handled after " << ms << " ms; threads turned back: " << turned);
+  REQUIRE(t.Done());
+  // Without the rescue: 18 ms of CPU at a SCHED_IDLE thread's share behind
+  // a spinning one take seconds.
+  CHECK(ms < 1000);
+  return turned;
 }
 
 TEST_CASE("IdleRings: a thread starved on a busy CPU is turned back to SCHED_OTHER",
@@ -153,60 +260,34 @@ TEST_CASE("IdleRings: a thread starved on a busy CPU is turned back to SCHED_OTH
   IdleRings rings;
   FakeRingThread t(rings, cpu);
   REQUIRE(t.registered());
-  {
-    Hog hog(cpu);
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the hog is running
-    t.Post();
-    // What the watchdog does: Check() every 2 ms.
-    const auto start = Clock::now();
-    int turned = 0;
-    while (!t.Done() && Clock::now() - start < std::chrono::seconds(10)) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-      turned += rings.Check();
-    }
-    const auto ms =
-        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
-    INFO("request handled after " << ms << " ms; threads turned back: " << turned);
-    REQUIRE(t.Done());
-    CHECK(ms < 1000);
-    // Starved, then turned back (once it had work at two checks in a row
-    // and no progress in between), unless the scheduler happened to give the
-    // SCHED_IDLE thread its slice first.
-    if (turned == 1) {
-      CHECK(rings.stalls() == 1);
-      CHECK(t.policy_after() == SCHED_OTHER);
-      // It stays SCHED_OTHER for kNormalMs: the CPU is busy.
-      t.Handle(IdleRings::Kind::kLatency);
-      CHECK(t.policy_after() == SCHED_OTHER);
-    } else {
-      WARN("the SCHED_IDLE thread ran on the busy CPU within " << ms << " ms");
-    }
+  t.Handle(Kind::kLatency);
+  REQUIRE(sched_getscheduler(t.tid()) == SCHED_IDLE);
+  SECTION("while handling a request") {
+    CHECK(StarveAndRescue(rings, t, cpu, 18, 0) == 1);
+    // Rescued while busy: it finishes at SCHED_OTHER and stays so for
+    // kNormalMs (the CPU is busy).
+    CHECK(t.policy_after() == SCHED_OTHER);
   }
-  // kNormalMs later, the next request it handles makes it SCHED_IDLE again.
+  SECTION("while runnable between requests") { CHECK(StarveAndRescue(rings, t, cpu, 0, 18) == 1); }
+  CHECK(rings.stalls() == 1);
+  t.Handle(Kind::kLatency);
+  CHECK(t.policy_after() == SCHED_OTHER);
+  // kNormalMs later, its next latency request makes it SCHED_IDLE again.
   std::this_thread::sleep_for(std::chrono::milliseconds(IdleRings::kNormalMs + 100));
-  t.Handle(IdleRings::Kind::kLatency);
+  t.Handle(Kind::kLatency);
   CHECK(t.policy_after() == SCHED_IDLE);
   CHECK(sched_getscheduler(t.tid()) == SCHED_IDLE);
 }
 
-TEST_CASE("IdleRings: data requests are handled at SCHED_OTHER", "[fs][idle_rings]") {
+TEST_CASE("IdleRings: ReleaseAll makes every thread SCHED_OTHER for good", "[fs][idle_rings]") {
   if (SkipUnlessAvailable()) return;
   IdleRings rings;
   FakeRingThread t(rings, SomeCpu());
   REQUIRE(t.registered());
-  t.Handle(IdleRings::Kind::kData);
-  CHECK(t.policy_during() == SCHED_OTHER);
+  t.Handle(Kind::kLatency);
+  REQUIRE(sched_getscheduler(t.tid()) == SCHED_IDLE);
+  rings.ReleaseAll();
+  CHECK(sched_getscheduler(t.tid()) == SCHED_OTHER);
+  t.Handle(Kind::kLatency);
   CHECK(t.policy_after() == SCHED_OTHER);
-  // A reply nobody waits for changes nothing.
-  t.Handle(IdleRings::Kind::kNeutral);
-  CHECK(t.policy_after() == SCHED_OTHER);
-  // A latency request's reply is committed as SCHED_IDLE.
-  t.Handle(IdleRings::Kind::kLatency);
-  CHECK(t.policy_during() == SCHED_OTHER);
-  CHECK(t.policy_after() == SCHED_IDLE);
-  t.Handle(IdleRings::Kind::kNeutral);
-  CHECK(t.policy_after() == SCHED_IDLE);
-  // An idle thread with a data request is not starving: Check() leaves it.
-  CHECK(rings.Check() == 0);
-  CHECK(rings.stalls() == 0);
 }
