@@ -86,7 +86,7 @@ fuse_session* g_session = nullptr;
 int g_session_fd = -1;
 std::atomic<int> g_workers_fd{-1};  // UringWorkers::dev_fd while it is open
 unsigned g_uring_threads_per_queue = 2;
-bool g_uring_idle_rings = true;
+bool g_uring_sched_idle = true;
 
 // One registered ring entry: the request the kernel placed in it and, once
 // the handler replied, the reply.
@@ -667,11 +667,10 @@ void StartUring(std::unique_ptr<UringWorkers> w) {
   // (a reply written to /dev/fuse instead would be lost).
   g_uring = true;
   UringWorkers* raw = w.get();
-  if (g_uring_idle_rings) {
+  if (g_uring_sched_idle) {
     std::string why;
-    auto idle = std::make_unique<IdleRings>();
     if (IdleRings::Available(&why)) {
-      w->idle_rings = std::move(idle);
+      w->idle_rings = std::make_unique<IdleRings>();
     } else {
       LOG_INFO("FUSE over io_uring: ring threads stay SCHED_OTHER: %s", why.c_str());
     }
@@ -752,9 +751,9 @@ ssize_t SpliceHook(int fdin, off_t* offin, int fdout, off_t* offout, size_t len,
 }  // namespace
 
 int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned uring_threads,
-                   bool uring_idle_rings) {
+                   bool uring_sched_idle) {
   g_want_killpriv_v2 = killpriv_v2;
-  g_uring_idle_rings = uring_idle_rings;
+  g_uring_sched_idle = uring_sched_idle;
   g_want_uring = uring;
   g_uring_threads_per_queue = uring_threads == 0 ? 1 : uring_threads;
   g_session = se;

@@ -140,6 +140,13 @@ ScopedUnprivilegedCaller::~ScopedUnprivilegedCaller() {
   ThreadSetGroups(g_daemon_groups->size(), g_daemon_groups->data());
 }
 
+bool HasCapability(int cap) {
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2]{};
+  if (syscall(SYS_capget, &header, data) != 0) return false;
+  return (data[cap / 32].effective & (1U << (cap % 32))) != 0;
+}
+
 bool ProcessHasCapability(pid_t pid, int cap) {
   if (pid <= 0) return true;
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");

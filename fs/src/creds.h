@@ -72,6 +72,9 @@ class ScopedUnprivilegedCaller {
 // requests) counts as privileged, a vanished process as unprivileged.
 bool ProcessHasCapability(pid_t pid, int cap);
 
+// Whether the calling thread has capability `cap` in its effective set.
+bool HasCapability(int cap);
+
 }  // namespace vssfs::fs
 
 #endif  // VSSFS_FS_SRC_CREDS_H_

@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "creds.h"
 #include "helper_process.h"
 #include "log.h"
 
@@ -392,13 +393,6 @@ void HelperMain(const char* mountpoint) {
     std::memmove(buf, buf + used, have - used);
     have -= used;
   }
-}
-
-bool HasCapability(int cap) {
-  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
-  __user_cap_data_struct data[2]{};
-  if (syscall(SYS_capget, &header, data) != 0) return false;
-  return (data[cap / 32].effective & (1U << (cap % 32))) != 0;
 }
 
 }  // namespace

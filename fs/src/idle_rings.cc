@@ -12,17 +12,11 @@
 #include <cstring>
 #include <string_view>
 
+#include "creds.h"
 #include "log.h"
 
 namespace vssfs::fs {
 namespace {
-
-bool HasCapSysNice() {
-  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
-  __user_cap_data_struct data[2];
-  if (syscall(SYS_capget, &header, data) != 0) return false;
-  return (data[0].effective >> CAP_SYS_NICE) & 1;
-}
 
 // sched_setscheduler(2) on one thread (0: the calling one). Returns 0 or a
 // negative errno.
@@ -85,7 +79,7 @@ void IdleRings::Slot::Finished(Kind kind) {
 }
 
 bool IdleRings::Available(std::string* why) {
-  if (HasCapSysNice()) return true;
+  if (HasCapability(CAP_SYS_NICE)) return true;
   // Without CAP_SYS_NICE, leaving SCHED_IDLE is allowed when RLIMIT_NICE
   // covers the thread's nice value (a limit of 20 - nice).
   rlimit rl{};
