@@ -190,6 +190,7 @@ Result<std::unique_ptr<Filesystem>> Filesystem::Create(const FilesystemConfig& c
   if (fstat(root.get(), &st) != 0) {
     return Status::FromErrno(errno, "stat backing directory " + config.backing_dir);
   }
+  fs->atime_policy_ = AtimePolicyOf(root.get());
   fs->inodes_ = std::make_unique<InodeTable>(std::move(root), st);
   clock_gettime(CLOCK_REALTIME, &fs->mount_time_);
   return fs;
@@ -850,8 +851,8 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode
     // behind the kernel's back) must go through the open path, which
     // preserves what O_TRUNC would destroy.
     const int excl = epoch.active() ? O_EXCL : (fi->flags & O_EXCL);
-    int flags = BackingOpenFlags(fi->flags, writeback_) | O_CREAT | excl;
-    fd.reset(openat(p->fd.get(), name, flags, mode));
+    fd.reset(OpenNoAtime(BackingOpenFlags(fi->flags, writeback_) | O_CREAT | excl,
+                         [&](int flags) { return openat(p->fd.get(), name, flags, mode); }));
     if (!fd && errno == EEXIST && epoch.active() && !(fi->flags & O_EXCL)) created = false;
     if (!fd && created) return -errno;
   }
@@ -904,7 +905,8 @@ int Filesystem::OpenLive(fuse_req_t req, Inode& inode_ref, const CowEngine::Epoc
                          fuse_file_info* fi) {
   Inode* inode = &inode_ref;
   auto do_open = [&] {
-    int fd = open(ProcPath(inode->fd.get()).path, BackingOpenFlags(fi->flags, writeback_));
+    int fd = OpenNoAtime(BackingOpenFlags(fi->flags, writeback_),
+                         [&](int flags) { return open(ProcPath(inode->fd.get()).path, flags); });
     return fd >= 0 ? fd : -errno;
   };
   std::unique_lock<std::mutex> serialise;
@@ -919,7 +921,27 @@ int Filesystem::OpenLive(fuse_req_t req, Inode& inode_ref, const CowEngine::Epoc
   fi->fh = static_cast<uint64_t>(fd);
   fi->keep_cache = config_.timeout > 0;
   if ((fi->flags & O_ACCMODE) != O_RDONLY) CountWriter(*inode, 1);
+  if ((fi->flags & O_ACCMODE) != O_WRONLY && (fi->flags & O_NOATIME) == 0 && S_ISREG(inode->type)) {
+    UpdateAccessTime(*inode, &epoch);
+  }
   return 0;
+}
+
+void Filesystem::UpdateAccessTime(Inode& inode, const CowEngine::Epoch* epoch) {
+  if (atime_policy_ == AtimePolicy::kNever) return;
+  struct stat st;
+  struct timespec now;
+  if (fstat(inode.fd.get(), &st) != 0 || clock_gettime(CLOCK_REALTIME, &now) != 0) return;
+  if (!AtimeUpdateDue(atime_policy_, st, now)) return;
+  std::optional<CowEngine::Epoch> own;
+  if (epoch == nullptr) epoch = &own.emplace(cow_->Enter());
+  // A snapshot must keep showing the old time: a store that cannot take the
+  // attributes (full) costs the update, never the open.
+  if (cow_->PreserveInode(*epoch, &inode, inode.fd.get(), inode.backing_ino) != 0) return;
+  if (int r = TouchAtime(inode.fd.get(), S_ISDIR(st.st_mode)); r != 0) {
+    LOG_DEBUG("access time of inode %llu not updated: %s",
+              static_cast<unsigned long long>(inode.backing_ino), std::strerror(-r));
+  }
 }
 
 int Filesystem::WriteBackKernelCache(const Inode& inode) {
@@ -1107,12 +1129,14 @@ int Filesystem::OpenDir(fuse_ino_t ino, fuse_file_info* fi) {
   } else {
     std::shared_ptr<Inode> inode = Get(ino);
     if (!inode) return -ESTALE;
-    UniqueFd fd(openat(inode->fd.get(), ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    UniqueFd fd(OpenNoAtime(O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+                            [&](int flags) { return openat(inode->fd.get(), ".", flags); }));
     if (!fd) return -errno;
     h->dir.reset(fdopendir(fd.get()));
     if (!h->dir) return -errno;
     fd.release();  // Owned by the DIR stream now.
     h->is_root = ino == FUSE_ROOT_ID;
+    UpdateAccessTime(*inode, nullptr);
   }
   std::lock_guard lock(dir_mutex_);
   uint64_t id = next_dir_handle_++;
@@ -1569,7 +1593,8 @@ ssize_t DirectRead(Inode& inode, char* buf, size_t len, off_t off) {
     std::lock_guard lock(inode.read_mutex);
     fd = inode.direct_read_fd.load();
     if (fd == -2) {
-      fd = open(ProcPath(inode.fd.get()).path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+      fd = OpenNoAtime(O_RDONLY | O_DIRECT | O_CLOEXEC,
+                       [&](int flags) { return open(ProcPath(inode.fd.get()).path, flags); });
       if (fd < 0) fd = -1;
       inode.direct_read_fd = fd;
     }

@@ -26,6 +26,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "access_time.h"
 #include "cow.h"
 #include "flush_behind.h"
 #include "inode_table.h"
@@ -187,6 +188,10 @@ class Filesystem : public snapshot_ctl::Volume {
   // Opens a live file (the body of Open). With O_TRUNC and snapshots, the
   // file's data is preserved first.
   int OpenLive(fuse_req_t req, Inode& inode, const CowEngine::Epoch& epoch, fuse_file_info* fi);
+  // Updates a live object's access time as a read would (access_time.h),
+  // after preserving its attributes for the latest snapshot; `epoch` may be
+  // null (one is entered if needed). Failures leave the time as it was.
+  void UpdateAccessTime(Inode& inode, const CowEngine::Epoch* epoch);
   // Preserves a directory's entries and attributes before they change.
   int PreserveParent(const CowEngine::Epoch& epoch, Inode& dir);
   // Preserves the object `name` in `dir` before a request changes it;
@@ -215,6 +220,7 @@ class Filesystem : public snapshot_ctl::Volume {
   std::unique_lock<std::shared_mutex> held_;
   std::chrono::steady_clock::time_point held_until_;
   bool writeback_ = false;
+  AtimePolicy atime_policy_ = AtimePolicy::kRelative;  // The backing mount's.
   fuse_session* session_ = nullptr;
   bool multithreaded_ = true;
   struct timespec mount_time_ {};
