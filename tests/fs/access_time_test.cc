@@ -17,15 +17,16 @@
 #include <vector>
 
 #include "test_support.h"
+#include "vssctl.h"
 
 namespace {
 
 using vssfs::fs::AtimePolicy;
 using vssfs::fs::AtimePolicyOf;
 using vssfs::fs::AtimeUpdateDue;
-using vssfs::testing::RunCommand;
 using vssfs::testing::ScopedMount;
 using vssfs::testing::TempDir;
+using vssfs::testing::Vssctl;
 
 constexpr time_t kY2000 = 946684800;  // 2000-01-01T00:00:00Z
 constexpr time_t kY2001 = 978307200;  // 2001-01-01T00:00:00Z
@@ -36,13 +37,6 @@ struct stat Times(time_t atime, time_t mtime, time_t ctime) {
   st.st_mtim.tv_sec = mtime;
   st.st_ctim.tv_sec = ctime;
   return st;
-}
-
-std::string Vssctl(const std::string& mnt, std::vector<std::string> args, int* rc) {
-  args.insert(args.begin(), {VSSFS_VSSCTL_BINARY, "-m", mnt});
-  std::string out;
-  *rc = RunCommand(args, &out);
-  return out;
 }
 
 time_t AtimeOf(const std::string& path) {

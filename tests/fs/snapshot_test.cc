@@ -34,12 +34,13 @@
 #include <vector>
 
 #include "test_support.h"
+#include "vssctl.h"
 
 namespace {
 
-using vssfs::testing::RunCommand;
 using vssfs::testing::ScopedMount;
 using vssfs::testing::VolumeDirs;
+using vssfs::testing::Vssctl;
 
 constexpr size_t kPage = 4096;
 constexpr uint64_t kPages = 512;  // 2 MiB per writer file.
@@ -81,13 +82,6 @@ bool ParseRecord(const char* buf, int w, uint64_t page, uint64_t* s) {
   if (std::memcmp(expect, buf, kPage) != 0) return false;
   *s = words[2];
   return true;
-}
-
-std::string Vssctl(const std::string& mnt, std::vector<std::string> args, int* rc) {
-  args.insert(args.begin(), {VSSFS_VSSCTL_BINARY, "-m", mnt});
-  std::string out;
-  *rc = RunCommand(args, &out);
-  return out;
 }
 
 struct Cut {
