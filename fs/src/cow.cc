@@ -12,6 +12,7 @@
 #include <cstring>
 #include <vector>
 
+#include "access_time.h"
 #include "backing_xattr.h"
 #include "log.h"
 #include "vssfs/cow_store/store_dir.h"
@@ -352,8 +353,9 @@ int CowEngine::PreserveData(const Epoch& e, Inode& inode, uint64_t off, uint64_t
 
   std::vector<uint64_t> done;
   int result = 0;
-  UniqueFd rfd(open(ProcPath(fd).path, O_RDONLY | O_CLOEXEC | O_NOATIME));
-  if (!rfd && errno == EPERM) rfd.reset(open(ProcPath(fd).path, O_RDONLY | O_CLOEXEC));
+  const ProcPath live(fd);
+  UniqueFd rfd(
+      OpenNoAtime(O_RDONLY | O_CLOEXEC, [&](int flags) { return open(live.path, flags); }));
   if (!rfd) result = -errno;
   std::string buf;
   for (size_t i = 0; result == 0 && i < todo.size(); i += kBatchBlocks) {

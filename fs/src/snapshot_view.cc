@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "access_time.h"
 #include "backing_xattr.h"
 #include "log.h"
 #include "vssfs/cow_store/store_dir.h"
@@ -426,10 +427,9 @@ int SnapshotView::ReadRange(File& file, bool clone, uint64_t limit, uint64_t sta
     std::lock_guard fl(f->mutex);
     if (!f->live_tried && !f->handle.empty()) {
       f->live_tried = true;
-      f->live_fd = OpenByHandle(cow_->mount_fd(), f->handle, O_RDONLY | O_NOATIME);
-      if (!f->live_fd && errno == EPERM) {
-        f->live_fd = OpenByHandle(cow_->mount_fd(), f->handle, O_RDONLY);
-      }
+      f->live_fd.reset(OpenNoAtime(O_RDONLY, [&](int flags) {
+        return OpenByHandle(cow_->mount_fd(), f->handle, flags).release();
+      }));
     }
   };
   // Runs of live blocks are read with one pread each.
