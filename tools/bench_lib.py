@@ -212,6 +212,8 @@ def cmd_env(a):
         "libfuse3": fuse_pkg or "unknown",
         "mode": a.mode,
         "vssfs_binary": a.vssfs if a.mode == "vssfs" else None,
+        "peer": a.peer if a.mode == "peer" else None,
+        "peer_binary": a.vssfs if a.mode == "peer" else None,
         "vssfs_options": list(a.opt or []),
         "vssfs_command": a.command,
         "params": {
@@ -227,7 +229,7 @@ def cmd_env(a):
     busy, steal = _cpu_busy()
     env["cpu_busy_pct_before"] = busy
     env["cpu_steal_pct_before"] = steal
-    if a.mode == "vssfs":
+    if a.mode in ("vssfs", "peer"):
         try:
             st = os.stat(a.vssfs)
             env["vssfs_binary_mtime"] = datetime.datetime.fromtimestamp(
@@ -267,6 +269,11 @@ def cmd_env(a):
         lines.append(f"  vssfs       {a.vssfs} (built {env.get('vssfs_binary_mtime', '?')},"
                      f" {env.get('vssfs_binary_size', '?')} bytes)")
         lines.append(f"  options     {' '.join(a.opt) if a.opt else '(none)'}")
+        lines.append(f"  command     {a.command}")
+    elif a.mode == "peer":
+        lines.append(f"  peer        {a.peer}: {a.vssfs} (built {env.get('vssfs_binary_mtime', '?')},"
+                     f" {env.get('vssfs_binary_size', '?')} bytes), in vssfs's place")
+        lines.append(f"  options     {' '.join(a.opt) if a.opt else '(its defaults)'}")
         lines.append(f"  command     {a.command}")
     else:
         lines.append("  MODE        calibration (--no-mount): the 'vssfs' side is a second")
@@ -414,7 +421,8 @@ def cmd_report(a):
         res["rounds"] = rounds
         results.append(res)
 
-    other = "vssfs" if env["mode"] == "vssfs" else "vssfs*"
+    label = env.get("peer") or "vssfs"
+    other = label if env["mode"] in ("vssfs", "peer") else "vssfs*"
     head = ["job", "native MB/s", f"{other} MB/s", "native IOPS", f"{other} IOPS",
             f"{other}/native"]
     if a.repeat > 1:
@@ -429,7 +437,7 @@ def cmd_report(a):
         rows.append(row)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     out = [""]
-    if env["mode"] != "vssfs":
+    if env["mode"] == "calibration":
         out.append("CALIBRATION RUN (--no-mount): 'vssfs*' is a plain directory, not a mount")
     if a.mount_info:
         out.append(f"fuse mount: {a.mount_info}")
@@ -440,7 +448,7 @@ def cmd_report(a):
         out.append("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
                              for i, c in enumerate(row)))
     out.append("MB = 10^6 bytes; IOPS column is ops/s for create/stat/unlink; ratio is "
-               "IOPS(vssfs)/IOPS(native)")
+               f"IOPS({other})/IOPS(native)")
     if a.repeat > 1:
         out.append(f"values are medians of {a.repeat} rounds; ratio range is per-round min-max")
     if all(x[side]["disk_read_bytes"] is not None
@@ -465,7 +473,7 @@ def cmd_report(a):
         for r in cells:
             out.append("  ".join([r[0].ljust(w[0])] + [r[i].rjust(w[i]) for i in (1, 2)]))
     out.append("")
-    out.append("ratios vssfs/native: " +
+    out.append(f"ratios {other}/native: " +
                " ".join(f"{res['job']}={res['ratio']:.2f}" for res in results))
     print("\n".join(out))
 
@@ -474,6 +482,7 @@ def cmd_report(a):
             "tool": "vssfs tools/bench",
             "format": 1,
             "mode": env["mode"],
+            "target": label if env["mode"] != "calibration" else None,
             "env": env,
             "results": results,
             "ratios": {res["job"]: round(res["ratio"], 4) for res in results},
@@ -501,7 +510,8 @@ def main(argv):
     p = sub.add_parser("env")
     p.add_argument("--out", required=True)
     p.add_argument("--work", required=True)
-    p.add_argument("--mode", required=True, choices=["vssfs", "calibration"])
+    p.add_argument("--mode", required=True, choices=["vssfs", "peer", "calibration"])
+    p.add_argument("--peer", default="")
     p.add_argument("--vssfs", default="")
     p.add_argument("--opt", action="append")
     p.add_argument("--command", default="")

@@ -14,6 +14,8 @@ packages=(
   samba smbclient samba-vfs-modules tdb-tools
   # tests and benchmarks
   fio attr acl util-linux procps psmisc python3
+  # FUSE peers for tools/bench --peers
+  fuse-overlayfs
 )
 
 missing=()

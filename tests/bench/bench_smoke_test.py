@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Smoke test of tools/bench and tools/bench --peers (not a timed test).
+
+Runs the benchmark with tiny parameters for vssfs, libfuse's passthrough_ll
+(built by the benchmark from Debian's examples) and fuse-overlayfs, and checks
+what a user relies on: every job of every target gives a positive figure on
+both sides, each target was really mounted as its own filesystem type, the
+combined JSON says which goals were met, and nothing is left mounted or on
+disk afterwards. The figures themselves are not judged.
+
+Usage: bench_smoke_test.py REPO_ROOT VSSFS_BINARY
+Exit 77 (skipped) when fuse-overlayfs or a C compiler is missing (tools/setup.sh
+installs both).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+JOBS = ["seqwrite", "seqread", "randread4k", "randwrite4k", "create", "stat", "unlink"]
+FSTYPES = {"vssfs": "fuse.vssfs", "passthrough_ll": "fuse.passthrough_ll",
+           "fuse-overlayfs": "fuse.fuse-overlayfs"}
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def mounts_under(path):
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(path + "/")]
+
+
+def main():
+    repo, vssfs = sys.argv[1], sys.argv[2]
+    for tool in ("fuse-overlayfs", "cc", "fio"):
+        if shutil.which(tool) is None:
+            print(f"SKIP: {tool} not installed (tools/setup.sh installs it)")
+            return 77
+    parent = tempfile.mkdtemp(prefix="vssfs-bench-smoke.", dir="/var/tmp")
+    out = os.path.join(parent, "peers.json")
+    try:
+        cmd = [os.path.join(repo, "tools", "bench"), "--peers", "--vssfs", vssfs,
+               "--json", out, "--dir", parent, "--jobs", ",".join(JOBS), "--size", "16M",
+               "--runtime", "1", "--files", "200"]
+        print("running:", " ".join(cmd), flush=True)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=600, check=False)
+        print(proc.stdout[-6000:])
+        if proc.returncode != 0:
+            fail(f"tools/bench --peers exited with {proc.returncode}")
+        with open(out, encoding="utf-8") as f:
+            doc = json.load(f)
+        for target, fstype in FSTYPES.items():
+            runs = doc["runs"].get(target)
+            if not runs:
+                fail(f"no run for {target}")
+            run = runs[0]
+            mount = run["env"].get("fuse_mount", "")
+            if not mount.startswith(fstype + " "):
+                fail(f"{target}: mounted as {mount!r}, expected {fstype}")
+            if run.get("target") != target:
+                fail(f"{target}: the run's JSON names its target {run.get('target')!r}")
+            for job in JOBS:
+                res = next((r for r in run["results"] if r["job"] == job), None)
+                if res is None:
+                    fail(f"{target}: no result for {job}")
+                for side in ("native", "vssfs"):
+                    if not res[side]["iops"] > 0:
+                        fail(f"{target} {job}: {side} side measured {res[side]['iops']}")
+                if not run["ratios"][job] > 0:
+                    fail(f"{target} {job}: ratio {run['ratios'][job]}")
+        for job in JOBS:
+            j = doc["jobs"].get(job)
+            if j is None or set(j["ratios"]) != set(FSTYPES):
+                fail(f"combined result for {job} lacks a target: {j}")
+            if j["goal_met"] is None or j["ahead_of_peers"] is None:
+                fail(f"combined result for {job} does not judge goal and peers: {j}")
+        for target in FSTYPES:
+            if f"\n{target}: requests through" not in proc.stdout and \
+               f"  {target}: requests through" not in proc.stdout:
+                fail(f"the report does not say how {target}'s requests went")
+        if "ahead of peers" not in proc.stdout:
+            fail("the combined table is missing")
+        left = mounts_under(parent)
+        if left:
+            fail(f"left mounted: {left}")
+        rest = [n for n in os.listdir(parent) if n != "peers.json"]
+        if rest:
+            fail(f"left behind in {parent}: {rest}")
+    finally:
+        for m in mounts_under(parent):
+            subprocess.run(["umount", "-l", m], check=False)
+        shutil.rmtree(parent, ignore_errors=True)
+    print("PASS")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
