@@ -10,8 +10,11 @@ better than raw figures). With --cycles N the list of targets runs N times,
 reversed every other cycle so that no target always runs first, and each
 ratio is the median over the cycles.
 
-The peers run with their own defaults (no writeback cache, libfuse 3.14's
-/dev/fuse loop); vssfs with its defaults plus any --vssfs-opt. Must run as
+The peers run with their own defaults and libfuse 3.14's /dev/fuse loop
+(passthrough_ll without the writeback cache, fuse-overlayfs with it); vssfs
+with its defaults plus any --vssfs-opt. A second table gives each target's
+own rate: native's figure moves between runs (ext4's allocator state), which
+moves the metadata ratios more than the targets differ. Must run as
 root. Every option not listed below is passed to each tools/bench run (see
 tools/bench --help): --dir, --size, --runtime, --files, --jobs, --repeat.
 """
@@ -19,6 +22,7 @@ tools/bench --help): --dir, --size, --runtime, --files, --jobs, --repeat.
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -55,20 +59,42 @@ def run_bench(bench, target, passthrough, vssfs_opts, peer_bins):
             cmd += ["--peer-bin", peer_bins[target]]
     note(f"\n=== {target}: {' '.join(cmd)}")
     started = time.monotonic()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = proc.communicate()
+    except BaseException:
+        # Ctrl-C or SIGTERM: tools/bench stops fio, unmounts and removes its
+        # work directory on SIGTERM; give it the time its cleanup needs
+        # (killing it outright would leave the mount and the daemon behind).
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
     if proc.returncode != 0:
         raise RuntimeError(f"tools/bench for {target} failed with status {proc.returncode}")
     note(f"=== {target}: done in {time.monotonic() - started:.0f} s")
-    return json.loads(proc.stdout)
+    return json.loads(out)
 
 
 def report(runs, jobs, out_json):
     """runs: {target: [bench JSON, ...]} in cycle order."""
+    runs = {t: docs for t, docs in runs.items() if docs}
     ratios = {}  # target -> job -> [ratio per cycle]
+    low = {}  # target -> job -> lowest per-round ratio of any cycle
+    high = {}  # target -> job -> highest
     for target, docs in runs.items():
         for doc in docs:
             for job, r in doc["ratios"].items():
                 ratios.setdefault(target, {}).setdefault(job, []).append(r)
+            for res in doc["results"]:
+                lo = low.setdefault(target, {})
+                hi = high.setdefault(target, {})
+                lo[res["job"]] = min(lo.get(res["job"], res["ratio_min"]), res["ratio_min"])
+                hi[res["job"]] = max(hi.get(res["job"], res["ratio_max"]), res["ratio_max"])
     cycles = max(len(d) for d in runs.values())
     env = next(iter(runs.values()))[0]["env"]
     lines = ["", "vssfs and FUSE peers, ratio target/native (each target against native in "
@@ -104,26 +130,55 @@ def report(runs, jobs, out_json):
         row.append("-" if met is None else ("met" if met else "MISSED"))
         peers = [t for t in TARGETS[1:] if t in med]
         ahead = None if v is None or not peers else all(v > med[t] for t in peers)
-        # with several cycles: does vssfs's worst cycle still beat every
-        # peer's best one, or do the ranges overlap?
-        clear = ahead and all(min(ratios["vssfs"][job]) > max(ratios[t][job]) for t in peers)
+        # does vssfs's worst round (of any cycle) still beat every peer's
+        # best one, or do the ranges overlap?
+        clear = ahead and all(low["vssfs"][job] > high[t][job] for t in peers)
         if ahead is None:
             row.append("-")
         elif not ahead:
             row.append("NO")
         else:
-            row.append("yes" if cycles == 1 or clear else "yes, ranges overlap")
+            row.append("yes" if clear else "yes, ranges overlap")
         rows.append(row)
         summary[job] = {"ratios": {t: med[t] for t in med},
                         "per_cycle": {t: ratios[t][job] for t in med},
                         "goal": goal, "goal_met": met, "ahead_of_peers": ahead,
-                        "ranges_overlap": bool(ahead) and cycles > 1 and not clear}
+                        "ranges_overlap": bool(ahead) and not clear}
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = lambda r: "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
                               for i, c in enumerate(r))
     lines += ["", fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
+    # each target's own rate (median over cycles of the run's median), and native's
+    rate_head = ["job", *[t for t in TARGETS if t in runs], "native (min-max)", "unit"]
+    rate_rows = []
+    for job in jobs:
+        row = [job]
+        natives = []
+        unit = "IOPS"
+        for t in TARGETS:
+            if t not in runs:
+                continue
+            vals = []
+            for doc in runs[t]:
+                res = next((r for r in doc["results"] if r["job"] == job), None)
+                if res is not None:
+                    vals.append(res["vssfs"]["iops"])
+                    natives.append(res["native"]["iops"])
+                    unit = res.get("unit", unit)
+            row.append(f"{statistics.median(vals):,.0f}" if vals else "-")
+        row.append(f"{min(natives):,.0f}-{max(natives):,.0f}" if natives else "-")
+        row.append(unit)
+        rate_rows.append(row)
+    rw = [max(len(str(x)) for x in col) for col in zip(rate_head, *rate_rows)]
+    rfmt = lambda r: "  ".join(c.ljust(rw[0]) if i == 0 else c.rjust(rw[i])
+                               for i, c in enumerate(r))
+    lines += ["", "each target's own rate (median of its runs), and native's in those runs:",
+              rfmt(rate_head), "  ".join("-" * w for w in rw)] + [rfmt(r) for r in rate_rows]
+    lines.append("")
     lines.append("ref pt_ll / ref ovl: the issue's reference ratios for passthrough_ll and "
                  "fuse-overlayfs (not measured here)")
+    lines.append("ahead of peers: 'ranges overlap' when vssfs's lowest round is not above "
+                 "every peer's highest round")
     if cycles > 1:
         lines.append("cells with a range: median (min-max) of the cycles' medians")
     print("\n".join(lines))
@@ -148,6 +203,13 @@ def main(argv):
     ap.add_argument("--passthrough-ll-bin", help="passthrough_ll binary (default: built)")
     ap.add_argument("--fuse-overlayfs-bin", help="fuse-overlayfs binary (default: from PATH)")
     ap.add_argument("--json", metavar="FILE", help="also write the combined result as JSON")
+    # "--vssfs-opt -oX" (tools/bench's form) would make argparse take -oX
+    # for an option of its own
+    argv = list(argv)
+    for i in range(len(argv) - 1):
+        if argv[i] == "--vssfs-opt":
+            argv[i:i + 2] = [f"--vssfs-opt={argv[i + 1]}", ""]
+    argv = [x for x in argv if x != ""]
     a, passthrough = ap.parse_known_args(argv)
     for bad in ("--json", "--peer", "--peer-bin", "--no-mount", "--keep"):
         if any(x == bad or x.startswith(bad + "=") for x in passthrough):
@@ -158,11 +220,26 @@ def main(argv):
     for t in targets:
         if t not in TARGETS:
             ap.error(f"unknown target {t!r} (known: {', '.join(TARGETS)})")
+    repeat = 1
+    for i, x in enumerate(passthrough):
+        value = x.split("=", 1)[1] if x.startswith("--repeat=") else (
+            passthrough[i + 1] if x == "--repeat" and i + 1 < len(passthrough) else None)
+        if value is not None:
+            repeat = int(value) if value.isdigit() else repeat
+    if "fuse-overlayfs" in targets and repeat > 2:
+        ap.error("fuse-overlayfs allows --repeat 1 or 2 (tools/bench --help, --peer); "
+                 "use --cycles for more rounds")
     if a.vssfs:
         passthrough += ["--vssfs", a.vssfs]
     bench = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench")
     peer_bins = {"passthrough_ll": a.passthrough_ll_bin, "fuse-overlayfs": a.fuse_overlayfs_bin}
     runs = {t: [] for t in targets}
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    status = 0
     try:
         for cycle in range(a.cycles):
             order = targets if cycle % 2 == 0 else list(reversed(targets))
@@ -171,13 +248,18 @@ def main(argv):
                 runs[t].append(run_bench(bench, t, passthrough, a.vssfs_opt, peer_bins))
     except (RuntimeError, json.JSONDecodeError) as e:
         note(f"bench --peers: error: {e}")
-        return 1
+        status = 1
     except KeyboardInterrupt:
         note("bench --peers: interrupted")
-        return 130
+        status = 130
+    done = [docs[0] for docs in runs.values() if docs]
+    if not done:
+        return status or 1
+    if status != 0:
+        note("bench --peers: the table below has only the runs that finished")
     # tools/bench reports its jobs in their canonical order
-    report(runs, list(next(iter(runs.values()))[0]["ratios"]), a.json)
-    return 0
+    report(runs, list(done[0]["ratios"]), a.json)
+    return status
 
 
 if __name__ == "__main__":
