@@ -364,6 +364,19 @@ def _metrics(path, job):
     }
 
 
+def format_table(head, rows, rule=True):
+    """Lines of a text table: first column left-aligned, the others right-
+    aligned, two spaces apart; `rule` adds a line of dashes under the head."""
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+
+    def line(cells):
+        return "  ".join(str(c).ljust(widths[0]) if i == 0 else str(c).rjust(widths[i])
+                         for i, c in enumerate(cells))
+
+    return ([line(head)] + (["  ".join("-" * w for w in widths)] if rule else [])
+            + [line(r) for r in rows])
+
+
 def fmt_num(x, digits=1):
     if x is None:
         return "-"
@@ -435,18 +448,12 @@ def cmd_report(a):
         if a.repeat > 1:
             row.append(f"{res['ratio_min']:.2f}-{res['ratio_max']:.2f}")
         rows.append(row)
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     out = [""]
     if env["mode"] == "calibration":
         out.append("CALIBRATION RUN (--no-mount): 'vssfs*' is a plain directory, not a mount")
     if a.mount_info:
         out.append(f"fuse mount: {a.mount_info}")
-    out.append("  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i])
-                         for i, h in enumerate(head)))
-    out.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        out.append("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
-                             for i, c in enumerate(row)))
+    out += format_table(head, rows)
     out.append("MB = 10^6 bytes; IOPS column is ops/s for create/stat/unlink; ratio is "
                f"IOPS({other})/IOPS(native)")
     if a.repeat > 1:
@@ -467,11 +474,7 @@ def cmd_report(a):
                 res[side]["disk_write_bytes"] = wr
                 row.append(f"{rd / 1e6:,.0f} / {wr / 1e6:,.0f}")
             cells.append(row)
-        dhead = ["job", "native", other]
-        w = [max(len(r[i]) for r in cells + [dhead]) for i in range(3)]
-        out.append("  ".join([dhead[0].ljust(w[0])] + [dhead[i].rjust(w[i]) for i in (1, 2)]))
-        for r in cells:
-            out.append("  ".join([r[0].ljust(w[0])] + [r[i].rjust(w[i]) for i in (1, 2)]))
+        out += format_table(["job", "native", other], cells, rule=False)
     out.append("")
     out.append(f"ratios {other}/native: " +
                " ".join(f"{res['job']}={res['ratio']:.2f}" for res in results))

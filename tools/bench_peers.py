@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from bench_lib import format_table  # same directory, on sys.path when run
+
 TARGETS = ("vssfs", "passthrough_ll", "fuse-overlayfs")
 
 # Issue 2: goals for vssfs and the reference ratios measured by the issue's
@@ -144,10 +146,7 @@ def report(runs, jobs, out_json):
                         "per_cycle": {t: ratios[t][job] for t in med},
                         "goal": goal, "goal_met": met, "ahead_of_peers": ahead,
                         "ranges_overlap": bool(ahead) and not clear}
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    fmt = lambda r: "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
-                              for i, c in enumerate(r))
-    lines += ["", fmt(head), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
+    lines += [""] + format_table(head, rows)
     # each target's own rate (median over cycles of the run's median), and native's
     rate_head = ["job", *[t for t in TARGETS if t in runs], "native (min-max)", "unit"]
     rate_rows = []
@@ -169,11 +168,8 @@ def report(runs, jobs, out_json):
         row.append(f"{min(natives):,.0f}-{max(natives):,.0f}" if natives else "-")
         row.append(unit)
         rate_rows.append(row)
-    rw = [max(len(str(x)) for x in col) for col in zip(rate_head, *rate_rows)]
-    rfmt = lambda r: "  ".join(c.ljust(rw[0]) if i == 0 else c.rjust(rw[i])
-                               for i, c in enumerate(r))
-    lines += ["", "each target's own rate (median of its runs), and native's in those runs:",
-              rfmt(rate_head), "  ".join("-" * w for w in rw)] + [rfmt(r) for r in rate_rows]
+    lines += ["", "each target's own rate (median of its runs), and native's in those runs:"]
+    lines += format_table(rate_head, rate_rows)
     lines.append("")
     lines.append("ref pt_ll / ref ovl: the issue's reference ratios for passthrough_ll and "
                  "fuse-overlayfs (not measured here)")
