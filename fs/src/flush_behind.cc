@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "backing_xattr.h"
 #include "creds.h"
 #include "helper_process.h"
 #include "log.h"
@@ -100,6 +101,7 @@ int DoCachestat(int fd, uint64_t off, uint64_t len, Cachestat* cs) {
 
 // One file with a handle open for writing.
 struct Watched {
+  uint32_t generation = 0;        // The file's FUSE generation.
   UniqueFd fd;                    // Read-only descriptor through the clone; opened lazily.
   bool dead = false;              // The file cannot be watched (gone from the kernel's cache).
   int64_t since_ms = 0;           // Start of the watch.
@@ -129,9 +131,10 @@ class Helper {
  public:
   explicit Helper(const char* mountpoint) : mountpoint_(mountpoint) {}
 
-  void Watch(uint64_t nodeid) {
+  void Watch(uint64_t nodeid, uint32_t generation) {
     if (disabled_) return;
     Watched& w = files_[nodeid];
+    w.generation = generation;
     w.since_ms = w.last_ms = NowMs();
   }
   void Unwatch(uint64_t nodeid) {
@@ -172,34 +175,20 @@ class Helper {
     tree_.reset();
   }
 
-  // Opens `nodeid` through the clone by its FUSE file handle.
-  UniqueFd Open(uint64_t nodeid) {
-    struct {
-      file_handle h;
-      uint32_t words[3];
-    } fh{};
-    fh.h.handle_bytes = sizeof fh.words;
-    fh.h.handle_type = 0x81;  // FILEID_INO64_GEN: node id (high, low word), generation 0.
-    fh.words[0] = static_cast<uint32_t>(nodeid >> 32);
-    fh.words[1] = static_cast<uint32_t>(nodeid);
-    fh.words[2] = 0;
-    return UniqueFd(open_by_handle_at(tree_.get(), &fh.h, O_RDONLY | O_CLOEXEC | O_NOCTTY));
-  }
-
   // Looks at one file's page cache and starts writeback of the chunks it
   // just streamed. Returns whether the file has much dirty data.
   bool Look(uint64_t nodeid, Watched& w) {
     const int64_t now = NowMs();
     if (!w.fd) {
-      w.fd = Open(nodeid);
-      if (!w.fd) {
-        if (errno == ESTALE) {
+      if (int r = OpenRegularByHandle(tree_.get(), nodeid, w.generation, &w.fd); r != 0) {
+        if (r == -ESTALE) {
           // Not in the kernel's inode cache: a new file whose CREATE reply
           // is still on its way (try again), or one whose writer is gone
-          // and whose release is on the way.
+          // and whose release is on the way (its node id may already be
+          // another file's, of another generation).
           if (now - w.since_ms > kFreshMs) w.dead = true;
         } else {
-          Disable("cannot open files through the mount by handle", errno);
+          Disable("cannot open files through the mount by handle", -r);
         }
         return false;
       }
@@ -384,7 +373,7 @@ void HelperMain(const char* mountpoint) {
       std::memcpy(&m, buf + used, sizeof m);
       const bool was_idle = helper.idle();
       if (m.op == kWatch) {
-        helper.Watch(m.nodeid);
+        helper.Watch(m.nodeid, m.generation);
       } else if (m.op == kUnwatch) {
         helper.Unwatch(m.nodeid);
       }
@@ -396,6 +385,31 @@ void HelperMain(const char* mountpoint) {
 }
 
 }  // namespace
+
+int OpenRegularByHandle(int tree, uint64_t nodeid, uint32_t generation, UniqueFd* out) {
+  struct {
+    file_handle h;
+    uint32_t words[3];
+  } fh{};
+  fh.h.handle_bytes = sizeof fh.words;
+  fh.h.handle_type = 0x81;  // FILEID_INO64_GEN: node id (high, low word), generation.
+  fh.words[0] = static_cast<uint32_t>(nodeid >> 32);
+  fh.words[1] = static_cast<uint32_t>(nodeid);
+  fh.words[2] = generation;
+  // O_PATH runs no open code of the file's type, so nothing happens to a
+  // FIFO or device until the type is known.
+  UniqueFd path(open_by_handle_at(tree, &fh.h, O_PATH | O_CLOEXEC));
+  if (!path) return -errno;
+  struct statx stx;
+  if (statx(path.get(), "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE, &stx) != 0) {
+    return -errno;
+  }
+  if (!S_ISREG(stx.stx_mode)) return -ESTALE;
+  UniqueFd fd(open(ProcPath(path.get()).path, O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  if (!fd) return -errno;
+  *out = std::move(fd);
+  return 0;
+}
 
 bool FlushBehind::Supported(std::string* why) {
   Cachestat cs{};
@@ -447,7 +461,8 @@ FlushBehind::~FlushBehind() {
   if (pid_ > 0) ReapHelper(pid_);
 }
 
-void FlushBehind::Push(uint32_t op, uint64_t nodeid) {
+void FlushBehind::Push(uint32_t op, const Inode& inode) {
+  const uint64_t nodeid = inode.nodeid;
   if (op == kUnwatch) {
     // A file opened and closed again before the forwarder sent its watch
     // (most short-lived files): the helper need not hear of it at all.
@@ -461,7 +476,7 @@ void FlushBehind::Push(uint32_t op, uint64_t nodeid) {
       }
     }
   }
-  queue_.push_back(Message{op, 0, nodeid});
+  queue_.push_back(Message{op, inode.generation, nodeid});
   // Only a forwarder waiting for work needs a wake-up: one collecting a
   // batch sends the queue when its time is up. (Waking it for every message
   // cost a cross-CPU wake-up per file created.)
@@ -473,12 +488,12 @@ void FlushBehind::Push(uint32_t op, uint64_t nodeid) {
 
 void FlushBehind::WriterOpened(Inode& inode) {
   std::lock_guard lock(mutex_);
-  if (inode.open_writers.fetch_add(1) == 0 && S_ISREG(inode.type)) Push(kWatch, inode.nodeid);
+  if (inode.open_writers.fetch_add(1) == 0 && S_ISREG(inode.type)) Push(kWatch, inode);
 }
 
 void FlushBehind::WriterClosed(Inode& inode) {
   std::lock_guard lock(mutex_);
-  if (inode.open_writers.fetch_sub(1) == 1 && S_ISREG(inode.type)) Push(kUnwatch, inode.nodeid);
+  if (inode.open_writers.fetch_sub(1) == 1 && S_ISREG(inode.type)) Push(kUnwatch, inode);
 }
 
 void FlushBehind::Forward() {

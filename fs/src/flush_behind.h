@@ -29,6 +29,10 @@
 // once it lets go, a few milliseconds later. Both calls need root
 // (CAP_SYS_ADMIN, CAP_DAC_READ_SEARCH); without them FlushBehind is off.
 //
+// A watch names the file's generation too: by the time the helper first
+// opens the file, its writer may be gone and its node id another file's,
+// even a FIFO's. The helper opens regular files of that generation only.
+//
 // The daemon never waits for the helper: WriterOpened/WriterClosed queue a
 // message and a thread forwards the queue to the helper's pipe in batches.
 //
@@ -77,8 +81,8 @@ class FlushBehind {
 
   // What the daemon sends the helper through its pipe.
   struct Message {
-    uint32_t op;  // kWatch or kUnwatch (flush_behind.cc)
-    uint32_t pad;
+    uint32_t op;          // kWatch or kUnwatch (flush_behind.cc)
+    uint32_t generation;  // The file's FUSE generation (Inode::generation).
     uint64_t nodeid;
   };
 
@@ -86,7 +90,7 @@ class FlushBehind {
   FlushBehind() = default;
   // Queues a message; an unwatch cancels its file's watch if that is still
   // queued. Caller holds mutex_.
-  void Push(uint32_t op, uint64_t nodeid);
+  void Push(uint32_t op, const Inode& inode);
   // The forwarding thread: sends what was queued in batches, one every
   // 10 ms at most.
   void Forward();
@@ -103,6 +107,17 @@ class FlushBehind {
   pid_t pid_ = -1;
   std::thread forwarder_;
 };
+
+// Opens for reading, through `tree` (an open directory of the mount), the
+// file whose FUSE file handle is `nodeid` and `generation`, as the helper
+// does, provided it is a regular file: nothing else is opened at all (a FIFO
+// opened for reading would block, and count as a reader while it waits). The
+// kernel resolves the handle from its inode cache. Returns 0 and the
+// descriptor in *out; -ESTALE when the kernel has no such node (not created
+// yet, forgotten, or the node id is a newer file's: another generation) or
+// it is not a regular file; another negative errno of open_by_handle_at(2)
+// or open(2) otherwise (EPERM without CAP_DAC_READ_SEARCH).
+int OpenRegularByHandle(int tree, uint64_t nodeid, uint32_t generation, cow_store::UniqueFd* out);
 
 }  // namespace vssfs::fs
 

@@ -36,6 +36,9 @@ std::shared_ptr<Inode> InodeTable::Acquire(cow_store::UniqueFd fd, const struct 
     inode->nodeid = id;
     inode->backing_ino = st.st_ino;
     inode->type = st.st_mode & S_IFMT;
+    // 0 is the root's (the kernel gives its root inode generation 0).
+    if (++last_generation_ == 0) ++last_generation_;
+    inode->generation = last_generation_;
     inode->fd = std::move(fd);
     it->second = std::move(inode);
   }

@@ -9,6 +9,12 @@
 // backing filesystem has one below the root) takes the root's backing
 // number. Node ids with the top bit set are reserved for the .snapshot tree.
 //
+// A node id is reused when the backing filesystem reuses an inode number,
+// which it can only do once the kernel has forgotten the node (the O_PATH
+// descriptor is closed then). Each entry gets a new FUSE generation, so
+// that a file handle (node id and generation) taken of the old file never
+// opens the new one. Generations count up per mount; the root's is 0.
+//
 // Thread-safety: all methods are safe to call concurrently. Lock order: the
 // table's mutex_ is a leaf lock (nothing else is taken while holding it).
 #ifndef VSSFS_FS_SRC_INODE_TABLE_H_
@@ -39,8 +45,9 @@ inline constexpr uint64_t kSnapshotDirNodeId = kReservedNodeIdBase | 1;
 struct Inode {
   uint64_t nodeid = 0;
   ino_t backing_ino = 0;
-  mode_t type = 0;         // S_IFMT bits; never changes for an inode.
-  cow_store::UniqueFd fd;  // O_PATH descriptor of the backing inode.
+  mode_t type = 0;          // S_IFMT bits; never changes for an inode.
+  uint32_t generation = 0;  // FUSE generation of this entry; never changes.
+  cow_store::UniqueFd fd;   // O_PATH descriptor of the backing inode.
   // Kernel lookup count; guarded by InodeTable::mutex_.
   uint64_t nlookup = 0;
   // Whether the inode has a "security.capability" xattr: the kernel asks
@@ -133,6 +140,7 @@ class InodeTable {
   mutable std::shared_mutex mutex_;
   std::unordered_map<uint64_t, std::shared_ptr<Inode>> inodes_;
   std::shared_ptr<Inode> root_;
+  uint32_t last_generation_ = 0;  // Guarded by mutex_.
   ino_t root_backing_ino_;
   dev_t dev_;
 };

@@ -594,9 +594,11 @@ void Filesystem::AfterInit() {
   }
 }
 
-void Filesystem::FillEntry(fuse_entry_param* e, uint64_t nodeid, const struct stat& st) const {
+void Filesystem::FillEntry(fuse_entry_param* e, uint64_t nodeid, uint32_t generation,
+                           const struct stat& st) const {
   *e = fuse_entry_param{};
   e->ino = nodeid;
+  e->generation = generation;
   e->attr = st;
   e->attr_timeout = config_.timeout;
   e->entry_timeout = config_.timeout;
@@ -634,7 +636,7 @@ int Filesystem::LookupIn(const Inode& parent, const char* name, fuse_entry_param
     inode->location_parent = inodes_->Find(parent.nodeid);
     inode->location_name = name;
   }
-  FillEntry(e, inode->nodeid, st);
+  FillEntry(e, inode->nodeid, inode->generation, st);
   return 0;
 }
 
@@ -650,7 +652,7 @@ int Filesystem::Lookup(fuse_ino_t parent, const char* name, fuse_entry_param* e)
     case Reserved::kSnapshot: {
       struct stat st;
       SnapshotDirStat(&st);
-      FillEntry(e, kSnapshotDirNodeId, st);
+      FillEntry(e, kSnapshotDirNodeId, 0, st);
       return 0;
     }
     case Reserved::kNone:
@@ -877,7 +879,7 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode
   std::shared_ptr<Inode> inode = inodes_->Acquire(std::move(path_fd), st);
   if (!inode) return -EOVERFLOW;
   if (epoch.active()) inode->born = epoch.latest();
-  FillEntry(e, inode->nodeid, st);
+  FillEntry(e, inode->nodeid, inode->generation, st);
   fi->fh = static_cast<uint64_t>(fd.release());
   fi->keep_cache = config_.timeout > 0;
   if ((fi->flags & O_ACCMODE) != O_RDONLY) CountWriter(*inode, 1);
@@ -1237,7 +1239,7 @@ int Filesystem::ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offse
     struct stat st;
     SnapshotDirStat(&st);
     fuse_entry_param e{};
-    FillEntry(&e, kSnapshotDirNodeId, st);
+    FillEntry(&e, kSnapshotDirNodeId, 0, st);
     add(kSnapshotDirName, e, kAfterSnapshotEntryOffset);
   }
   out->resize(size - rem);

@@ -173,7 +173,9 @@ class Filesystem : public snapshot_ctl::Volume {
   std::shared_ptr<DirHandle> FindDir(uint64_t fh);
   // Fills *e for `name` under `parent` and counts one kernel lookup.
   int LookupIn(const Inode& parent, const char* name, fuse_entry_param* e);
-  void FillEntry(fuse_entry_param* e, uint64_t nodeid, const struct stat& st) const;
+  // Fills *e for node `nodeid` of FUSE generation `generation` (Inode).
+  void FillEntry(fuse_entry_param* e, uint64_t nodeid, uint32_t generation,
+                 const struct stat& st) const;
   void SnapshotDirStat(struct stat* st) const;
   // With the writeback cache, data written to a file open for writing may
   // still be dirty in the kernel; has the kernel write it back to vssfs.

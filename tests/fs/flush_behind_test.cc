@@ -1,5 +1,7 @@
 // Integration tests of flush-behind (fs/src/flush_behind.h): real mounts in
 // private temp dirs.
+#include "flush_behind.h"
+
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mount.h>
@@ -11,7 +13,9 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <future>
 #include <random>
 #include <string>
 #include <thread>
@@ -241,4 +245,85 @@ TEST_CASE("flush-behind: the mount can be unmounted as soon as the writer is don
     CHECK(WIFEXITED(status));
     close(fd);
   }
+}
+
+namespace {
+
+// The FUSE file handle of `path`: node id and generation.
+struct NodeHandle {
+  uint64_t nodeid = 0;
+  uint32_t generation = 0;
+};
+
+NodeHandle HandleOf(const std::string& path) {
+  struct {
+    file_handle h;
+    uint32_t words[8];
+  } fh{};
+  fh.h.handle_bytes = sizeof fh.words;
+  int mount_id = 0;
+  REQUIRE(name_to_handle_at(AT_FDCWD, path.c_str(), &fh.h, &mount_id, 0) == 0);
+  REQUIRE(fh.h.handle_type == 0x81);  // FILEID_INO64_GEN
+  REQUIRE(fh.h.handle_bytes == 12);
+  return NodeHandle{(uint64_t{fh.words[0]} << 32) | fh.words[1], fh.words[2]};
+}
+
+}  // namespace
+
+TEST_CASE("flush-behind: a file handle opens its own regular file and nothing else",
+          "[fs][flush]") {
+  using vssfs::cow_store::UniqueFd;
+  using vssfs::fs::OpenRegularByHandle;
+  Volume v;
+  ScopedMount m(v.backing, v.mnt);
+  const std::string file = v.mnt + "/file";
+  const std::string fifo = v.mnt + "/fifo";
+  const std::string dir = v.mnt + "/dir";
+  {
+    UniqueFd fd(open(file.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
+    REQUIRE(fd);
+  }
+  REQUIRE(mkfifo(fifo.c_str(), 0644) == 0);
+  REQUIRE(mkdir(dir.c_str(), 0755) == 0);
+  UniqueFd tree(open(v.mnt.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  REQUIRE(tree);
+  const NodeHandle f = HandleOf(file), p = HandleOf(fifo), d = HandleOf(dir);
+  // vssfs gives every node its own generation.
+  CHECK(f.generation != 0);
+  CHECK(f.generation != p.generation);
+  CHECK(p.generation != d.generation);
+
+  UniqueFd opened;
+  REQUIRE(OpenRegularByHandle(tree.get(), f.nodeid, f.generation, &opened) == 0);
+  struct stat st;
+  REQUIRE(fstat(opened.get(), &st) == 0);
+  CHECK(S_ISREG(st.st_mode));
+  CHECK(st.st_ino == f.nodeid);
+  CHECK((fcntl(opened.get(), F_GETFL) & O_ACCMODE) == O_RDONLY);
+
+  // The same node id with another generation: a newer file under a reused
+  // inode number, which the watch was not for.
+  UniqueFd other;
+  CHECK(OpenRegularByHandle(tree.get(), f.nodeid, f.generation + 1, &other) == -ESTALE);
+  CHECK(!other);
+  CHECK(OpenRegularByHandle(tree.get(), d.nodeid, d.generation, &other) == -ESTALE);
+  CHECK(!other);
+
+  // A FIFO is refused without being opened: a reader opening it would block
+  // until some writer came, and meanwhile let a writer's non-blocking open
+  // succeed (the helper used to do that when a node id it was told to watch
+  // had become a FIFO's).
+  auto refused = std::async(std::launch::async, [&] {
+    UniqueFd fd;
+    return OpenRegularByHandle(tree.get(), p.nodeid, p.generation, &fd);
+  });
+  if (refused.wait_for(std::chrono::seconds(5)) != std::future_status::ready) {
+    UniqueFd writer(open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC));  // Unblock it.
+    FAIL("opening the FIFO's handle blocked");
+  }
+  CHECK(refused.get() == -ESTALE);
+  errno = 0;
+  UniqueFd writer(open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC));
+  CHECK(!writer);
+  CHECK(errno == ENXIO);  // No reader was left behind.
 }

@@ -65,6 +65,29 @@ TEST_CASE("inode table: lookups are counted and forgotten", "[fs][inode_table]")
   CHECK(table.Find(FUSE_ROOT_ID) != nullptr);
 }
 
+TEST_CASE("inode table: every entry of a node id has its own generation", "[fs][inode_table]") {
+  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
+  CHECK(table.root()->generation == 0);  // The kernel's root inode has 0.
+  auto a = table.Acquire(SomeFd(), StatWithIno(100));
+  auto b = table.Acquire(SomeFd(), StatWithIno(101));
+  REQUIRE(a);
+  REQUIRE(b);
+  CHECK(a->generation != 0);
+  CHECK(b->generation != 0);
+  CHECK(a->generation != b->generation);
+  // Looked up again while known: the same entry, the same generation.
+  const uint32_t first = a->generation;
+  CHECK(table.Acquire(SomeFd(), StatWithIno(100))->generation == first);
+  // Forgotten, then node id 100 is a new file (the backing filesystem reused
+  // the inode number): a handle of the old file must not open it.
+  table.Forget(100, 2);
+  REQUIRE(table.Find(100) == nullptr);
+  auto reused = table.Acquire(SomeFd(), StatWithIno(100, S_IFIFO));
+  REQUIRE(reused);
+  CHECK(reused->generation != first);
+  CHECK(reused->generation != 0);
+}
+
 TEST_CASE("inode table: reserved inode numbers are refused", "[fs][inode_table]") {
   InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
   CHECK(table.Acquire(SomeFd(), StatWithIno(kReservedNodeIdBase + 5)) == nullptr);
