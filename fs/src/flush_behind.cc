@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "access_time.h"
 #include "backing_xattr.h"
 #include "creds.h"
 #include "helper_process.h"
@@ -133,7 +134,7 @@ class Helper {
 
   void Watch(uint64_t nodeid, uint32_t generation) {
     if (disabled_) return;
-    Watched& w = files_[nodeid];
+    Watched& w = files_[nodeid] = Watched{};  // Nothing of an earlier file.
     w.generation = generation;
     w.since_ms = w.last_ms = NowMs();
   }
@@ -405,7 +406,10 @@ int OpenRegularByHandle(int tree, uint64_t nodeid, uint32_t generation, UniqueFd
     return -errno;
   }
   if (!S_ISREG(stx.stx_mode)) return -ESTALE;
-  UniqueFd fd(open(ProcPath(path.get()).path, O_RDONLY | O_CLOEXEC | O_NOCTTY));
+  // O_NOATIME: the helper's look must not count as an access of the file
+  // (vssfs would update its access time).
+  UniqueFd fd(OpenNoAtime(O_RDONLY | O_CLOEXEC | O_NOCTTY,
+                          [&](int flags) { return open(ProcPath(path.get()).path, flags); }));
   if (!fd) return -errno;
   *out = std::move(fd);
   return 0;

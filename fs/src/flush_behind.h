@@ -115,8 +115,9 @@ class FlushBehind {
 // kernel resolves the handle from its inode cache. Returns 0 and the
 // descriptor in *out; -ESTALE when the kernel has no such node (not created
 // yet, forgotten, or the node id is a newer file's: another generation) or
-// it is not a regular file; another negative errno of open_by_handle_at(2)
-// or open(2) otherwise (EPERM without CAP_DAC_READ_SEARCH).
+// it is not a regular file; another negative errno of open_by_handle_at(2),
+// statx(2) or open(2) otherwise (EPERM without CAP_DAC_READ_SEARCH). The
+// open is O_NOATIME where the caller may: it leaves the access time alone.
 int OpenRegularByHandle(int tree, uint64_t nodeid, uint32_t generation, cow_store::UniqueFd* out);
 
 }  // namespace vssfs::fs

@@ -12,8 +12,10 @@
 // A node id is reused when the backing filesystem reuses an inode number,
 // which it can only do once the kernel has forgotten the node (the O_PATH
 // descriptor is closed then). Each entry gets a new FUSE generation, so
-// that a file handle (node id and generation) taken of the old file never
-// opens the new one. Generations count up per mount; the root's is 0.
+// that a file handle (node id and generation) taken of the old file does
+// not open the new one (short of 2^32 entries in between: the counter is
+// 32 bits, as the kernel's). Generations count up per mount; the root's is
+// 0. A file the kernel forgot and looks up again has a new one too.
 //
 // Thread-safety: all methods are safe to call concurrently. Lock order: the
 // table's mutex_ is a leaf lock (nothing else is taken while holding it).
