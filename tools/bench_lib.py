@@ -211,9 +211,9 @@ def cmd_env(a):
         **wakeup_settings(),
         "libfuse3": fuse_pkg or "unknown",
         "mode": a.mode,
-        "vssfs_binary": a.vssfs if a.mode == "vssfs" else None,
+        "vssfs_binary": a.binary if a.mode == "vssfs" else None,
         "peer": a.peer if a.mode == "peer" else None,
-        "peer_binary": a.vssfs if a.mode == "peer" else None,
+        "peer_binary": a.binary if a.mode == "peer" else None,
         "vssfs_options": list(a.opt or []),
         "vssfs_command": a.command,
         "params": {
@@ -231,10 +231,10 @@ def cmd_env(a):
     env["cpu_steal_pct_before"] = steal
     if a.mode in ("vssfs", "peer"):
         try:
-            st = os.stat(a.vssfs)
-            env["vssfs_binary_mtime"] = datetime.datetime.fromtimestamp(
+            st = os.stat(a.binary)
+            env["binary_mtime"] = datetime.datetime.fromtimestamp(
                 st.st_mtime).astimezone().isoformat(timespec="seconds")
-            env["vssfs_binary_size"] = st.st_size
+            env["binary_size"] = st.st_size
         except OSError:
             pass
     with open(a.out, "w", encoding="utf-8") as f:
@@ -266,13 +266,13 @@ def cmd_env(a):
         + f"; fuse enable_uring {env['fuse_enable_uring'] or '?'}",
     ]
     if a.mode == "vssfs":
-        lines.append(f"  vssfs       {a.vssfs} (built {env.get('vssfs_binary_mtime', '?')},"
-                     f" {env.get('vssfs_binary_size', '?')} bytes)")
+        lines.append(f"  vssfs       {a.binary} (built {env.get('binary_mtime', '?')},"
+                     f" {env.get('binary_size', '?')} bytes)")
         lines.append(f"  options     {' '.join(a.opt) if a.opt else '(none)'}")
         lines.append(f"  command     {a.command}")
     elif a.mode == "peer":
-        lines.append(f"  peer        {a.peer}: {a.vssfs} (built {env.get('vssfs_binary_mtime', '?')},"
-                     f" {env.get('vssfs_binary_size', '?')} bytes), in vssfs's place")
+        lines.append(f"  peer        {a.peer}: {a.binary} (built {env.get('binary_mtime', '?')},"
+                     f" {env.get('binary_size', '?')} bytes), in vssfs's place")
         lines.append(f"  options     {' '.join(a.opt) if a.opt else '(its defaults)'}")
         lines.append(f"  command     {a.command}")
     else:
@@ -515,7 +515,7 @@ def main(argv):
     p.add_argument("--work", required=True)
     p.add_argument("--mode", required=True, choices=["vssfs", "peer", "calibration"])
     p.add_argument("--peer", default="")
-    p.add_argument("--vssfs", default="")
+    p.add_argument("--binary", default="", help="the mounted daemon: vssfs or the peer")
     p.add_argument("--opt", action="append")
     p.add_argument("--command", default="")
     p.add_argument("--size", type=int, required=True)
