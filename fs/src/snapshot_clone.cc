@@ -10,8 +10,10 @@
 #include <linux/falloc.h>
 #include <sys/xattr.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <map>
@@ -181,22 +183,46 @@ void SetEntry(std::vector<DirEntry>* entries, DirEntry entry) {
 
 }  // namespace
 
-int SnapshotView::ProbeXattrs(const cow_store::XattrList& xattrs) {
+int SnapshotView::ProbeXattrs(mode_t mode, const cow_store::XattrList& xattrs) {
   size_t total = 0;
   for (const auto& [name, value] : xattrs) total += name.size() + value.size();
   if (total <= kXattrProbeFrom) return 0;
   // What fits in one inode's xattr space is the backing filesystem's
-  // business (ext4: about one block): try the whole set on a nameless file
-  // there, so that a clone accepts exactly what the live tree would.
-  cow_store::UniqueFd probe(openat(cow_->mount_fd(), ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
-  if (!probe) return 0;  // No O_TMPFILE: only the VFS limits apply.
-  for (const auto& [name, value] : xattrs) {
-    if (name.rfind("system.", 0) == 0) continue;  // ACLs are small and checked on their own.
-    if (fsetxattr(probe.get(), name.c_str(), value.data(), value.size(), 0) != 0) {
-      return errno == ENOTSUP || errno == EPERM ? 0 : -errno;
+  // business (ext4: about one block, shared with the ACLs): try the whole
+  // set on an inode of the same kind there (only a directory takes a
+  // default ACL), so that a clone accepts exactly what the live tree would.
+  // In the keep directory, where a leftover scratch directory of a crash is
+  // removed at the next mount (ReconcileKept).
+  cow_store::UniqueFd probe;
+  std::string scratch;
+  if (S_ISDIR(mode)) {
+    static std::atomic<uint64_t> serial{0};
+    scratch = "xattr-probe-" + std::to_string(getpid()) + "-" + std::to_string(++serial);
+    if (mkdirat(cow_->keep_fd(), scratch.c_str(), 0700) != 0) return 0;
+    probe.reset(openat(cow_->keep_fd(), scratch.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  } else {
+    probe.reset(openat(cow_->keep_fd(), ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+  }
+  int r = 0;
+  if (probe) {
+    // ACLs the probe inherited from the keep directory are not the set's.
+    for (const char* acl : {kAclAccess, kAclDefault}) {
+      const bool wanted = std::any_of(xattrs.begin(), xattrs.end(),
+                                      [&](const auto& kv) { return kv.first == acl; });
+      if (!wanted) fremovexattr(probe.get(), acl);
+    }
+    for (const auto& [name, value] : xattrs) {
+      if (fsetxattr(probe.get(), name.c_str(), value.data(), value.size(), 0) == 0) continue;
+      // Names the backing filesystem or the daemon cannot set there are
+      // left out of the probe; what else fits still decides.
+      if (errno == ENOTSUP || errno == EPERM || errno == EACCES) continue;
+      r = -errno;
+      break;
     }
   }
-  return 0;
+  probe.reset();
+  if (!scratch.empty()) unlinkat(cow_->keep_fd(), scratch.c_str(), AT_REMOVEDIR);
+  return r;  // Without O_TMPFILE or a scratch directory, only the VFS limits apply.
 }
 
 // Drops set-user-ID, and set-group-ID when it marks a setgid executable
@@ -763,7 +789,7 @@ int SnapshotView::SetXattr(uint64_t node, const Caller& caller, const char* name
   } else {
     m.xattrs.emplace_back(name, value);
   }
-  if (int r = ProbeXattrs(m.xattrs); r != 0) return r;
+  if (int r = ProbeXattrs(m.mode, m.xattrs); r != 0) return r;
   if (acl) {
     m.mode = ModeFromAcl(value, m.mode);
     // As chmod: set-group-ID goes unless the caller is in the group or has

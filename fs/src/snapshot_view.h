@@ -195,10 +195,13 @@ class SnapshotView {
   int Apply(cow_store::SnapId snap, cow_store::CloneChange& change);
   static void DropSetid(cow_store::InodeMeta* m, const Caller& caller);
   static bool InGroup(const Caller& caller, gid_t gid);
-  // Whether the backing filesystem would take this xattr set on one inode
-  // (tried on an O_TMPFILE when it is larger than kXattrProbeFrom bytes).
+  // Whether the backing filesystem would take this xattr set, ACLs
+  // included, on one inode of type `mode` (tried, when it is larger than
+  // kXattrProbeFrom bytes, on a nameless file or a scratch directory in the
+  // keep directory). Returns 0 or the backing filesystem's error (ENOSPC,
+  // E2BIG). Caller holds clone_mutex_.
   static constexpr size_t kXattrProbeFrom = 1024;
-  int ProbeXattrs(const cow_store::XattrList& xattrs);
+  int ProbeXattrs(mode_t mode, const cow_store::XattrList& xattrs);
   bool IsOpen(cow_store::SnapId snap, cow_store::Ino ino);
   std::shared_ptr<Node> Find(uint64_t nodeid);
   // Find(), but null when the node's snapshot was deleted. Caller holds
