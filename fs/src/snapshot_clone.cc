@@ -554,6 +554,9 @@ int SnapshotView::MakeNode(uint64_t parent, const Caller& caller, const char* na
     InodeMeta& m = ci.meta;
     m.mode = type | (link_target != nullptr ? 0777 : (mode & 07777));
     if (!InheritAcl(pci.meta.xattrs, &m)) m.mode &= ~static_cast<uint32_t>(caller.umask & 0777);
+    // Large inherited ACLs may not fit where a native mkdir or create would
+    // fail with ENOSPC too. (An inode number lost here is never reused.)
+    if (int r = ProbeXattrs(m.mode, m.xattrs); r != 0) return r;
     m.uid = caller.uid;
     m.gid = caller.gid;
     if (pci.meta.mode & S_ISGID) {

@@ -198,8 +198,10 @@ class SnapshotView {
   // Whether the backing filesystem would take this xattr set, ACLs
   // included, on one inode of type `mode` (tried, when it is larger than
   // kXattrProbeFrom bytes, on a nameless file or a scratch directory in the
-  // keep directory). Returns 0 or the backing filesystem's error (ENOSPC,
-  // E2BIG). Caller holds clone_mutex_.
+  // keep directory; other types on a nameless regular file). Returns 0 or
+  // the backing filesystem's negative errno (-ENOSPC on ext4); 0 too when no
+  // probe can be made. Names the probe may not set are left out. Caller
+  // holds clone_mutex_.
   static constexpr size_t kXattrProbeFrom = 1024;
   int ProbeXattrs(mode_t mode, const cow_store::XattrList& xattrs);
   bool IsOpen(cow_store::SnapId snap, cow_store::Ino ino);
