@@ -207,9 +207,7 @@ int SnapshotView::ProbeXattrs(mode_t mode, const cow_store::XattrList& xattrs) {
   if (probe) {
     // ACLs the probe inherited from the keep directory are not the set's.
     for (const char* acl : {kAclAccess, kAclDefault}) {
-      const bool wanted = std::any_of(xattrs.begin(), xattrs.end(),
-                                      [&](const auto& kv) { return kv.first == acl; });
-      if (!wanted) fremovexattr(probe.get(), acl);
+      if (FindXattr(xattrs, acl) == nullptr) fremovexattr(probe.get(), acl);
     }
     for (const auto& [name, value] : xattrs) {
       if (fsetxattr(probe.get(), name.c_str(), value.data(), value.size(), 0) == 0) continue;

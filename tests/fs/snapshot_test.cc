@@ -461,29 +461,22 @@ TEST_CASE("snapshot: a symlink keeps its xattrs after the name vssfs opened it b
 
 namespace {
 
-// A POSIX ACL in the kernel's xattr form: user::rw- user:65534:rw-
-// group::r-x group:65533:rwx mask::r-- other::r-- (as the clone model test's
-// seed 243720785714 left on a directory).
-std::string SomeAcl() {
-  struct Entry {
-    uint16_t tag, perm;
-    uint32_t id;
-  };
-  const Entry entries[] = {{0x01, 6, UINT32_MAX}, {0x02, 6, 65534},      {0x04, 5, UINT32_MAX},
-                           {0x08, 7, 65533},      {0x10, 4, UINT32_MAX}, {0x20, 4, UINT32_MAX}};
-  std::string acl(4, '\0');
-  acl[0] = 2;  // POSIX_ACL_XATTR_VERSION, little endian
-  for (const Entry& e : entries) acl.append(reinterpret_cast<const char*>(&e), sizeof e);
-  return acl;
+// Runs setfacl with `args` on `path`.
+void SetFacl(std::vector<std::string> args, const std::string& path) {
+  args.insert(args.begin(), "setfacl");
+  args.push_back(path);
+  std::string out;
+  const int rc = vssfs::testing::RunCommand(args, &out);
+  INFO("setfacl: " << out);
+  REQUIRE(rc == 0);
 }
 
-// Gives `path` both ACLs (directories) or the access ACL, and a small xattr.
+// Gives `path` the ACL the clone model test's seed 243720785714 left on a
+// directory (as its default ACL too, for a directory), and a small xattr.
 void Decorate(const std::string& path, bool directory) {
-  const std::string acl = SomeAcl();
-  REQUIRE(setxattr(path.c_str(), "system.posix_acl_access", acl.data(), acl.size(), 0) == 0);
-  if (directory) {
-    REQUIRE(setxattr(path.c_str(), "system.posix_acl_default", acl.data(), acl.size(), 0) == 0);
-  }
+  const std::string acl = "u::rw,u:65534:rw,g::rx,g:65533:rwx,m::r,o::r";
+  SetFacl({"-m", acl}, path);
+  if (directory) SetFacl({"-d", "-m", acl}, path);
   REQUIRE(setxattr(path.c_str(), "user.b", "v474", 4, 0) == 0);
 }
 
@@ -552,25 +545,16 @@ TEST_CASE("snapshot: a clone refuses a mkdir whose inherited ACLs would not fit 
   // A default ACL naming 300 users: about 2.4 KiB on ext4. A new directory
   // inherits it twice (as its access and its default ACL), which exceeds
   // ext4's xattr space; a new file inherits it once, which fits.
-  std::string acl(4, '\0');
-  acl[0] = 2;
-  auto add = [&](uint16_t tag, uint16_t perm, uint32_t id) {
-    acl.append(reinterpret_cast<const char*>(&tag), 2);
-    acl.append(reinterpret_cast<const char*>(&perm), 2);
-    acl.append(reinterpret_cast<const char*>(&id), 4);
-  };
-  add(0x01, 7, UINT32_MAX);
-  for (uint32_t uid = 20000; uid < 20300; ++uid) add(0x02, 5, uid);
-  add(0x04, 5, UINT32_MAX);
-  add(0x10, 7, UINT32_MAX);
-  add(0x20, 5, UINT32_MAX);
+  std::string acl = "u::rwx";
+  for (uint32_t uid = 20000; uid < 20300; ++uid) acl += ",u:" + std::to_string(uid) + ":rx";
+  acl += ",g::rx,m::rwx,o::rx";
   VolumeDirs dirs;
   const std::string ref = dirs.tmp.Sub("ref");
   REQUIRE(mkdir(ref.c_str(), 0755) == 0);
   ScopedMount m(dirs.backing, dirs.mnt);
   for (const std::string& p : {dirs.mnt + "/parent", ref + "/parent"}) {
     REQUIRE(mkdir(p.c_str(), 0755) == 0);
-    REQUIRE(setxattr(p.c_str(), "system.posix_acl_default", acl.data(), acl.size(), 0) == 0);
+    SetFacl({"-d", "-m", acl}, p);
   }
   SnapshotAndClone(dirs.mnt, "s1");
   const std::string clone = dirs.mnt + "/.snapshot/s1/parent", native = ref + "/parent";
