@@ -265,15 +265,15 @@ def cmd_env(a):
            if env["guest_halt_poll_ns"] == "0" else "")
         + f"; fuse enable_uring {env['fuse_enable_uring'] or '?'}",
     ]
-    if a.mode == "vssfs":
-        lines.append(f"  vssfs       {a.binary} (built {env.get('binary_mtime', '?')},"
-                     f" {env.get('binary_size', '?')} bytes)")
-        lines.append(f"  options     {' '.join(a.opt) if a.opt else '(none)'}")
-        lines.append(f"  command     {a.command}")
-    elif a.mode == "peer":
-        lines.append(f"  peer        {a.peer}: {a.binary} (built {env.get('binary_mtime', '?')},"
-                     f" {env.get('binary_size', '?')} bytes), in vssfs's place")
-        lines.append(f"  options     {' '.join(a.opt) if a.opt else '(its defaults)'}")
+    if a.mode in ("vssfs", "peer"):
+        built = (f"{a.binary} (built {env.get('binary_mtime', '?')},"
+                 f" {env.get('binary_size', '?')} bytes)")
+        if a.mode == "vssfs":
+            lines.append(f"  vssfs       {built}")
+        else:
+            lines.append(f"  peer        {a.peer}: {built}, in vssfs's place")
+        default_opts = "(none)" if a.mode == "vssfs" else "(its defaults)"
+        lines.append(f"  options     {' '.join(a.opt) if a.opt else default_opts}")
         lines.append(f"  command     {a.command}")
     else:
         lines.append("  MODE        calibration (--no-mount): the 'vssfs' side is a second")

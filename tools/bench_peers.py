@@ -123,10 +123,9 @@ def report(runs, jobs, out_json):
                 row.append(f"{med[t]:.2f}")
         goal = GOALS.get(job)
         row.append(f"{goal:.2f}" if goal else "-")
-        row.append(f"{REFERENCE['passthrough_ll'][job]:.2f}" if job in REFERENCE["passthrough_ll"]
-                   else "-")
-        row.append(f"{REFERENCE['fuse-overlayfs'][job]:.2f}" if job in REFERENCE["fuse-overlayfs"]
-                   else "-")
+        for peer in TARGETS[1:]:  # the "ref pt_ll" and "ref ovl" columns
+            ref = REFERENCE[peer].get(job)
+            row.append("-" if ref is None else f"{ref:.2f}")
         v = med.get("vssfs")
         met = None if v is None or goal is None else v >= goal
         row.append("-" if met is None else ("met" if met else "MISSED"))
