@@ -84,6 +84,18 @@ std::atomic<bool> g_kernel_offers_uring{false};
 std::atomic<bool> g_uring{false};
 fuse_session* g_session = nullptr;
 int g_session_fd = -1;
+// The kernel's FUSE protocol minor version, from INIT.
+std::atomic<unsigned> g_proto_minor{0};
+// FUSE_NOTIFY_PRUNE (protocol 7.45) and its argument, which the system's
+// <linux/fuse.h> may predate.
+constexpr unsigned kPruneMinor = 45;
+constexpr int kFuseNotifyPrune = 9;
+struct PruneOut {
+  uint32_t count;
+  uint32_t padding;
+  uint64_t spare;
+};
+static_assert(sizeof(PruneOut) == 16);
 std::atomic<int> g_workers_fd{-1};  // UringWorkers::dev_fd while it is open
 unsigned g_uring_threads_per_queue = 2;
 bool g_uring_sched_idle = true;
@@ -763,6 +775,24 @@ int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned urin
 }
 
 bool KillprivV2Negotiated() { return g_killpriv_v2; }
+
+void NoteProtocol(unsigned minor) { g_proto_minor = minor; }
+
+int NotifyPrune(const std::vector<uint64_t>& ids) {
+  if (g_proto_minor.load() < kPruneMinor) return -ENOSYS;
+  if (ids.empty()) return 0;
+  PruneOut arg{static_cast<uint32_t>(ids.size()), 0, 0};
+  fuse_out_header out{};
+  out.len = static_cast<uint32_t>(sizeof out + sizeof arg + ids.size() * sizeof(uint64_t));
+  out.error = kFuseNotifyPrune;
+  out.unique = 0;
+  iovec iov[3] = {{&out, sizeof out},
+                  {&arg, sizeof arg},
+                  {const_cast<uint64_t*>(ids.data()), ids.size() * sizeof(uint64_t)}};
+  ssize_t n = WritevHook(g_session_fd, iov, 3, nullptr);
+  if (n < 0) return -errno;
+  return 0;
+}
 
 bool UringOffered() { return g_want_uring && g_kernel_offers_uring; }
 

@@ -29,6 +29,7 @@
 #define VSSFS_FS_SRC_CHANNEL_H_
 
 #include <cstdint>
+#include <vector>
 
 struct fuse_session;
 
@@ -59,6 +60,15 @@ void StopUring();
 
 // True once the kernel accepted FUSE_HANDLE_KILLPRIV_V2.
 bool KillprivV2Negotiated();
+
+// Asks the kernel to drop its unused inodes among `ids` (FUSE_NOTIFY_PRUNE;
+// inode_pruner.h). Returns 0, -ENOSYS when the kernel's FUSE protocol is
+// older than 7.45 (recorded at INIT by NoteProtocol), or the negative errno
+// of the write (-ENODEV once unmounted).
+int NotifyPrune(const std::vector<uint64_t>& ids);
+
+// Records the kernel's FUSE protocol minor version (from INIT).
+void NoteProtocol(unsigned minor);
 
 // Whether the request being processed on this thread (a WRITE or OPEN) asks
 // the filesystem to clear set-id bits.

@@ -2,7 +2,9 @@
 
 #include <fuse_lowlevel.h>
 
+#include <algorithm>
 #include <mutex>
+#include <utility>
 
 #include "backing_xattr.h"
 
@@ -30,6 +32,7 @@ std::shared_ptr<Inode> InodeTable::Acquire(cow_store::UniqueFd fd, const struct 
   uint64_t id = NodeIdFor(st.st_ino);
   if (id == 0) return nullptr;
   std::unique_lock lock(mutex_);
+  const uint64_t now = lookups_.fetch_add(1, std::memory_order_relaxed) + 1;
   auto [it, inserted] = inodes_.try_emplace(id);
   if (inserted) {
     auto inode = std::make_shared<Inode>();
@@ -43,13 +46,25 @@ std::shared_ptr<Inode> InodeTable::Acquire(cow_store::UniqueFd fd, const struct 
     it->second = std::move(inode);
   }
   ++it->second->nlookup;
-  return it->second;
+  it->second->last_use.store(now, std::memory_order_relaxed);
+  std::shared_ptr<Inode> inode = it->second;
+  const bool pressed = inserted && inodes_.size() > pressure_limit_;
+  lock.unlock();
+  if (pressed) pressure_hook_();
+  return inode;
 }
 
 std::shared_ptr<Inode> InodeTable::Find(uint64_t nodeid) const {
   std::shared_lock lock(mutex_);
   auto it = inodes_.find(nodeid);
-  return it == inodes_.end() ? nullptr : it->second;
+  if (it == inodes_.end()) return nullptr;
+  // Written only when it changes: a directory all requests go through
+  // would otherwise bounce between CPUs' caches.
+  const uint64_t now = lookups_.load(std::memory_order_relaxed);
+  if (it->second->last_use.load(std::memory_order_relaxed) != now) {
+    it->second->last_use.store(now, std::memory_order_relaxed);
+  }
+  return it->second;
 }
 
 void InodeTable::Forget(uint64_t nodeid, uint64_t n) {
@@ -58,7 +73,34 @@ void InodeTable::Forget(uint64_t nodeid, uint64_t n) {
   if (it == inodes_.end() || it->second == root_) return;
   Inode& inode = *it->second;
   inode.nlookup = n >= inode.nlookup ? 0 : inode.nlookup - n;
-  if (inode.nlookup == 0) inodes_.erase(it);
+  if (inode.nlookup == 0) {
+    inodes_.erase(it);
+    forgotten_.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+std::vector<uint64_t> InodeTable::LeastRecentlyUsed(size_t count) const {
+  std::vector<std::pair<uint64_t, uint64_t>> uses;  // (last use, node id)
+  {
+    std::shared_lock lock(mutex_);
+    uses.reserve(inodes_.size());
+    for (const auto& [id, inode] : inodes_) {
+      if (inode == root_ || inode->open_writers.load(std::memory_order_relaxed) > 0) continue;
+      uses.emplace_back(inode->last_use.load(std::memory_order_relaxed), id);
+    }
+  }
+  count = std::min(count, uses.size());
+  std::partial_sort(uses.begin(), uses.begin() + static_cast<std::ptrdiff_t>(count), uses.end());
+  std::vector<uint64_t> ids;
+  ids.reserve(count);
+  for (size_t i = 0; i < count; ++i) ids.push_back(uses[i].second);
+  return ids;
+}
+
+void InodeTable::SetPressureHook(size_t limit, std::function<void()> hook) {
+  std::unique_lock lock(mutex_);
+  pressure_limit_ = limit;
+  pressure_hook_ = std::move(hook);
 }
 
 size_t InodeTable::size() const {

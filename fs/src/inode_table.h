@@ -17,6 +17,13 @@
 // 32 bits, as the kernel's). Generations count up per mount; the root's is
 // 0. A file the kernel forgot and looks up again has a new one too.
 //
+// Every entry holds a descriptor, so the table's size is bounded by the
+// process's descriptor limit. The table keeps a use order (Find and Acquire
+// stamp an entry with the count of lookups so far) so that InodePruner
+// (inode_pruner.h) can ask the kernel to forget the entries used longest
+// ago; and it calls a pressure hook when a new entry takes it past a set
+// size.
+//
 // Thread-safety: all methods are safe to call concurrently. Lock order: the
 // table's mutex_ is a leaf lock (nothing else is taken while holding it).
 #ifndef VSSFS_FS_SRC_INODE_TABLE_H_
@@ -28,6 +35,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
@@ -50,6 +58,8 @@ struct Inode {
   mode_t type = 0;          // S_IFMT bits; never changes for an inode.
   uint32_t generation = 0;  // FUSE generation of this entry; never changes.
   cow_store::UniqueFd fd;   // O_PATH descriptor of the backing inode.
+  // InodeTable's lookup count when the entry was last used (relaxed).
+  std::atomic<uint64_t> last_use{0};
   // Kernel lookup count; guarded by InodeTable::mutex_.
   uint64_t nlookup = 0;
   // Whether the inode has a "security.capability" xattr: the kernel asks
@@ -129,10 +139,24 @@ class InodeTable {
   std::shared_ptr<Inode> Acquire(cow_store::UniqueFd fd, const struct stat& st);
 
   // The inode for `nodeid`, or nullptr if the kernel holds no reference.
+  // Marks it used.
   std::shared_ptr<Inode> Find(uint64_t nodeid) const;
 
   // Drops `n` kernel references; forgets the inode at zero.
   void Forget(uint64_t nodeid, uint64_t n);
+
+  // Node ids of at most `count` entries used longest ago, oldest first: not
+  // the root, nor a file open for writing (the kernel cannot drop an inode
+  // in use anyway).
+  std::vector<uint64_t> LeastRecentlyUsed(size_t count) const;
+
+  // Calls `hook` (outside the table's lock, on the thread that called
+  // Acquire) whenever a new entry makes the table larger than `limit`
+  // entries. Set once, before the table is shared.
+  void SetPressureHook(size_t limit, std::function<void()> hook);
+
+  // Entries dropped by Forget so far.
+  uint64_t forgotten() const { return forgotten_.load(std::memory_order_relaxed); }
 
   const std::shared_ptr<Inode>& root() const { return root_; }
   dev_t dev() const { return dev_; }
@@ -143,6 +167,11 @@ class InodeTable {
   std::unordered_map<uint64_t, std::shared_ptr<Inode>> inodes_;
   std::shared_ptr<Inode> root_;
   uint32_t last_generation_ = 0;  // Guarded by mutex_.
+  // Lookups so far: the clock of Inode::last_use.
+  mutable std::atomic<uint64_t> lookups_{0};
+  std::atomic<uint64_t> forgotten_{0};
+  size_t pressure_limit_ = SIZE_MAX;
+  std::function<void()> pressure_hook_;
   ino_t root_backing_ino_;
   dev_t dev_;
 };

@@ -39,10 +39,22 @@ std::string EscapeOptionValue(const std::string& value) {
   return out;
 }
 
-// Every looked-up inode holds a descriptor: raise the soft limit to the hard.
+// Every looked-up inode holds a descriptor: raise the limit as far as the
+// system lets this process (fs.nr_open with CAP_SYS_RESOURCE, else the hard
+// limit). The inode budget (inode_pruner.h) is set from the result.
 void RaiseFileLimit() {
   struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  unsigned long long nr_open = 0;
+  if (std::FILE* f = std::fopen("/proc/sys/fs/nr_open", "re")) {
+    if (std::fscanf(f, "%llu", &nr_open) != 1) nr_open = 0;
+    std::fclose(f);
+  }
+  if (nr_open > rl.rlim_max) {
+    struct rlimit raised = {static_cast<rlim_t>(nr_open), static_cast<rlim_t>(nr_open)};
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) return;
+  }
+  if (rl.rlim_cur < rl.rlim_max) {
     rl.rlim_cur = rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
   }
@@ -121,6 +133,7 @@ int Main(int argc, char** argv) {
   config.read_ahead_kb = opts.read_ahead_kb;
   config.max_dirty_ratio = opts.max_dirty_ratio;
   config.flush_behind = opts.flush_behind;
+  config.max_inodes = opts.max_inodes;
   config.store_in_backing =
       paths.value().store_dir == paths.value().backing_dir + "/" + cow_store::kDefaultStoreName;
   config.conn_opts = conn_opts.get();

@@ -113,6 +113,12 @@ Status ApplyMountOption(const std::string& item, Options* o) {
     (name == "threads"         ? o->threads
      : name == "read_ahead_kb" ? o->read_ahead_kb
                                : o->max_dirty_ratio) = v;
+  } else if (name == "max_inodes") {
+    unsigned v;
+    if (!has_value || !ParseUnsigned(value, &v) || (v != 0 && v < 16)) {
+      return Invalid("option '-o max_inodes' needs a whole number >= 16 (or 0 for the default)");
+    }
+    o->max_inodes = v;
   } else if (name == "block_size") {
     unsigned v;
     if (!has_value || !ParseUnsigned(value, &v) || v < 4096 || v > (16u << 20) ||
@@ -297,6 +303,10 @@ std::string UsageText(const std::string& program) {
     << "  [no_]flush_behind       with the writeback cache, start writing files that are\n"
     << "                          written sequentially back while they are written\n"
     << "                          (default on; needs root and Linux 6.5+)\n"
+    << "  max_inodes=N            most inodes the kernel may cache (each holds a file\n"
+    << "                          descriptor) before vssfs asks it to forget the least\n"
+    << "                          recently used (default 0: 3/4 of the descriptor limit;\n"
+    << "                          needs Linux 6.18)\n"
     << "  block_size=N            snapshot block size in bytes for a new store (default\n"
     << "                          65536; an existing store keeps its own)\n"
     << "  max_write=N, max_background=N, congestion_threshold=N, [no_]splice_read,\n"

@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <linux/capability.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/uio.h>
@@ -565,6 +566,46 @@ void Filesystem::Init(fuse_conn_info* conn) {
   writeback_ = (conn->want & FUSE_CAP_WRITEBACK_CACHE) != 0;
   LOG_INFO("kernel FUSE protocol %u.%u, max_write %u, writeback cache %s", conn->proto_major,
            conn->proto_minor, conn->max_write, writeback_ ? "on" : "off");
+  StartPruner(conn->proto_minor);
+}
+
+void Filesystem::StartPruner(unsigned proto_minor) {
+  NoteProtocol(proto_minor);
+  struct rlimit rl {};
+  const uint64_t limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+                             ? rl.rlim_cur
+                             : uint64_t{1} << 20;
+  const size_t fit = DefaultInodeBudget(limit);
+  size_t budget = config_.max_inodes == 0 ? fit : config_.max_inodes;
+  if (budget > fit) {
+    LOG_WARN("max_inodes=%zu does not fit the descriptor limit of %llu: using %zu", budget,
+             static_cast<unsigned long long>(limit), fit);
+    budget = fit;
+  }
+  pruner_ = std::make_unique<InodePruner>(inodes_.get(), budget, &NotifyPrune);
+  inodes_->SetPressureHook(pruner_->budget(), [p = pruner_.get()] { p->Poke(); });
+  LOG_INFO("inode budget %zu (descriptor limit %llu)%s", pruner_->budget(),
+           static_cast<unsigned long long>(limit),
+           NotifyPrune({}) == -ENOSYS
+               ? "; this kernel cannot be asked to forget inodes (FUSE_NOTIFY_PRUNE, Linux 6.18)"
+               : "");
+}
+
+Filesystem::~Filesystem() {
+  if (inodes_) inodes_->SetPressureHook(SIZE_MAX, nullptr);
+  pruner_.reset();
+}
+
+int Filesystem::OpenWithRoom(const std::function<int()>& open) {
+  int fd = open();
+  if (fd >= 0 || (errno != EMFILE && errno != ENFILE) || !pruner_ || !multithreaded_) return fd;
+  const int saved = errno;
+  LOG_DEBUG("out of descriptors (%s): asking the kernel to forget inodes", std::strerror(saved));
+  if (!pruner_->Relieve(std::chrono::milliseconds(200))) {
+    errno = saved;
+    return -1;
+  }
+  return open();
 }
 
 void Filesystem::AfterInit() {
@@ -614,7 +655,8 @@ void Filesystem::SnapshotDirStat(struct stat* st) const {
 }
 
 int Filesystem::LookupIn(const Inode& parent, const char* name, fuse_entry_param* e) {
-  UniqueFd fd(openat(parent.fd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  UniqueFd fd(
+      OpenWithRoom([&] { return openat(parent.fd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC); }));
   if (!fd) return -errno;
   struct stat st;
   if (fstatat(fd.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return -errno;
@@ -853,8 +895,10 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode
     // behind the kernel's back) must go through the open path, which
     // preserves what O_TRUNC would destroy.
     const int excl = epoch.active() ? O_EXCL : (fi->flags & O_EXCL);
-    fd.reset(OpenNoAtime(BackingOpenFlags(fi->flags, writeback_) | O_CREAT | excl,
-                         [&](int flags) { return openat(p->fd.get(), name, flags, mode); }));
+    fd.reset(OpenWithRoom([&] {
+      return OpenNoAtime(BackingOpenFlags(fi->flags, writeback_) | O_CREAT | excl,
+                         [&](int flags) { return openat(p->fd.get(), name, flags, mode); });
+    }));
     if (!fd && errno == EEXIST && epoch.active() && !(fi->flags & O_EXCL)) created = false;
     if (!fd && created) return -errno;
   }
@@ -872,7 +916,8 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode
   }
   // The kernel holds the parent directory's lock during create, so the
   // name still denotes the new file.
-  UniqueFd path_fd(openat(p->fd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  UniqueFd path_fd(
+      OpenWithRoom([&] { return openat(p->fd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC); }));
   if (!path_fd) return -errno;
   struct stat st;
   if (fstat(fd.get(), &st) != 0) return -errno;
@@ -907,8 +952,10 @@ int Filesystem::OpenLive(fuse_req_t req, Inode& inode_ref, const CowEngine::Epoc
                          fuse_file_info* fi) {
   Inode* inode = &inode_ref;
   auto do_open = [&] {
-    int fd = OpenNoAtime(BackingOpenFlags(fi->flags, writeback_),
+    int fd = OpenWithRoom([&] {
+      return OpenNoAtime(BackingOpenFlags(fi->flags, writeback_),
                          [&](int flags) { return open(ProcPath(inode->fd.get()).path, flags); });
+    });
     return fd >= 0 ? fd : -errno;
   };
   std::unique_lock<std::mutex> serialise;

@@ -20,6 +20,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -29,6 +30,7 @@
 #include "access_time.h"
 #include "cow.h"
 #include "flush_behind.h"
+#include "inode_pruner.h"
 #include "inode_table.h"
 #include "mount_sync.h"
 #include "snapshot_view.h"
@@ -50,6 +52,9 @@ struct FilesystemConfig {
   unsigned max_dirty_ratio = 100;
   // Early writeback of streamed files (flush_behind.h).
   bool flush_behind = true;
+  // Most inodes the kernel may cache before vssfs asks it to forget some
+  // (inode_pruner.h); 0: three quarters of the descriptor limit.
+  size_t max_inodes = 0;
   // True when the store is BACKING_DIR/.vssfs (hidden, so not counted in
   // the root's link count).
   bool store_in_backing = true;
@@ -156,6 +161,7 @@ class Filesystem : public snapshot_ctl::Volume {
   CowEngine& cow() { return *cow_; }
   void Forget(fuse_ino_t ino, uint64_t n);
   void Init(fuse_conn_info* conn);
+  ~Filesystem() override;
   // The session, for notifications to the kernel; set once before the
   // session loop starts.
   void SetSession(fuse_session* se, bool multithreaded) {
@@ -187,6 +193,13 @@ class Filesystem : public snapshot_ctl::Volume {
   // The inode for `ino`; nullptr if unknown (reported as ESTALE).
   std::shared_ptr<Inode> Get(fuse_ino_t ino) const { return inodes_->Find(ino); }
 
+  // Starts the inode pruner (at INIT) with the budget for the descriptor
+  // limit and config_.max_inodes.
+  void StartPruner(unsigned proto_minor);
+  // Runs `open` (a descriptor, or -1 with errno set); when the process is
+  // out of descriptors, has the pruner free some and runs it once more.
+  int OpenWithRoom(const std::function<int()>& open);
+
   // Opens a live file (the body of Open). With O_TRUNC and snapshots, the
   // file's data is preserved first.
   int OpenLive(fuse_req_t req, Inode& inode, const CowEngine::Epoch& epoch, fuse_file_info* fi);
@@ -210,6 +223,8 @@ class Filesystem : public snapshot_ctl::Volume {
 
   FilesystemConfig config_;
   std::unique_ptr<InodeTable> inodes_;
+  // Started at INIT; declared after inodes_, so stopped before it goes.
+  std::unique_ptr<InodePruner> pruner_;
   cow_store::Store* store_ = nullptr;
   cow_store::UniqueFd mount_fd_;  // O_RDONLY backing root, for handles.
   cow_store::UniqueFd keep_fd_;   // BACKING/.vssfs/keep

@@ -175,6 +175,20 @@ TEST_CASE("difftest: random seed as root and as uid 65534", "[fs][difftest]") {
   SECTION("uid 65534") { RunDifftest(seed, /*unprivileged=*/true); }
 }
 
+TEST_CASE("difftest: the kernel forgets idle inodes past a tiny max_inodes", "[fs][difftest]") {
+  REQUIRE(geteuid() == 0);
+  // With a budget of 24 inodes the kernel is asked to forget entries all the
+  // time, and names are looked up again under the same node ids: nothing a
+  // caller sees may change.
+  static const uint64_t seed = Seeds({RandomSeed()}).front();
+  WARN("difftest max_inodes seed: " << seed << " (rerun with VSSFS_DIFFTEST_SEED=" << seed << ")");
+  const std::vector<std::string> small = {"-o", "max_inodes=24"};
+  const std::string pruning = "asking it to forget the least recently used";
+  SECTION("root") { RunDifftest(seed, /*unprivileged=*/false, false, small, pruning); }
+  SECTION("uid 65534") { RunDifftest(seed, /*unprivileged=*/true, false, small, pruning); }
+  SECTION("snapshots") { RunDifftest(seed, /*unprivileged=*/false, true, small, pruning); }
+}
+
 TEST_CASE("difftest: requests served through FUSE over io_uring", "[fs][difftest][uring]") {
   REQUIRE(geteuid() == 0);
   ScopedUringParameter parameter;

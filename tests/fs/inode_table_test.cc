@@ -6,25 +6,15 @@
 
 #include <catch2/catch.hpp>
 
+#include "fake_inodes.h"
 #include "test_support.h"
 
 using vssfs::cow_store::UniqueFd;
 using vssfs::fs::Inode;
 using vssfs::fs::InodeTable;
 using vssfs::fs::kReservedNodeIdBase;
-
-namespace {
-
-struct stat StatWithIno(ino_t ino, mode_t type = S_IFREG) {
-  struct stat st {};
-  st.st_ino = ino;
-  st.st_mode = type | 0644;
-  return st;
-}
-
-UniqueFd SomeFd() { return UniqueFd(open("/", O_PATH | O_CLOEXEC)); }
-
-}  // namespace
+using vssfs::testing::SomeFd;
+using vssfs::testing::StatWithIno;
 
 TEST_CASE("inode table: node ids are backing inode numbers", "[fs][inode_table]") {
   InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
@@ -92,4 +82,35 @@ TEST_CASE("inode table: reserved inode numbers are refused", "[fs][inode_table]"
   InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
   CHECK(table.Acquire(SomeFd(), StatWithIno(kReservedNodeIdBase + 5)) == nullptr);
   CHECK(table.size() == 1);
+}
+
+TEST_CASE("inode table: entries come out least recently used first", "[fs][inode_table]") {
+  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
+  for (ino_t ino = 100; ino < 105; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
+  // 102 is looked up again, then 100 used (a request on it). The clock is
+  // the count of lookups, so both were last used at the same time.
+  REQUIRE(table.Acquire(SomeFd(), StatWithIno(102)));
+  REQUIRE(table.Find(100));
+  CHECK(table.LeastRecentlyUsed(10) == std::vector<uint64_t>{101, 103, 104, 100, 102});
+  CHECK(table.LeastRecentlyUsed(2) == std::vector<uint64_t>{101, 103});
+  CHECK(table.LeastRecentlyUsed(0).empty());
+  // A file open for writing is never offered, nor the root.
+  table.Find(101)->open_writers = 1;
+  CHECK(table.LeastRecentlyUsed(10) == std::vector<uint64_t>{103, 104, 100, 102});
+}
+
+TEST_CASE("inode table: the pressure hook runs when a new entry passes the limit",
+          "[fs][inode_table]") {
+  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
+  int calls = 0;
+  table.SetPressureHook(3, [&] { ++calls; });
+  REQUIRE(table.Acquire(SomeFd(), StatWithIno(100)));  // 2 entries with the root
+  REQUIRE(table.Acquire(SomeFd(), StatWithIno(101)));  // 3
+  CHECK(calls == 0);
+  REQUIRE(table.Acquire(SomeFd(), StatWithIno(102)));  // 4: past the limit
+  CHECK(calls == 1);
+  REQUIRE(table.Acquire(SomeFd(), StatWithIno(102)));  // known: no new entry
+  CHECK(calls == 1);
+  REQUIRE(table.Acquire(SomeFd(), StatWithIno(103)));
+  CHECK(calls == 2);
 }

@@ -12,9 +12,12 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -105,6 +108,91 @@ TEST_CASE("mount: inode numbers are the backing ones and survive remounts", "[fs
   CHECK(Ino(v.mnt + "/f") == file_ino);
   CHECK(Ino(v.mnt + "/hard") == file_ino);
   CHECK(Ino(v.mnt + "/d") == dir_ino);
+}
+
+// Descriptors the process `pid` has open.
+size_t OpenDescriptors(pid_t pid) {
+  size_t n = 0;
+  for (const auto& e :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) {
+    (void)e;
+    ++n;
+  }
+  return n;
+}
+
+TEST_CASE("mount: a tree larger than max_inodes is walked within its descriptors", "[fs][mount]") {
+  // Every inode the kernel caches holds a descriptor in the daemon; past the
+  // budget the kernel is asked to forget the least recently used. Without
+  // that, a walk of more files than the descriptor limit ends in EMFILE.
+  Volume v;
+  constexpr int kFiles = 4000;
+  constexpr size_t kBudget = 500;
+  REQUIRE(mkdir((v.backing + "/d").c_str(), 0755) == 0);
+  std::vector<ino_t> inos;
+  for (int i = 0; i < kFiles; ++i) {
+    const std::string name = "/d/f" + std::to_string(i);
+    WriteFile(v.backing + name, "");
+    inos.push_back(Ino(v.backing + name));
+  }
+  ScopedMount m(v.backing, v.mnt, {"-o", "max_inodes=" + std::to_string(kBudget)});
+  size_t most = 0;
+  int failed = 0;
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < kFiles; ++i) {
+      struct stat st;
+      if (stat((v.mnt + "/d/f" + std::to_string(i)).c_str(), &st) != 0 || st.st_ino != inos[i]) {
+        ++failed;
+      }
+      if (i % 50 == 0) most = std::max(most, OpenDescriptors(m.pid()));
+    }
+  }
+  // A listing with attributes (READDIRPLUS) of the whole directory, too.
+  size_t listed = 0;
+  for (const auto& e : std::filesystem::directory_iterator(v.mnt + "/d")) {
+    listed += e.is_regular_file() ? 1 : 0;
+    if (listed % 50 == 0) most = std::max(most, OpenDescriptors(m.pid()));
+  }
+  INFO("vssfs log:\n" << m.Log());
+  CHECK(failed == 0);
+  CHECK(listed == kFiles);
+  // The budget, plus the daemon's other descriptors (the store, /dev/fuse
+  // clones, helpers' pipes) and the growth between two pruning rounds.
+  CHECK(most <= kBudget + 200);
+  CHECK(m.Log().find("asking it to forget the least recently used") != std::string::npos);
+}
+
+TEST_CASE("mount: a tree larger than the descriptor limit is walked without EMFILE",
+          "[fs][mount]") {
+  // The default budget is three quarters of the limit. (With
+  // CAP_SYS_RESOURCE the daemon raises its limit first, and then nothing
+  // is pruned here; the walk must succeed either way.)
+  Volume v;
+  constexpr int kFiles = 3000;
+  REQUIRE(mkdir((v.backing + "/d").c_str(), 0755) == 0);
+  for (int i = 0; i < kFiles; ++i) WriteFile(v.backing + "/d/f" + std::to_string(i), "");
+  ScopedMount m(v.backing, v.mnt, {}, 1024);
+  int failed = 0;
+  int first_errno = 0;
+  for (int i = 0; i < kFiles; ++i) {
+    const std::string path = v.mnt + "/d/f" + std::to_string(i);
+    struct stat st;
+    if (stat(path.c_str(), &st) != 0) {
+      if (failed++ == 0) first_errno = errno;
+      continue;
+    }
+    // Opening and creating need descriptors too.
+    if (i % 10 == 0) {
+      int fd = open(path.c_str(), O_RDONLY);
+      if (fd < 0 && failed++ == 0) first_errno = errno;
+      if (fd >= 0) close(fd);
+      fd = open((path + ".new").c_str(), O_CREAT | O_WRONLY, 0644);
+      if (fd < 0 && failed++ == 0) first_errno = errno;
+      if (fd >= 0) close(fd);
+    }
+  }
+  INFO("first error: " << std::strerror(first_errno) << "\nvssfs log:\n" << m.Log());
+  CHECK(failed == 0);
 }
 
 TEST_CASE("mount: the store is invisible and unreachable", "[fs][mount]") {

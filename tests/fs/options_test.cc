@@ -59,6 +59,8 @@ TEST_CASE("options: vssfs options in both spellings", "[fs][options]") {
   CHECK(u.value().uring_threads == 5);
   CHECK_FALSE(u.value().uring_sched_idle);
   CHECK_FALSE(u.value().flush_behind);
+  CHECK(Parse({"b", "m"}).value().max_inodes == 0);
+  CHECK(Parse({"b", "m", "-o", "max_inodes=5000"}).value().max_inodes == 5000);
   auto f = Parse({"b", "m", "-ostore=/x,log_level=warn"});
   REQUIRE(f.ok());
   CHECK(f.value().store_dir == "/x");
@@ -94,6 +96,8 @@ TEST_CASE("options: every bad input gets a precise message", "[fs][options]") {
   CHECK_THAT(Error({"-o", "timeout=abc", "b", "m"}), Catch::Contains("number of seconds"));
   CHECK_THAT(Error({"-o", "threads=0", "b", "m"}), Catch::Contains("needs a whole number > 0"));
   CHECK_THAT(Error({"-o", "max_dirty_ratio=101", "b", "m"}), Catch::Contains("0-100"));
+  CHECK_THAT(Error({"-o", "max_inodes=15", "b", "m"}), Catch::Contains(">= 16"));
+  CHECK_THAT(Error({"-o", "max_inodes", "b", "m"}), Catch::Contains(">= 16"));
   CHECK_THAT(Error({"-o", "uring_threads=0", "b", "m"}), Catch::Contains("1-64"));
   CHECK_THAT(Error({"-o", "io_uring=yes", "b", "m"}), Catch::Contains("unknown option"));
   CHECK_THAT(Error({"-o", "flush_behind=1", "b", "m"}), Catch::Contains("unknown option"));

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -119,7 +120,7 @@ std::string ReadFile(const std::string& path) {
 }
 
 ScopedMount::ScopedMount(const std::string& backing, const std::string& mountpoint,
-                         const std::vector<std::string>& extra_args)
+                         const std::vector<std::string>& extra_args, unsigned descriptor_limit)
     : mountpoint_(mountpoint) {
   char tmpl[] = "/tmp/vssfs-mount-log-XXXXXX";
   int log_fd = mkstemp(tmpl);
@@ -133,6 +134,10 @@ ScopedMount::ScopedMount(const std::string& backing, const std::string& mountpoi
   if (pid_ == 0) {
     dup2(log_fd, 1);
     dup2(log_fd, 2);
+    if (descriptor_limit != 0) {
+      struct rlimit rl = {descriptor_limit, descriptor_limit};
+      if (setrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(126);
+    }
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);

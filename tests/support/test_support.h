@@ -40,13 +40,14 @@ struct VolumeDirs {
 };
 
 // Runs `vssfs --foreground [args...] BACKING MOUNTPOINT` as a child process and
-// waits until the mount is live. The destructor unmounts (lazily if busy),
-// stops the daemon by PID and reaps it. Mount failure throws
+// waits until the mount is live. `descriptor_limit` non-zero: the child's
+// RLIMIT_NOFILE, soft and hard (it can raise it only with CAP_SYS_RESOURCE). The destructor
+// unmounts (lazily if busy), stops the daemon by PID and reaps it. Mount failure throws
 // std::runtime_error with the daemon's stderr.
 class ScopedMount {
  public:
   ScopedMount(const std::string& backing, const std::string& mountpoint,
-              const std::vector<std::string>& extra_args = {});
+              const std::vector<std::string>& extra_args = {}, unsigned descriptor_limit = 0);
   ~ScopedMount();
   ScopedMount(const ScopedMount&) = delete;
   ScopedMount& operator=(const ScopedMount&) = delete;

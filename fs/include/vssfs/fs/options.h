@@ -59,6 +59,10 @@ struct Options {
   // Start writeback of files written as a stream while they are being
   // written, with the writeback cache (-o no_flush_behind to turn off).
   bool flush_behind = true;
+  // Most inodes the kernel may cache before vssfs asks it to forget the
+  // least recently used (-o max_inodes=N); 0: three quarters of the
+  // descriptor limit.
+  unsigned max_inodes = 0;
   // Block size of a new store (-o block_size=N); existing stores keep theirs.
   unsigned block_size = 65536;
 

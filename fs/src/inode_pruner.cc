@@ -1,0 +1,166 @@
+#include "inode_pruner.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "log.h"
+
+namespace vssfs::fs {
+
+namespace {
+
+// The kernel copies a prune notification in batches of 512 ids; one
+// notification of that size keeps each write small.
+constexpr size_t kIdsPerNotification = 512;
+// How long a round waits for the kernel's FORGETs to come back, and for
+// more once they stopped coming.
+constexpr auto kForgetWait = std::chrono::milliseconds(100);
+constexpr auto kForgetQuiet = std::chrono::milliseconds(5);
+// After a round that freed nothing (every inode in use), the pause before
+// the next, and the interval of the warning about it.
+constexpr auto kStuckPause = std::chrono::seconds(1);
+constexpr auto kStuckWarningInterval = std::chrono::minutes(1);
+
+}  // namespace
+
+size_t DefaultInodeBudget(uint64_t descriptor_limit) {
+  const uint64_t budget = descriptor_limit - descriptor_limit / 4;
+  return static_cast<size_t>(std::max<uint64_t>(budget, 16));
+}
+
+InodePruner::InodePruner(InodeTable* table, size_t budget, Sender send)
+    : table_(table),
+      budget_(std::max<size_t>(budget, 16)),
+      low_(budget_ - budget_ / 10),
+      send_(std::move(send)),
+      thread_([this] { Run(); }) {}
+
+InodePruner::~InodePruner() {
+  {
+    std::lock_guard lock(mutex_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void InodePruner::Poke() {
+  if (pending_.exchange(true, std::memory_order_relaxed)) return;
+  {
+    std::lock_guard lock(mutex_);
+    poked_ = true;
+  }
+  cv_.notify_all();
+}
+
+bool InodePruner::Relieve(std::chrono::milliseconds wait) {
+  if (!supported()) return false;
+  const size_t before = table_->size();
+  {
+    std::lock_guard lock(mutex_);
+    poked_ = true;
+    relieve_ = std::max(relieve_, std::max<size_t>(budget_ / 10, 16));
+  }
+  cv_.notify_all();
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (table_->size() < before) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return table_->size() < before;
+}
+
+void InodePruner::Run() {
+  std::unique_lock lock(mutex_);
+  while (true) {
+    cv_.wait(lock, [&] { return stop_ || poked_; });
+    if (stop_) return;
+    poked_ = false;
+    const size_t extra = relieve_;
+    relieve_ = 0;
+    lock.unlock();
+    pending_.store(false, std::memory_order_relaxed);
+
+    const size_t size = table_->size();
+    if (supported() && (size > budget_ || extra > 0)) {
+      const size_t target = size > budget_ ? low_ : size;
+      const size_t want = target > extra ? target - extra : 0;
+      const uint64_t forgotten = table_->forgotten();
+      const size_t n = PruneTo(want);
+      // The kernel sends FORGET for what it dropped at once: wait until all
+      // came back, or they stop coming (some were in use), or the deadline.
+      const auto start = std::chrono::steady_clock::now();
+      auto last_progress = start;
+      uint64_t freed = 0;
+      while (n > 0 && freed < n) {
+        std::this_thread::sleep_for(std::chrono::microseconds(500));
+        const auto now = std::chrono::steady_clock::now();
+        const uint64_t f = table_->forgotten() - forgotten;
+        if (f != freed) {
+          freed = f;
+          last_progress = now;
+        } else if ((freed > 0 && now - last_progress >= kForgetQuiet) ||
+                   now - start >= kForgetWait) {
+          break;
+        }
+      }
+      if (n > 0 && freed == 0) {
+        const size_t after = table_->size();
+        const auto now = std::chrono::steady_clock::now();
+        if (now - last_stuck_warning_ >= kStuckWarningInterval) {
+          last_stuck_warning_ = now;
+          LOG_WARN(
+              "%zu inodes are cached by the kernel, over the budget of %zu, and it could drop "
+              "none of the %zu least recently used (all in use); lookups may fail with EMFILE "
+              "(see max_inodes and the descriptor limit in the README)",
+              after, budget_, n);
+        }
+        std::this_thread::sleep_for(kStuckPause);
+      }
+    }
+    lock.lock();
+  }
+}
+
+size_t InodePruner::PruneTo(size_t target) {
+  const size_t size = table_->size();
+  if (size <= target) return 0;
+  std::vector<uint64_t> ids = table_->LeastRecentlyUsed(size - target);
+  if (ids.empty()) return 0;
+  if (!announced_) {
+    announced_ = true;
+    LOG_INFO(
+        "%zu inodes are cached by the kernel, over the budget of %zu (max_inodes): asking it "
+        "to forget the least recently used",
+        size, budget_);
+  }
+  size_t sent = 0;
+  for (size_t i = 0; i < ids.size(); i += kIdsPerNotification) {
+    const size_t end = std::min(ids.size(), i + kIdsPerNotification);
+    std::vector<uint64_t> batch(ids.begin() + static_cast<std::ptrdiff_t>(i),
+                                ids.begin() + static_cast<std::ptrdiff_t>(end));
+    int r = send_(batch);
+    if (r == -ENOSYS || r == -EINVAL) {
+      supported_ = false;
+      LOG_WARN(
+          "the kernel cannot be asked to forget inodes (FUSE_NOTIFY_PRUNE needs Linux 6.18): "
+          "with more than %zu inodes cached, lookups may fail with EMFILE until it reclaims "
+          "memory (see the descriptor limit in the README)",
+          budget_);
+      break;
+    }
+    if (r != 0) {
+      if (r != -ENODEV && r != -ENOENT) {
+        LOG_WARN("could not ask the kernel to forget inodes: %s", std::strerror(-r));
+      }
+      break;
+    }
+    sent += batch.size();
+  }
+  sent_ += sent;
+  LOG_DEBUG("asked the kernel to forget %zu of %zu inodes (budget %zu)", sent, size, budget_);
+  return sent;
+}
+
+}  // namespace vssfs::fs

@@ -1,0 +1,95 @@
+// InodePruner: keeps the kernel's inode cache, and with it the daemon's
+// descriptors, within a budget.
+//
+// Every inode the kernel has looked up holds an O_PATH descriptor in the
+// InodeTable, and the kernel forgets an inode only under memory pressure.
+// Without a bound, walking a tree larger than the descriptor limit (a
+// backup, a search, `ls -lR`) would make every later lookup, create and
+// open fail with EMFILE. When the table grows past the budget, the pruner
+// asks the kernel to drop the inodes used longest ago (FUSE_NOTIFY_PRUNE,
+// FUSE protocol 7.45, Linux 6.18): the kernel drops those it holds no
+// reference to (no open file, no working directory, no cached child) and
+// sends FORGET for them, which closes their descriptors. A later access
+// looks the name up again, under the same node id (docs/LIVE_PATH.md,
+// "Descriptor budget"). Each round prunes down to nine tenths of the budget.
+//
+// Thread-safety: Poke() and Relieve() may be called from any thread; the
+// pruning runs on the pruner's own thread. Lock order: mutex_ is a leaf
+// lock; the table's lock is never held while it is.
+#ifndef VSSFS_FS_SRC_INODE_PRUNER_H_
+#define VSSFS_FS_SRC_INODE_PRUNER_H_
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "inode_table.h"
+
+namespace vssfs::fs {
+
+// The default inode budget for a descriptor limit: three quarters of it,
+// the rest being left for open files, the store and the helpers.
+size_t DefaultInodeBudget(uint64_t descriptor_limit);
+
+class InodePruner {
+ public:
+  // Sends one prune notification naming `ids` to the kernel; returns 0 or a
+  // negative errno (-ENOSYS or -EINVAL: the kernel cannot prune).
+  using Sender = std::function<int(const std::vector<uint64_t>& ids)>;
+
+  // Starts the pruner's thread. `table` must outlive the pruner; `budget`
+  // is the number of entries (root included) the table should not exceed,
+  // at least 16.
+  InodePruner(InodeTable* table, size_t budget, Sender send);
+  // Stops and joins the thread.
+  ~InodePruner();
+  InodePruner(const InodePruner&) = delete;
+  InodePruner& operator=(const InodePruner&) = delete;
+
+  // The table grew past the budget: prune soon. Cheap.
+  void Poke();
+  // For a request that ran out of descriptors (EMFILE/ENFILE): prunes a
+  // tenth of the budget more than usual and waits up to `wait` for the
+  // kernel to forget some. Returns whether the table shrank.
+  bool Relieve(std::chrono::milliseconds wait);
+
+  size_t budget() const { return budget_; }
+  // False once the kernel refused a prune notification.
+  bool supported() const { return supported_.load(); }
+  // Node ids sent to the kernel so far.
+  uint64_t sent() const { return sent_.load(); }
+
+ private:
+  void Run();
+  // One round: asks the kernel to forget enough entries to bring the table
+  // to `target`. Returns the number of ids sent.
+  size_t PruneTo(size_t target);
+
+  InodeTable* const table_;
+  const size_t budget_;
+  const size_t low_;  // Target of a round: nine tenths of the budget.
+  const Sender send_;
+
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool stop_ = false;                 // Guarded by mutex_.
+  bool poked_ = false;                // Guarded by mutex_.
+  size_t relieve_ = 0;                // Extra entries to drop in the next round; guarded by mutex_.
+  std::atomic<bool> pending_{false};  // A Poke() not yet taken up.
+  std::atomic<bool> supported_{true};
+  std::atomic<uint64_t> sent_{0};
+  bool announced_ = false;                                      // Pruner thread only.
+  std::chrono::steady_clock::time_point last_stuck_warning_{};  // Pruner thread only.
+  std::thread thread_;
+};
+
+}  // namespace vssfs::fs
+
+#endif  // VSSFS_FS_SRC_INODE_PRUNER_H_

@@ -1,0 +1,171 @@
+#include "inode_pruner.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cerrno>
+#include <chrono>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "fake_inodes.h"
+
+using vssfs::fs::DefaultInodeBudget;
+using vssfs::fs::InodePruner;
+using vssfs::fs::InodeTable;
+using vssfs::testing::SomeFd;
+using vssfs::testing::StatWithIno;
+
+namespace {
+
+// Stands in for the kernel: records what it is asked to prune and forgets
+// those of the ids it holds no reference to (the "busy" ones stay).
+class FakeKernel {
+ public:
+  explicit FakeKernel(InodeTable* table) : table_(table) {}
+  int Prune(const std::vector<uint64_t>& ids) {
+    std::lock_guard lock(mutex_);
+    if (refuse_) return -EINVAL;
+    batches_.push_back(ids);
+    for (uint64_t id : ids) {
+      if (std::find(busy_.begin(), busy_.end(), id) == busy_.end()) table_->Forget(id, 1);
+    }
+    return 0;
+  }
+  void Refuse() {
+    std::lock_guard lock(mutex_);
+    refuse_ = true;
+  }
+  void SetBusy(std::vector<uint64_t> busy) {
+    std::lock_guard lock(mutex_);
+    busy_ = std::move(busy);
+  }
+  std::vector<std::vector<uint64_t>> batches() {
+    std::lock_guard lock(mutex_);
+    return batches_;
+  }
+
+ private:
+  InodeTable* table_;
+  std::mutex mutex_;
+  bool refuse_ = false;
+  std::vector<uint64_t> busy_;
+  std::vector<std::vector<uint64_t>> batches_;
+};
+
+// Waits up to 5 s for `done`.
+template <typename F>
+bool Eventually(F done) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("inode pruner: the default budget leaves a quarter of the descriptors",
+          "[fs][inode_pruner]") {
+  CHECK(DefaultInodeBudget(20000) == 15000);
+  CHECK(DefaultInodeBudget(1048576) == 786432);
+  CHECK(DefaultInodeBudget(10) == 16);
+}
+
+TEST_CASE("inode pruner: past the budget the least recently used are forgotten",
+          "[fs][inode_pruner]") {
+  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
+  FakeKernel kernel(&table);
+  InodePruner pruner(&table, 100,
+                     [&](const std::vector<uint64_t>& ids) { return kernel.Prune(ids); });
+  table.SetPressureHook(pruner.budget(), [&] { pruner.Poke(); });
+  for (ino_t ino = 1000; ino < 1100; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
+  // 101 entries with the root: one past the budget.
+  CHECK(Eventually([&] { return table.size() <= 90; }));
+  CHECK(table.size() == 90);  // Nine tenths of the budget.
+  const auto batches = kernel.batches();
+  REQUIRE(batches.size() == 1);
+  // The 11 looked up first, oldest first.
+  std::vector<uint64_t> expected;
+  for (uint64_t id = 1000; id < 1011; ++id) expected.push_back(id);
+  CHECK(batches[0] == expected);
+  CHECK(table.Find(1000) == nullptr);
+  CHECK(table.Find(1011) != nullptr);
+  CHECK(table.Find(1) != nullptr);  // The root stays.
+  CHECK(pruner.sent() == 11);
+  CHECK(pruner.supported());
+}
+
+TEST_CASE("inode pruner: large rounds go out in notifications of 512 ids", "[fs][inode_pruner]") {
+  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
+  FakeKernel kernel(&table);
+  // Filled before the pruner exists, as if the kernel had outgrown it at once.
+  for (ino_t ino = 1000; ino < 3000; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
+  InodePruner pruner(&table, 500,
+                     [&](const std::vector<uint64_t>& ids) { return kernel.Prune(ids); });
+  pruner.Poke();
+  CHECK(Eventually([&] { return table.size() <= 450; }));
+  const auto batches = kernel.batches();
+  REQUIRE(batches.size() == 4);  // 2001 - 450 = 1551 ids
+  CHECK(batches[0].size() == 512);
+  CHECK(batches[1].size() == 512);
+  CHECK(batches[2].size() == 512);
+  CHECK(batches[3].size() == 15);
+}
+
+TEST_CASE("inode pruner: a kernel that cannot prune is not asked again", "[fs][inode_pruner]") {
+  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
+  FakeKernel kernel(&table);
+  kernel.Refuse();
+  int calls = 0;
+  InodePruner pruner(&table, 16, [&](const std::vector<uint64_t>& ids) {
+    ++calls;
+    return kernel.Prune(ids);
+  });
+  table.SetPressureHook(pruner.budget(), [&] { pruner.Poke(); });
+  for (ino_t ino = 1000; ino < 1020; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
+  CHECK(Eventually([&] { return !pruner.supported(); }));
+  for (ino_t ino = 1020; ino < 1040; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(calls == 1);
+  CHECK(table.size() == 41);  // Nothing forgotten.
+  CHECK_FALSE(pruner.Relieve(std::chrono::milliseconds(10)));
+}
+
+TEST_CASE("inode pruner: a request out of descriptors gets room under the budget",
+          "[fs][inode_pruner]") {
+  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
+  FakeKernel kernel(&table);
+  InodePruner pruner(&table, 200,
+                     [&](const std::vector<uint64_t>& ids) { return kernel.Prune(ids); });
+  for (ino_t ino = 1000; ino < 1100; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
+  // Under the budget, but open files took the descriptors: a tenth of the
+  // budget (20) more is pruned.
+  CHECK(pruner.Relieve(std::chrono::seconds(5)));
+  CHECK(Eventually([&] { return table.size() == 81; }));
+  REQUIRE(kernel.batches().size() == 1);
+  CHECK(kernel.batches()[0].front() == 1000);
+}
+
+TEST_CASE("inode pruner: inodes the kernel keeps leave the table over budget, not looping",
+          "[fs][inode_pruner]") {
+  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
+  FakeKernel kernel(&table);
+  std::vector<uint64_t> busy;
+  for (uint64_t id = 1000; id < 1040; ++id) busy.push_back(id);
+  kernel.SetBusy(busy);  // Every inode is in use: the kernel drops none.
+  InodePruner pruner(&table, 32,
+                     [&](const std::vector<uint64_t>& ids) { return kernel.Prune(ids); });
+  table.SetPressureHook(pruner.budget(), [&] { pruner.Poke(); });
+  for (ino_t ino = 1000; ino < 1040; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
+  CHECK(Eventually([&] { return !kernel.batches().empty(); }));
+  // After a round that freed nothing the pruner pauses (1 s) instead of
+  // asking again at once.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(kernel.batches().size() == 1);
+  CHECK(table.size() == 41);
+}
