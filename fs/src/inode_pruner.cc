@@ -21,6 +21,8 @@ constexpr auto kForgetQuiet = std::chrono::milliseconds(5);
 // the next, and the interval of the warning about it.
 constexpr auto kStuckPause = std::chrono::seconds(1);
 constexpr auto kStuckWarningInterval = std::chrono::minutes(1);
+// Rounds in a row that freed nothing before that pause.
+constexpr int kFruitlessRounds = 3;
 
 }  // namespace
 
@@ -36,17 +38,20 @@ InodePruner::InodePruner(InodeTable* table, size_t budget, Sender send)
       send_(std::move(send)),
       thread_([this] { Run(); }) {}
 
-InodePruner::~InodePruner() {
+InodePruner::~InodePruner() { Stop(); }
+
+void InodePruner::Stop() {
   {
     std::lock_guard lock(mutex_);
     stop_ = true;
   }
+  stopped_ = true;
   cv_.notify_all();
-  thread_.join();
+  if (thread_.joinable()) thread_.join();
 }
 
 void InodePruner::Poke() {
-  if (pending_.exchange(true, std::memory_order_relaxed)) return;
+  if (pending_.exchange(true, std::memory_order_acq_rel)) return;
   {
     std::lock_guard lock(mutex_);
     poked_ = true;
@@ -55,8 +60,12 @@ void InodePruner::Poke() {
 }
 
 bool InodePruner::Relieve(std::chrono::milliseconds wait) {
-  if (!supported()) return false;
-  const size_t before = table_->size();
+  if (!supported() || stopped_.load()) return false;
+  if (relieving_.fetch_add(1) >= kMaxRelieving) {
+    relieving_.fetch_sub(1);
+    return false;
+  }
+  const uint64_t before = table_->forgotten();
   {
     std::lock_guard lock(mutex_);
     poked_ = true;
@@ -64,11 +73,12 @@ bool InodePruner::Relieve(std::chrono::milliseconds wait) {
   }
   cv_.notify_all();
   const auto deadline = std::chrono::steady_clock::now() + wait;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (table_->size() < before) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  bool freed = false;
+  while (!(freed = table_->forgotten() != before) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  return table_->size() < before;
+  relieving_.fetch_sub(1);
+  return freed;
 }
 
 void InodePruner::Run() {
@@ -80,14 +90,24 @@ void InodePruner::Run() {
     const size_t extra = relieve_;
     relieve_ = 0;
     lock.unlock();
-    pending_.store(false, std::memory_order_relaxed);
+    pending_.store(false, std::memory_order_release);
 
     const size_t size = table_->size();
+    if (!supported() && size > budget_ && !warned_unsupported_) {
+      warned_unsupported_ = true;
+      LOG_WARN(
+          "%zu inodes are cached by the kernel, over the budget of %zu, and this kernel cannot "
+          "be asked to forget any (FUSE_NOTIFY_PRUNE needs Linux 6.18): lookups may fail with "
+          "EMFILE until it reclaims memory (see the descriptor limit in the README)",
+          size, budget_);
+    }
+    bool stuck = false;
     if (supported() && (size > budget_ || extra > 0)) {
       const size_t target = size > budget_ ? low_ : size;
       const size_t want = target > extra ? target - extra : 0;
       const uint64_t forgotten = table_->forgotten();
-      const size_t n = PruneTo(want);
+      std::vector<uint64_t> named;
+      const size_t n = PruneTo(want, &named);
       // The kernel sends FORGET for what it dropped at once: wait until all
       // came back, or they stop coming (some were in use), or the deadline.
       const auto start = std::chrono::steady_clock::now();
@@ -105,35 +125,49 @@ void InodePruner::Run() {
           break;
         }
       }
-      if (n > 0 && freed == 0) {
+      // What the kernel kept is in use: let the next rounds name others.
+      if (freed < n) table_->MarkUsed(named);
+      fruitless_ = n > 0 && freed == 0 ? fruitless_ + 1 : 0;
+      if (fruitless_ > 0 && fruitless_ < kFruitlessRounds) {
+        // Others are named next (MarkUsed above): try again at once.
+        lock.lock();
+        poked_ = true;
+        lock.unlock();
+      }
+      if (fruitless_ >= kFruitlessRounds) {
+        fruitless_ = 0;
+        stuck = true;
         const size_t after = table_->size();
         const auto now = std::chrono::steady_clock::now();
         if (now - last_stuck_warning_ >= kStuckWarningInterval) {
           last_stuck_warning_ = now;
           LOG_WARN(
-              "%zu inodes are cached by the kernel, over the budget of %zu, and it could drop "
-              "none of the %zu least recently used (all in use); lookups may fail with EMFILE "
-              "(see max_inodes and the descriptor limit in the README)",
+              "%zu inodes are cached by the kernel, over the budget of %zu, and it dropped none "
+              "of the %zu least recently used within 100 ms (in use?); lookups may fail with "
+              "EMFILE (see max_inodes and the descriptor limit in the README)",
               after, budget_, n);
         }
-        std::this_thread::sleep_for(kStuckPause);
       }
     }
     lock.lock();
+    // After a round that freed nothing, pause before the next, unless a
+    // request runs out of descriptors or the pruner stops.
+    if (stuck) cv_.wait_for(lock, kStuckPause, [&] { return stop_ || relieve_ > 0; });
   }
 }
 
-size_t InodePruner::PruneTo(size_t target) {
+size_t InodePruner::PruneTo(size_t target, std::vector<uint64_t>* named) {
   const size_t size = table_->size();
   if (size <= target) return 0;
-  std::vector<uint64_t> ids = table_->LeastRecentlyUsed(size - target);
+  std::vector<uint64_t>& ids = *named;
+  ids = table_->LeastRecentlyUsed(size - target);
   if (ids.empty()) return 0;
   if (!announced_) {
     announced_ = true;
     LOG_INFO(
-        "%zu inodes are cached by the kernel, over the budget of %zu (max_inodes): asking it "
-        "to forget the least recently used",
-        size, budget_);
+        "%zu inodes are cached by the kernel (budget %zu, max_inodes)%s: asking it to forget "
+        "the least recently used",
+        size, budget_, size > budget_ ? "" : " and descriptors ran short");
   }
   size_t sent = 0;
   for (size_t i = 0; i < ids.size(); i += kIdsPerNotification) {

@@ -48,17 +48,27 @@ class InodePruner {
   // is the number of entries (root included) the table should not exceed,
   // at least 16.
   InodePruner(InodeTable* table, size_t budget, Sender send);
-  // Stops and joins the thread.
+  // Stops the pruner (Stop()).
   ~InodePruner();
   InodePruner(const InodePruner&) = delete;
   InodePruner& operator=(const InodePruner&) = delete;
+
+  // Stops and joins the thread; Poke() and Relieve() do nothing after. Call
+  // before the session's /dev/fuse descriptor is closed.
+  void Stop();
+  // The kernel cannot prune (FUSE protocol older than 7.45): never ask it;
+  // warn once when the table first passes the budget.
+  void MarkUnsupported() { supported_ = false; }
 
   // The table grew past the budget: prune soon. Cheap.
   void Poke();
   // For a request that ran out of descriptors (EMFILE/ENFILE): prunes a
   // tenth of the budget more than usual and waits up to `wait` for the
-  // kernel to forget some. Returns whether the table shrank.
+  // kernel to forget some. At most kMaxRelieving requests wait at once
+  // (the others return false at once), so that threads remain to take the
+  // kernel's FORGETs. Returns whether entries were forgotten meanwhile.
   bool Relieve(std::chrono::milliseconds wait);
+  static constexpr int kMaxRelieving = 2;
 
   size_t budget() const { return budget_; }
   // False once the kernel refused a prune notification.
@@ -69,8 +79,8 @@ class InodePruner {
  private:
   void Run();
   // One round: asks the kernel to forget enough entries to bring the table
-  // to `target`. Returns the number of ids sent.
-  size_t PruneTo(size_t target);
+  // to `target`, naming them in *named. Returns the number of ids sent.
+  size_t PruneTo(size_t target, std::vector<uint64_t>* named);
 
   InodeTable* const table_;
   const size_t budget_;
@@ -79,13 +89,17 @@ class InodePruner {
 
   std::mutex mutex_;
   std::condition_variable cv_;
-  bool stop_ = false;                 // Guarded by mutex_.
+  bool stop_ = false;  // Guarded by mutex_.
+  std::atomic<bool> stopped_{false};
+  std::atomic<int> relieving_{0};     // Requests waiting in Relieve().
+  bool warned_unsupported_ = false;   // Pruner thread only.
   bool poked_ = false;                // Guarded by mutex_.
   size_t relieve_ = 0;                // Extra entries to drop in the next round; guarded by mutex_.
   std::atomic<bool> pending_{false};  // A Poke() not yet taken up.
   std::atomic<bool> supported_{true};
   std::atomic<uint64_t> sent_{0};
-  bool announced_ = false;                                      // Pruner thread only.
+  bool announced_ = false;  // Pruner thread only.
+  int fruitless_ = 0;       // Rounds in a row that freed nothing; pruner thread only.
   std::chrono::steady_clock::time_point last_stuck_warning_{};  // Pruner thread only.
   std::thread thread_;
 };

@@ -43,6 +43,10 @@ std::shared_ptr<Inode> InodeTable::Acquire(cow_store::UniqueFd fd, const struct 
     if (++last_generation_ == 0) ++last_generation_;
     inode->generation = last_generation_;
     inode->fd = std::move(fd);
+    if (auto birth = births_.find(id); birth != births_.end()) {
+      inode->born = birth->second;
+      births_.erase(birth);
+    }
     it->second = std::move(inode);
   }
   ++it->second->nlookup;
@@ -74,6 +78,7 @@ void InodeTable::Forget(uint64_t nodeid, uint64_t n) {
   Inode& inode = *it->second;
   inode.nlookup = n >= inode.nlookup ? 0 : inode.nlookup - n;
   if (inode.nlookup == 0) {
+    if (const uint64_t born = inode.born.load(); born != Inode::kNoEpoch) births_[nodeid] = born;
     inodes_.erase(it);
     forgotten_.fetch_add(1, std::memory_order_relaxed);
   }
@@ -85,7 +90,7 @@ std::vector<uint64_t> InodeTable::LeastRecentlyUsed(size_t count) const {
     std::shared_lock lock(mutex_);
     uses.reserve(inodes_.size());
     for (const auto& [id, inode] : inodes_) {
-      if (inode == root_ || inode->open_writers.load(std::memory_order_relaxed) > 0) continue;
+      if (inode == root_ || inode->open_files.load(std::memory_order_relaxed) > 0) continue;
       uses.emplace_back(inode->last_use.load(std::memory_order_relaxed), id);
     }
   }
@@ -95,6 +100,21 @@ std::vector<uint64_t> InodeTable::LeastRecentlyUsed(size_t count) const {
   ids.reserve(count);
   for (size_t i = 0; i < count; ++i) ids.push_back(uses[i].second);
   return ids;
+}
+
+void InodeTable::MarkUsed(const std::vector<uint64_t>& ids) {
+  std::shared_lock lock(mutex_);
+  const uint64_t now = lookups_.load(std::memory_order_relaxed);
+  for (uint64_t id : ids) {
+    if (auto it = inodes_.find(id); it != inodes_.end()) {
+      it->second->last_use.store(now, std::memory_order_relaxed);
+    }
+  }
+}
+
+void InodeTable::ClearBirths() {
+  std::unique_lock lock(mutex_);
+  births_.clear();
 }
 
 void InodeTable::SetPressureHook(size_t limit, std::function<void()> hook) {

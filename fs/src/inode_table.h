@@ -69,6 +69,9 @@ struct Inode {
   // Open file handles that may write. With the writeback cache, data of such
   // a file may still be dirty in the kernel, not yet in the backing file.
   std::atomic<int> open_writers{0};
+  // Open file handles of any kind (regular files only): the kernel cannot
+  // forget the inode while one is open.
+  std::atomic<int> open_files{0};
   // Serialises WRITE requests to this inode (see OpWriteBuf). A leaf lock.
   std::mutex write_mutex;
   // Large writes (OpWriteBuf's UncachedWrite), guarded by write_mutex.
@@ -146,14 +149,25 @@ class InodeTable {
   void Forget(uint64_t nodeid, uint64_t n);
 
   // Node ids of at most `count` entries used longest ago, oldest first: not
-  // the root, nor a file open for writing (the kernel cannot drop an inode
-  // in use anyway).
+  // the root, nor an open file (the kernel cannot drop an inode in use).
   std::vector<uint64_t> LeastRecentlyUsed(size_t count) const;
+
+  // Moves the entries among `ids` that are still in the table to the end
+  // of the use order (the kernel kept them: they are in use).
+  void MarkUsed(const std::vector<uint64_t>& ids);
 
   // Calls `hook` (outside the table's lock, on the thread that called
   // Acquire) whenever a new entry makes the table larger than `limit`
-  // entries. Set once, before the table is shared.
+  // entries. Set once, before the table is shared; `hook` must stay
+  // callable while the table is.
   void SetPressureHook(size_t limit, std::function<void()> hook);
+
+  // Inode::born outlives the entry: an entry forgotten with a birth epoch
+  // leaves it behind for the next entry of its node id (the same file: a
+  // backing inode number is reused only after the file is deleted, which
+  // the kernel does through a lookup of it). A snapshot cut makes every
+  // recorded birth stale; ClearBirths() drops them.
+  void ClearBirths();
 
   // Entries dropped by Forget so far.
   uint64_t forgotten() const { return forgotten_.load(std::memory_order_relaxed); }
@@ -170,6 +184,8 @@ class InodeTable {
   // Lookups so far: the clock of Inode::last_use.
   mutable std::atomic<uint64_t> lookups_{0};
   std::atomic<uint64_t> forgotten_{0};
+  // Birth epochs of forgotten entries (see ClearBirths); guarded by mutex_.
+  std::unordered_map<uint64_t, uint64_t> births_;
   size_t pressure_limit_ = SIZE_MAX;
   std::function<void()> pressure_hook_;
   ino_t root_backing_ino_;

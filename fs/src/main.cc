@@ -205,7 +205,8 @@ int Main(int argc, char** argv) {
     fuse_loop_cfg_set_idle_threads(loop.get(), opts.threads);
     r = fuse_session_loop_mt(se.get(), loop.get());
   }
-  control.reset();  // No snapshot operation runs past this point.
+  control.reset();           // No snapshot operation runs past this point.
+  fs.value()->StopPruner();  // It writes to /dev/fuse, which unmounting closes.
   fuse_session_unmount(se.get());
   StopUring();
   fuse_remove_signal_handlers(se.get());

@@ -386,6 +386,8 @@ Result<cow_store::SnapshotInfo> Filesystem::CreateSnapshot(const std::string& na
       std::unique_lock<std::shared_mutex> cut;
       if (!held_.owns_lock()) cut = cow_->Cut();
       info = store_->CreateSnapshot(chosen, guid, ns, covered ? &*covered : nullptr);
+      // Births recorded for forgotten inodes are of older epochs now.
+      if (info.ok()) inodes_->ClearBirths();
       // What the snapshots cover now, from the cut on: everything after a
       // whole-volume snapshot (no catalogue read under the cut), else the
       // union of the partial ones.
@@ -583,17 +585,19 @@ void Filesystem::StartPruner(unsigned proto_minor) {
     budget = fit;
   }
   pruner_ = std::make_unique<InodePruner>(inodes_.get(), budget, &NotifyPrune);
+  const bool can_prune = NotifyPrune({}) != -ENOSYS;
+  if (!can_prune) pruner_->MarkUnsupported();
+  // The pruner lives as long as the table (declared after it), stopped or not.
   inodes_->SetPressureHook(pruner_->budget(), [p = pruner_.get()] { p->Poke(); });
   LOG_INFO("inode budget %zu (descriptor limit %llu)%s", pruner_->budget(),
            static_cast<unsigned long long>(limit),
-           NotifyPrune({}) == -ENOSYS
-               ? "; this kernel cannot be asked to forget inodes (FUSE_NOTIFY_PRUNE, Linux 6.18)"
-               : "");
+           can_prune
+               ? ""
+               : "; this kernel cannot be asked to forget inodes (FUSE_NOTIFY_PRUNE, Linux 6.18)");
 }
 
-Filesystem::~Filesystem() {
-  if (inodes_) inodes_->SetPressureHook(SIZE_MAX, nullptr);
-  pruner_.reset();
+void Filesystem::StopPruner() {
+  if (pruner_) pruner_->Stop();
 }
 
 int Filesystem::OpenWithRoom(const std::function<int()>& open) {
@@ -928,6 +932,7 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode
   fi->fh = static_cast<uint64_t>(fd.release());
   fi->keep_cache = config_.timeout > 0;
   if ((fi->flags & O_ACCMODE) != O_RDONLY) CountWriter(*inode, 1);
+  ++inode->open_files;
   return 0;
 }
 
@@ -970,6 +975,7 @@ int Filesystem::OpenLive(fuse_req_t req, Inode& inode_ref, const CowEngine::Epoc
   fi->fh = static_cast<uint64_t>(fd);
   fi->keep_cache = config_.timeout > 0;
   if ((fi->flags & O_ACCMODE) != O_RDONLY) CountWriter(*inode, 1);
+  ++inode->open_files;
   if ((fi->flags & O_ACCMODE) != O_WRONLY && (fi->flags & O_NOATIME) == 0 && S_ISREG(inode->type)) {
     UpdateAccessTime(*inode, &epoch);
   }
@@ -1021,8 +1027,9 @@ void Filesystem::Release(fuse_ino_t ino, fuse_file_info* fi) {
     return;
   }
   UniqueFd fd(static_cast<int>(fi->fh));
-  if ((fi->flags & O_ACCMODE) != O_RDONLY) {
-    if (std::shared_ptr<Inode> inode = Get(ino)) CountWriter(*inode, -1);
+  if (std::shared_ptr<Inode> inode = Get(ino)) {
+    if ((fi->flags & O_ACCMODE) != O_RDONLY) CountWriter(*inode, -1);
+    --inode->open_files;
   }
 }
 
@@ -1102,7 +1109,8 @@ int Filesystem::PreserveParent(const CowEngine::Epoch& epoch, Inode& dir) {
 
 int Filesystem::PreserveVictim(const CowEngine::Epoch& epoch, Inode& dir, const char* name,
                                bool loses_name) {
-  UniqueFd fd(openat(dir.fd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  UniqueFd fd(
+      OpenWithRoom([&] { return openat(dir.fd.get(), name, O_PATH | O_NOFOLLOW | O_CLOEXEC); }));
   if (!fd) return errno == ENOENT ? 0 : -errno;  // The call itself will fail.
   struct stat st;
   if (fstatat(fd.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return -errno;
@@ -1178,8 +1186,10 @@ int Filesystem::OpenDir(fuse_ino_t ino, fuse_file_info* fi) {
   } else {
     std::shared_ptr<Inode> inode = Get(ino);
     if (!inode) return -ESTALE;
-    UniqueFd fd(OpenNoAtime(O_RDONLY | O_DIRECTORY | O_CLOEXEC,
-                            [&](int flags) { return openat(inode->fd.get(), ".", flags); }));
+    UniqueFd fd(OpenWithRoom([&] {
+      return OpenNoAtime(O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+                         [&](int flags) { return openat(inode->fd.get(), ".", flags); });
+    }));
     if (!fd) return -errno;
     h->dir.reset(fdopendir(fd.get()));
     if (!h->dir) return -errno;

@@ -161,7 +161,9 @@ class Filesystem : public snapshot_ctl::Volume {
   CowEngine& cow() { return *cow_; }
   void Forget(fuse_ino_t ino, uint64_t n);
   void Init(fuse_conn_info* conn);
-  ~Filesystem() override;
+  // Stops the inode pruner; call once the session loop has ended, before
+  // the session's /dev/fuse descriptor is closed.
+  void StopPruner();
   // The session, for notifications to the kernel; set once before the
   // session loop starts.
   void SetSession(fuse_session* se, bool multithreaded) {

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <chrono>
@@ -121,7 +122,7 @@ TEST_CASE("inode pruner: a kernel that cannot prune is not asked again", "[fs][i
   InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
   FakeKernel kernel(&table);
   kernel.Refuse();
-  int calls = 0;
+  std::atomic<int> calls{0};
   InodePruner pruner(&table, 16, [&](const std::vector<uint64_t>& ids) {
     ++calls;
     return kernel.Prune(ids);
@@ -163,9 +164,43 @@ TEST_CASE("inode pruner: inodes the kernel keeps leave the table over budget, no
   table.SetPressureHook(pruner.budget(), [&] { pruner.Poke(); });
   for (ino_t ino = 1000; ino < 1040; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
   CHECK(Eventually([&] { return !kernel.batches().empty(); }));
-  // After a round that freed nothing the pruner pauses (1 s) instead of
-  // asking again at once.
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  CHECK(kernel.batches().size() == 1);
+  // After three rounds that freed nothing (100 ms each, waiting for
+  // FORGETs) the pruner pauses for a second instead of asking again.
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  CHECK(kernel.batches().size() == 3);
   CHECK(table.size() == 41);
+}
+
+TEST_CASE("inode pruner: entries the kernel kept are not named again first", "[fs][inode_pruner]") {
+  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
+  FakeKernel kernel(&table);
+  kernel.SetBusy({1000, 1001, 1002});  // The three oldest are in use.
+  InodePruner pruner(&table, 100,
+                     [&](const std::vector<uint64_t>& ids) { return kernel.Prune(ids); });
+  table.SetPressureHook(pruner.budget(), [&] { pruner.Poke(); });
+  for (ino_t ino = 1000; ino < 1100; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
+  CHECK(Eventually([&] { return kernel.batches().size() == 1; }));
+  // The round named 1000-1010; 1003-1010 were forgotten, the busy three kept.
+  CHECK(Eventually([&] { return table.size() == 93; }));
+  for (ino_t ino = 1100; ino < 1110; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
+  CHECK(Eventually([&] { return kernel.batches().size() == 2; }));
+  // The next round starts with 1011, not with the three the kernel kept.
+  const auto batches = kernel.batches();
+  REQUIRE_FALSE(batches[1].empty());
+  CHECK(batches[1].front() == 1011);
+  CHECK(std::find(batches[1].begin(), batches[1].end(), 1000) == batches[1].end());
+}
+
+TEST_CASE("inode pruner: a stopped pruner neither prunes nor waits", "[fs][inode_pruner]") {
+  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
+  FakeKernel kernel(&table);
+  InodePruner pruner(&table, 16,
+                     [&](const std::vector<uint64_t>& ids) { return kernel.Prune(ids); });
+  pruner.Stop();
+  table.SetPressureHook(pruner.budget(), [&] { pruner.Poke(); });
+  for (ino_t ino = 1000; ino < 1040; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
+  const auto start = std::chrono::steady_clock::now();
+  CHECK_FALSE(pruner.Relieve(std::chrono::seconds(5)));
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(1));
+  CHECK(kernel.batches().empty());
 }

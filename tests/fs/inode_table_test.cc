@@ -94,8 +94,8 @@ TEST_CASE("inode table: entries come out least recently used first", "[fs][inode
   CHECK(table.LeastRecentlyUsed(10) == std::vector<uint64_t>{101, 103, 104, 100, 102});
   CHECK(table.LeastRecentlyUsed(2) == std::vector<uint64_t>{101, 103});
   CHECK(table.LeastRecentlyUsed(0).empty());
-  // A file open for writing is never offered, nor the root.
-  table.Find(101)->open_writers = 1;
+  // An open file is never offered, nor the root.
+  table.Find(101)->open_files = 1;
   CHECK(table.LeastRecentlyUsed(10) == std::vector<uint64_t>{103, 104, 100, 102});
 }
 
@@ -113,4 +113,33 @@ TEST_CASE("inode table: the pressure hook runs when a new entry passes the limit
   CHECK(calls == 1);
   REQUIRE(table.Acquire(SomeFd(), StatWithIno(103)));
   CHECK(calls == 2);
+}
+
+TEST_CASE("inode table: kept entries move to the end of the use order", "[fs][inode_table]") {
+  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
+  for (ino_t ino = 100; ino < 104; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
+  table.MarkUsed({100, 101, 999});  // 999 is not in the table: ignored.
+  CHECK(table.LeastRecentlyUsed(10) == std::vector<uint64_t>{102, 100, 101, 103});
+}
+
+TEST_CASE("inode table: a birth epoch outlives the entry until the next cut", "[fs][inode_table]") {
+  // A file created after the latest snapshot has nothing to preserve; the
+  // kernel forgetting it (a prune) must not make vssfs copy it later.
+  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
+  auto a = table.Acquire(SomeFd(), StatWithIno(100));
+  REQUIRE(a);
+  CHECK(a->born == Inode::kNoEpoch);
+  a->born = 7;
+  REQUIRE(table.Acquire(SomeFd(), StatWithIno(101)));  // never born: nothing kept
+  table.Forget(100, 1);
+  table.Forget(101, 1);
+  a.reset();
+  auto again = table.Acquire(SomeFd(), StatWithIno(100));
+  REQUIRE(again);
+  CHECK(again->born == 7);
+  CHECK(table.Acquire(SomeFd(), StatWithIno(101))->born == Inode::kNoEpoch);
+  // A snapshot cut clears what was recorded.
+  table.Forget(100, 1);
+  table.ClearBirths();
+  CHECK(table.Acquire(SomeFd(), StatWithIno(100))->born == Inode::kNoEpoch);
 }

@@ -153,12 +153,20 @@ TEST_CASE("mount: a tree larger than max_inodes is walked within its descriptors
     listed += e.is_regular_file() ? 1 : 0;
     if (listed % 50 == 0) most = std::max(most, OpenDescriptors(m.pid()));
   }
+  // Once the walk is over the pruner catches up: the budget plus the
+  // daemon's other descriptors (the store, /dev/fuse clones, helpers' pipes).
+  size_t settled = OpenDescriptors(m.pid());
+  for (int i = 0; i < 200 && settled > kBudget + 150; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    settled = OpenDescriptors(m.pid());
+  }
   INFO("vssfs log:\n" << m.Log());
   CHECK(failed == 0);
   CHECK(listed == kFiles);
-  // The budget, plus the daemon's other descriptors (the store, /dev/fuse
-  // clones, helpers' pipes) and the growth between two pruning rounds.
-  CHECK(most <= kBudget + 200);
+  CHECK(settled <= kBudget + 150);
+  // While it runs the pruner trails the walk by a round or two (more on a
+  // loaded machine); without it every file would hold one (4000+).
+  CHECK(most < kFiles / 2);
   CHECK(m.Log().find("asking it to forget the least recently used") != std::string::npos);
 }
 
@@ -172,9 +180,18 @@ TEST_CASE("mount: a tree larger than the descriptor limit is walked without EMFI
   REQUIRE(mkdir((v.backing + "/d").c_str(), 0755) == 0);
   for (int i = 0; i < kFiles; ++i) WriteFile(v.backing + "/d/f" + std::to_string(i), "");
   ScopedMount m(v.backing, v.mnt, {}, 1024);
+  // Open files pin their inodes and take a descriptor more each: with 300
+  // of them the walk runs out of descriptors before the budget is reached,
+  // and requests must wait for the pruner (Relieve) instead of failing.
+  std::vector<int> held;
+  for (int i = 0; i < 300; ++i) {
+    int fd = open((v.mnt + "/d/f" + std::to_string(i)).c_str(), O_RDONLY);
+    REQUIRE(fd >= 0);
+    held.push_back(fd);
+  }
   int failed = 0;
   int first_errno = 0;
-  for (int i = 0; i < kFiles; ++i) {
+  for (int i = 300; i < kFiles; ++i) {
     const std::string path = v.mnt + "/d/f" + std::to_string(i);
     struct stat st;
     if (stat(path.c_str(), &st) != 0) {
@@ -191,8 +208,15 @@ TEST_CASE("mount: a tree larger than the descriptor limit is walked without EMFI
       if (fd >= 0) close(fd);
     }
   }
-  INFO("first error: " << std::strerror(first_errno) << "\nvssfs log:\n" << m.Log());
+  for (int fd : held) close(fd);
+  const std::string log = m.Log();
+  INFO("first error: " << std::strerror(first_errno) << "\nvssfs log:\n" << log);
   CHECK(failed == 0);
+  if (log.find("(descriptor limit 1024)") == std::string::npos) {
+    WARN("vssfs raised its descriptor limit (CAP_SYS_RESOURCE): pruning is not exercised here");
+  } else {
+    CHECK(log.find("asking it to forget the least recently used") != std::string::npos);
+  }
 }
 
 TEST_CASE("mount: the store is invisible and unreachable", "[fs][mount]") {
