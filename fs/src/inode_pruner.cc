@@ -31,12 +31,11 @@ size_t DefaultInodeBudget(uint64_t descriptor_limit) {
   return static_cast<size_t>(std::max<uint64_t>(budget, 16));
 }
 
-InodePruner::InodePruner(InodeTable* table, size_t budget, Sender send, bool directories)
+InodePruner::InodePruner(InodeTable* table, size_t budget, Sender send)
     : table_(table),
       budget_(std::max<size_t>(budget, 16)),
       low_(budget_ - budget_ / 10),
       send_(std::move(send)),
-      directories_(directories),
       thread_([this] { Run(); }) {}
 
 InodePruner::~InodePruner() { Stop(); }
@@ -161,7 +160,7 @@ size_t InodePruner::PruneTo(size_t target, std::vector<uint64_t>* named) {
   const size_t size = table_->size();
   if (size <= target) return 0;
   std::vector<uint64_t>& ids = *named;
-  ids = table_->LeastRecentlyUsed(size - target, directories_);
+  ids = table_->LeastRecentlyUsed(size - target);
   if (ids.empty()) return 0;
   if (!announced_) {
     announced_ = true;

@@ -6,13 +6,11 @@
 // Without a bound, walking a tree larger than the descriptor limit (a
 // backup, a search, `ls -lR`) would make every later lookup, create and
 // open fail with EMFILE. When the table grows past the budget, the pruner
-// asks the kernel to drop the inodes used longest ago: the kernel drops
-// those it holds no reference to (no open file, no working directory, no
-// cached child) and sends FORGET for them, which closes their descriptors.
-// How it is asked is the Sender's business: FUSE_NOTIFY_PRUNE (protocol
-// 7.45, Linux 6.18) names node ids; older kernels are sent
-// FUSE_NOTIFY_INVAL_ENTRY for each file's last name (Filesystem). A later
-// access looks the name up again, under the same node id (docs/LIVE_PATH.md,
+// asks the kernel to drop the inodes used longest ago (FUSE_NOTIFY_PRUNE,
+// FUSE protocol 7.45, Linux 6.18): the kernel drops those it holds no
+// reference to (no open file, no working directory, no cached child) and
+// sends FORGET for them, which closes their descriptors. A later access
+// looks the name up again, under the same node id (docs/LIVE_PATH.md,
 // "Descriptor budget"). Each round prunes down to nine tenths of the budget.
 //
 // Thread-safety: Poke() and Relieve() may be called from any thread; the
@@ -48,9 +46,8 @@ class InodePruner {
 
   // Starts the pruner's thread. `table` must outlive the pruner; `budget`
   // is the number of entries (root included) the table should not exceed,
-  // at least 16. `directories`: whether `send` may be given directories
-  // (pruning by name leaves them out: see Filesystem::StartPruner).
-  InodePruner(InodeTable* table, size_t budget, Sender send, bool directories = true);
+  // at least 16.
+  InodePruner(InodeTable* table, size_t budget, Sender send);
   // Stops the pruner (Stop()).
   ~InodePruner();
   InodePruner(const InodePruner&) = delete;
@@ -89,7 +86,6 @@ class InodePruner {
   const size_t budget_;
   const size_t low_;  // Target of a round: nine tenths of the budget.
   const Sender send_;
-  const bool directories_;
 
   std::mutex mutex_;
   std::condition_variable cv_;

@@ -84,14 +84,13 @@ void InodeTable::Forget(uint64_t nodeid, uint64_t n) {
   }
 }
 
-std::vector<uint64_t> InodeTable::LeastRecentlyUsed(size_t count, bool directories) const {
+std::vector<uint64_t> InodeTable::LeastRecentlyUsed(size_t count) const {
   std::vector<std::pair<uint64_t, uint64_t>> uses;  // (last use, node id)
   {
     std::shared_lock lock(mutex_);
     uses.reserve(inodes_.size());
     for (const auto& [id, inode] : inodes_) {
       if (inode == root_ || inode->open_files.load(std::memory_order_relaxed) > 0) continue;
-      if (!directories && S_ISDIR(inode->type)) continue;
       uses.emplace_back(inode->last_use.load(std::memory_order_relaxed), id);
     }
   }
@@ -101,21 +100,6 @@ std::vector<uint64_t> InodeTable::LeastRecentlyUsed(size_t count, bool directori
   ids.reserve(count);
   for (size_t i = 0; i < count; ++i) ids.push_back(uses[i].second);
   return ids;
-}
-
-bool InodeTable::LastName(uint64_t nodeid, uint64_t* parent, std::string* name) const {
-  std::shared_ptr<Inode> inode;
-  {
-    std::shared_lock lock(mutex_);
-    auto it = inodes_.find(nodeid);
-    if (it == inodes_.end()) return false;
-    inode = it->second;
-  }
-  std::lock_guard lock(inode->location_mutex);
-  if (inode->location_parent_id == 0 || inode->location_name.empty()) return false;
-  *parent = inode->location_parent_id;
-  *name = inode->location_name;
-  return true;
 }
 
 void InodeTable::MarkUsed(const std::vector<uint64_t>& ids) {

@@ -119,10 +119,6 @@ struct Inode {
   mutable std::mutex location_mutex;
   std::weak_ptr<Inode> location_parent;  // Guarded by location_mutex.
   std::string location_name;             // Guarded by location_mutex.
-  // Node id of the directory of location_name. Recorded for symlinks, and
-  // for all non-directories when the pruner works by name (kernels without
-  // FUSE_NOTIFY_PRUNE; inode_pruner.h). Guarded by location_mutex.
-  uint64_t location_parent_id = 0;
 };
 
 // A backing path naming symlink `inode` now, checked against its descriptor:
@@ -153,13 +149,8 @@ class InodeTable {
   void Forget(uint64_t nodeid, uint64_t n);
 
   // Node ids of at most `count` entries used longest ago, oldest first: not
-  // the root, nor an open file (the kernel cannot drop an inode in use),
-  // nor a directory unless `directories`.
-  std::vector<uint64_t> LeastRecentlyUsed(size_t count, bool directories = true) const;
-
-  // Where the kernel last looked entry `nodeid` up (Inode::location_*):
-  // false if it is not in the table or no name was recorded.
-  bool LastName(uint64_t nodeid, uint64_t* parent, std::string* name) const;
+  // the root, nor an open file (the kernel cannot drop an inode in use).
+  std::vector<uint64_t> LeastRecentlyUsed(size_t count) const;
 
   // Moves the entries among `ids` that are still in the table to the end
   // of the use order (the kernel kept them: they are in use).

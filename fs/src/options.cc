@@ -306,7 +306,7 @@ std::string UsageText(const std::string& program) {
     << "  max_inodes=N            most inodes the kernel may cache (each holds a file\n"
     << "                          descriptor) before vssfs asks it to forget the least\n"
     << "                          recently used (default 0: 3/4 of the descriptor limit;\n"
-    << "                          before Linux 6.18, files only)\n"
+    << "                          needs Linux 6.18)\n"
     << "  block_size=N            snapshot block size in bytes for a new store (default\n"
     << "                          65536; an existing store keeps its own)\n"
     << "  max_write=N, max_background=N, congestion_threshold=N, [no_]splice_read,\n"

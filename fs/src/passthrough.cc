@@ -15,7 +15,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <new>
@@ -585,36 +584,16 @@ void Filesystem::StartPruner(unsigned proto_minor) {
              static_cast<unsigned long long>(limit), fit);
     budget = fit;
   }
-  // Kernels without FUSE_NOTIFY_PRUNE (before 6.18) drop a file's inode
-  // when its name is invalidated (FUSE_NOTIFY_INVAL_ENTRY), which needs the
-  // name: lookups then record one per non-directory. Directories are left
-  // out, as invalidating one would also detach anything mounted below it.
-  // VSSFS_PRUNE_BY_NAME=1 chooses this way on any kernel (for tests).
-  const char* force = std::getenv("VSSFS_PRUNE_BY_NAME");
-  prune_by_name_ = NotifyPrune({}) == -ENOSYS || (force != nullptr && std::strcmp(force, "1") == 0);
-  InodePruner::Sender send = &NotifyPrune;
-  if (prune_by_name_) {
-    send = [this](const std::vector<uint64_t>& ids) { return InvalidateNames(ids); };
-  }
-  pruner_ = std::make_unique<InodePruner>(inodes_.get(), budget, std::move(send), !prune_by_name_);
+  pruner_ = std::make_unique<InodePruner>(inodes_.get(), budget, &NotifyPrune);
+  const bool can_prune = NotifyPrune({}) != -ENOSYS;
+  if (!can_prune) pruner_->MarkUnsupported();
   // The pruner lives as long as the table (declared after it), stopped or not.
   inodes_->SetPressureHook(pruner_->budget(), [p = pruner_.get()] { p->Poke(); });
   LOG_INFO("inode budget %zu (descriptor limit %llu)%s", pruner_->budget(),
            static_cast<unsigned long long>(limit),
-           prune_by_name_ ? "; forgetting files by name (FUSE_NOTIFY_PRUNE needs Linux 6.18)" : "");
-}
-
-int Filesystem::InvalidateNames(const std::vector<uint64_t>& ids) {
-  if (session_ == nullptr) return -ENODEV;
-  for (uint64_t id : ids) {
-    uint64_t parent;
-    std::string name;
-    if (!inodes_->LastName(id, &parent, &name)) continue;
-    // -ENOENT: the kernel has no such entry (renamed, or already gone).
-    int r = fuse_lowlevel_notify_inval_entry(session_, parent, name.c_str(), name.size());
-    if (r == -ENODEV || r == -EBADF) return -ENODEV;
-  }
-  return 0;
+           can_prune
+               ? ""
+               : "; this kernel cannot be asked to forget inodes (FUSE_NOTIFY_PRUNE, Linux 6.18)");
 }
 
 void Filesystem::StopPruner() {
@@ -701,17 +680,10 @@ int Filesystem::LookupIn(const Inode& parent, const char* name, fuse_entry_param
   if (S_ISLNK(st.st_mode)) {
     std::lock_guard lock(inode->location_mutex);
     inode->location_parent = inodes_->Find(parent.nodeid);
+    inode->location_name = name;
   }
-  RecordName(*inode, parent.nodeid, name);
   FillEntry(e, inode->nodeid, inode->generation, st);
   return 0;
-}
-
-void Filesystem::RecordName(Inode& inode, uint64_t parent, const char* name) {
-  if (!S_ISLNK(inode.type) && (!prune_by_name_ || S_ISDIR(inode.type))) return;
-  std::lock_guard lock(inode.location_mutex);
-  inode.location_parent_id = parent;
-  inode.location_name = name;
 }
 
 int Filesystem::Lookup(fuse_ino_t parent, const char* name, fuse_entry_param* e) {
@@ -955,7 +927,6 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode
   if (fstat(fd.get(), &st) != 0) return -errno;
   std::shared_ptr<Inode> inode = inodes_->Acquire(std::move(path_fd), st);
   if (!inode) return -EOVERFLOW;
-  RecordName(*inode, p->nodeid, name);
   if (epoch.active()) inode->born = epoch.latest();
   FillEntry(e, inode->nodeid, inode->generation, st);
   fi->fh = static_cast<uint64_t>(fd.release());

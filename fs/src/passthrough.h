@@ -26,7 +26,6 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
-#include <vector>
 
 #include "access_time.h"
 #include "cow.h"
@@ -199,12 +198,6 @@ class Filesystem : public snapshot_ctl::Volume {
   // Starts the inode pruner (at INIT) with the budget for the descriptor
   // limit and config_.max_inodes.
   void StartPruner(unsigned proto_minor);
-  // The pruner's sender when pruning by name: FUSE_NOTIFY_INVAL_ENTRY of
-  // each entry's last name. Returns 0 or -ENODEV once unmounted.
-  int InvalidateNames(const std::vector<uint64_t>& ids);
-  // Records where the kernel looked `inode` up, for symlinks (their xattrs
-  // need a path) and, when pruning by name, for every non-directory.
-  void RecordName(Inode& inode, uint64_t parent, const char* name);
   // Runs `open` (a descriptor, or -1 with errno set); when the process is
   // out of descriptors, has the pruner free some and runs it once more.
   int OpenWithRoom(const std::function<int()>& open);
@@ -234,7 +227,6 @@ class Filesystem : public snapshot_ctl::Volume {
   std::unique_ptr<InodeTable> inodes_;
   // Started at INIT; declared after inodes_, so stopped before it goes.
   std::unique_ptr<InodePruner> pruner_;
-  bool prune_by_name_ = false;  // Set at INIT, before any lookup.
   cow_store::Store* store_ = nullptr;
   cow_store::UniqueFd mount_fd_;  // O_RDONLY backing root, for handles.
   cow_store::UniqueFd keep_fd_;   // BACKING/.vssfs/keep

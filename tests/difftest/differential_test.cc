@@ -187,13 +187,6 @@ TEST_CASE("difftest: the kernel forgets idle inodes past a tiny max_inodes", "[f
   SECTION("root") { RunDifftest(seed, /*unprivileged=*/false, false, small, pruning); }
   SECTION("uid 65534") { RunDifftest(seed, /*unprivileged=*/true, false, small, pruning); }
   SECTION("snapshots") { RunDifftest(seed, /*unprivileged=*/false, true, small, pruning); }
-  SECTION("by name, as on kernels before 6.18") {
-    setenv("VSSFS_PRUNE_BY_NAME", "1", 1);
-    struct Unset {
-      ~Unset() { unsetenv("VSSFS_PRUNE_BY_NAME"); }
-    } unset;
-    RunDifftest(seed, /*unprivileged=*/false, false, small, pruning);
-  }
 }
 
 TEST_CASE("difftest: requests served through FUSE over io_uring", "[fs][difftest][uring]") {

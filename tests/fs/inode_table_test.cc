@@ -5,9 +5,6 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
-#include <mutex>
-#include <string>
-#include <vector>
 
 #include "fake_inodes.h"
 #include "test_support.h"
@@ -145,26 +142,4 @@ TEST_CASE("inode table: a birth epoch outlives the entry until the next cut", "[
   table.Forget(100, 1);
   table.ClearBirths();
   CHECK(table.Acquire(SomeFd(), StatWithIno(100))->born == Inode::kNoEpoch);
-}
-
-TEST_CASE("inode table: names for pruning by name, and directories left out", "[fs][inode_table]") {
-  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
-  auto dir = table.Acquire(SomeFd(), StatWithIno(100, S_IFDIR));
-  auto file = table.Acquire(SomeFd(), StatWithIno(101));
-  REQUIRE(dir);
-  REQUIRE(file);
-  uint64_t parent = 0;
-  std::string name;
-  CHECK_FALSE(table.LastName(101, &parent, &name));  // None recorded yet.
-  {
-    std::lock_guard lock(file->location_mutex);
-    file->location_parent_id = 100;
-    file->location_name = "report.docx";
-  }
-  REQUIRE(table.LastName(101, &parent, &name));
-  CHECK(parent == 100);
-  CHECK(name == "report.docx");
-  CHECK_FALSE(table.LastName(999, &parent, &name));  // Not in the table.
-  CHECK(table.LeastRecentlyUsed(10) == std::vector<uint64_t>{100, 101});
-  CHECK(table.LeastRecentlyUsed(10, /*directories=*/false) == std::vector<uint64_t>{101});
 }

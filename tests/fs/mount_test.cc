@@ -17,7 +17,6 @@
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -122,39 +121,7 @@ size_t OpenDescriptors(pid_t pid) {
   return n;
 }
 
-// Sets (or, with nullptr, unsets) an environment variable for the scope:
-// a daemon started meanwhile inherits it.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    had_ = std::getenv(name) != nullptr;
-    if (value != nullptr) {
-      setenv(name, value, 1);
-    } else {
-      unsetenv(name);
-    }
-  }
-  ~ScopedEnv() {
-    if (had_) {
-      setenv(name_.c_str(), old_.c_str(), 1);
-    } else {
-      unsetenv(name_.c_str());
-    }
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  std::string name_;
-  std::string old_;
-  bool had_ = false;
-};
-
-// A walk of 4000 files (two stat passes and a listing with attributes)
-// through a mount with max_inodes=500. `by_name`: prune as on kernels
-// without FUSE_NOTIFY_PRUNE (VSSFS_PRUNE_BY_NAME=1).
-void WalkWithinBudget(bool by_name) {
+TEST_CASE("mount: a tree larger than max_inodes is walked within its descriptors", "[fs][mount]") {
   // Every inode the kernel caches holds a descriptor in the daemon; past the
   // budget the kernel is asked to forget the least recently used. Without
   // that, a walk of more files than the descriptor limit ends in EMFILE.
@@ -168,7 +135,6 @@ void WalkWithinBudget(bool by_name) {
     WriteFile(v.backing + name, "");
     inos.push_back(Ino(v.backing + name));
   }
-  ScopedEnv env("VSSFS_PRUNE_BY_NAME", by_name ? "1" : nullptr);
   ScopedMount m(v.backing, v.mnt, {"-o", "max_inodes=" + std::to_string(kBudget)});
   size_t most = 0;
   int failed = 0;
@@ -202,16 +168,6 @@ void WalkWithinBudget(bool by_name) {
   // loaded machine); without it every file would hold one (4000+).
   CHECK(most < kFiles / 2);
   CHECK(m.Log().find("asking it to forget the least recently used") != std::string::npos);
-  if (by_name) CHECK(m.Log().find("forgetting files by name") != std::string::npos);
-}
-
-TEST_CASE("mount: a tree larger than max_inodes is walked within its descriptors", "[fs][mount]") {
-  WalkWithinBudget(/*by_name=*/false);
-}
-
-TEST_CASE("mount: pruning by name (kernels before 6.18) keeps a walk within max_inodes",
-          "[fs][mount]") {
-  WalkWithinBudget(/*by_name=*/true);
 }
 
 TEST_CASE("mount: a tree larger than the descriptor limit is walked without EMFILE",
