@@ -931,8 +931,7 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode
   FillEntry(e, inode->nodeid, inode->generation, st);
   fi->fh = static_cast<uint64_t>(fd.release());
   fi->keep_cache = config_.timeout > 0;
-  if ((fi->flags & O_ACCMODE) != O_RDONLY) CountWriter(*inode, 1);
-  ++inode->open_files;
+  CountOpen(*inode, fi->flags, 1);
   return 0;
 }
 
@@ -974,8 +973,7 @@ int Filesystem::OpenLive(fuse_req_t req, Inode& inode_ref, const CowEngine::Epoc
   if (fd < 0) return fd;
   fi->fh = static_cast<uint64_t>(fd);
   fi->keep_cache = config_.timeout > 0;
-  if ((fi->flags & O_ACCMODE) != O_RDONLY) CountWriter(*inode, 1);
-  ++inode->open_files;
+  CountOpen(*inode, fi->flags, 1);
   if ((fi->flags & O_ACCMODE) != O_WRONLY && (fi->flags & O_NOATIME) == 0 && S_ISREG(inode->type)) {
     UpdateAccessTime(*inode, &epoch);
   }
@@ -1009,7 +1007,9 @@ int Filesystem::WriteBackKernelCache(const Inode& inode) {
   return r == -ENOENT ? 0 : r;
 }
 
-void Filesystem::CountWriter(Inode& inode, int delta) {
+void Filesystem::CountOpen(Inode& inode, int flags, int delta) {
+  inode.open_files += delta;
+  if ((flags & O_ACCMODE) == O_RDONLY) return;
   if (flush_behind_ && writeback_) {
     if (delta > 0) {
       flush_behind_->WriterOpened(inode);
@@ -1027,10 +1027,7 @@ void Filesystem::Release(fuse_ino_t ino, fuse_file_info* fi) {
     return;
   }
   UniqueFd fd(static_cast<int>(fi->fh));
-  if (std::shared_ptr<Inode> inode = Get(ino)) {
-    if ((fi->flags & O_ACCMODE) != O_RDONLY) CountWriter(*inode, -1);
-    --inode->open_files;
-  }
+  if (std::shared_ptr<Inode> inode = Get(ino)) CountOpen(*inode, fi->flags, -1);
 }
 
 int Filesystem::Lseek(fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi, off_t* result) {

@@ -189,9 +189,10 @@ class Filesystem : public snapshot_ctl::Volume {
   // still be dirty in the kernel; has the kernel write it back to vssfs.
   // Needs a multithreaded session. Returns 0 or a negative errno.
   int WriteBackKernelCache(const Inode& inode);
-  // Counts a handle that may write to `inode` opening (+1) or closing (-1);
-  // tells FlushBehind when it is on and the writeback cache is used.
-  void CountWriter(Inode& inode, int delta);
+  // Counts a handle of `inode` opened with `flags` opening (+1) or closing
+  // (-1): Inode::open_files, and for one that may write, the writers
+  // (FlushBehind's when it is on and the writeback cache is used).
+  void CountOpen(Inode& inode, int flags, int delta);
   // The inode for `ino`; nullptr if unknown (reported as ESTALE).
   std::shared_ptr<Inode> Get(fuse_ino_t ino) const { return inodes_->Find(ino); }
 
