@@ -600,7 +600,8 @@ void Filesystem::StopPruner() {
   if (pruner_) pruner_->Stop();
 }
 
-int Filesystem::OpenWithRoom(const std::function<int()>& open) {
+template <typename OpenFn>
+int Filesystem::OpenWithRoom(OpenFn open) {
   int fd = open();
   if (fd >= 0 || (errno != EMFILE && errno != ENFILE) || !pruner_ || !multithreaded_) return fd;
   const int saved = errno;

@@ -20,7 +20,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -199,9 +198,12 @@ class Filesystem : public snapshot_ctl::Volume {
   // Starts the inode pruner (at INIT) with the budget for the descriptor
   // limit and config_.max_inodes.
   void StartPruner(unsigned proto_minor);
-  // Runs `open` (a descriptor, or -1 with errno set); when the process is
+  // Runs `open()` (a descriptor, or -1 with errno set); when the process is
   // out of descriptors, has the pruner free some and runs it once more.
-  int OpenWithRoom(const std::function<int()>& open);
+  // A template: it wraps lookups, creates and opens, which need no
+  // std::function (and its allocation) each.
+  template <typename OpenFn>
+  int OpenWithRoom(OpenFn open);
 
   // Opens a live file (the body of Open). With O_TRUNC and snapshots, the
   // file's data is preserved first.
