@@ -45,7 +45,6 @@ void InodePruner::Stop() {
     std::lock_guard lock(mutex_);
     stop_ = true;
   }
-  stopped_ = true;
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
 }
@@ -60,7 +59,7 @@ void InodePruner::Poke() {
 }
 
 bool InodePruner::Relieve(std::chrono::milliseconds wait) {
-  if (!supported() || stopped_.load()) return false;
+  if (!supported()) return false;
   if (relieving_.fetch_add(1) >= kMaxRelieving) {
     relieving_.fetch_sub(1);
     return false;
@@ -68,6 +67,10 @@ bool InodePruner::Relieve(std::chrono::milliseconds wait) {
   const uint64_t before = table_->forgotten();
   {
     std::lock_guard lock(mutex_);
+    if (stop_) {
+      relieving_.fetch_sub(1);
+      return false;
+    }
     poked_ = true;
     relieve_ = std::max(relieve_, std::max<size_t>(budget_ / 10, 16));
   }
@@ -93,14 +96,8 @@ void InodePruner::Run() {
     pending_.store(false, std::memory_order_release);
 
     const size_t size = table_->size();
-    if (!supported() && size > budget_ && !warned_unsupported_) {
-      warned_unsupported_ = true;
-      LOG_WARN(
-          "%zu inodes are cached by the kernel, over the budget of %zu, and this kernel cannot "
-          "be asked to forget any (FUSE_NOTIFY_PRUNE needs Linux 6.18): lookups may fail with "
-          "EMFILE until it reclaims memory (see the descriptor limit in the README)",
-          size, budget_);
-    }
+    if (!supported() && size > budget_) WarnUnsupported(size);
+    bool again = false;
     bool stuck = false;
     if (supported() && (size > budget_ || extra > 0)) {
       const size_t target = size > budget_ ? low_ : size;
@@ -128,12 +125,8 @@ void InodePruner::Run() {
       // What the kernel kept is in use: let the next rounds name others.
       if (freed < n) table_->MarkUsed(named);
       fruitless_ = n > 0 && freed == 0 ? fruitless_ + 1 : 0;
-      if (fruitless_ > 0 && fruitless_ < kFruitlessRounds) {
-        // Others are named next (MarkUsed above): try again at once.
-        lock.lock();
-        poked_ = true;
-        lock.unlock();
-      }
+      // Others are named next (MarkUsed above): try again at once.
+      again = fruitless_ > 0 && fruitless_ < kFruitlessRounds;
       if (fruitless_ >= kFruitlessRounds) {
         fruitless_ = 0;
         stuck = true;
@@ -150,10 +143,21 @@ void InodePruner::Run() {
       }
     }
     lock.lock();
+    if (again) poked_ = true;
     // After a round that freed nothing, pause before the next, unless a
     // request runs out of descriptors or the pruner stops.
     if (stuck) cv_.wait_for(lock, kStuckPause, [&] { return stop_ || relieve_ > 0; });
   }
+}
+
+void InodePruner::WarnUnsupported(size_t size) {
+  if (warned_unsupported_) return;
+  warned_unsupported_ = true;
+  LOG_WARN(
+      "%zu inodes are cached by the kernel (budget %zu), and this kernel cannot be asked to "
+      "forget any (FUSE_NOTIFY_PRUNE needs Linux 6.18): lookups may fail with EMFILE until it "
+      "reclaims memory (see the descriptor limit in the README)",
+      size, budget_);
 }
 
 size_t InodePruner::PruneTo(size_t target, std::vector<uint64_t>* named) {
@@ -177,11 +181,7 @@ size_t InodePruner::PruneTo(size_t target, std::vector<uint64_t>* named) {
     int r = send_(batch);
     if (r == -ENOSYS || r == -EINVAL) {
       supported_ = false;
-      LOG_WARN(
-          "the kernel cannot be asked to forget inodes (FUSE_NOTIFY_PRUNE needs Linux 6.18): "
-          "with more than %zu inodes cached, lookups may fail with EMFILE until it reclaims "
-          "memory (see the descriptor limit in the README)",
-          budget_);
+      WarnUnsupported(size);
       break;
     }
     if (r != 0) {

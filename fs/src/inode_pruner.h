@@ -78,6 +78,8 @@ class InodePruner {
 
  private:
   void Run();
+  // Warns, once, that the kernel cannot prune while `size` inodes are cached.
+  void WarnUnsupported(size_t size);
   // One round: asks the kernel to forget enough entries to bring the table
   // to `target`, naming them in *named. Returns the number of ids sent.
   size_t PruneTo(size_t target, std::vector<uint64_t>* named);
@@ -89,8 +91,7 @@ class InodePruner {
 
   std::mutex mutex_;
   std::condition_variable cv_;
-  bool stop_ = false;  // Guarded by mutex_.
-  std::atomic<bool> stopped_{false};
+  bool stop_ = false;                 // Guarded by mutex_.
   std::atomic<int> relieving_{0};     // Requests waiting in Relieve().
   bool warned_unsupported_ = false;   // Pruner thread only.
   bool poked_ = false;                // Guarded by mutex_.
