@@ -4,10 +4,10 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <chrono>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -29,6 +29,7 @@ class FakeKernel {
   explicit FakeKernel(InodeTable* table) : table_(table) {}
   int Prune(const std::vector<uint64_t>& ids) {
     std::lock_guard lock(mutex_);
+    ++calls_;
     if (refuse_) return -EINVAL;
     batches_.push_back(ids);
     for (uint64_t id : ids) {
@@ -48,13 +49,40 @@ class FakeKernel {
     std::lock_guard lock(mutex_);
     return batches_;
   }
+  // Notifications asked for, refused ones included.
+  int calls() {
+    std::lock_guard lock(mutex_);
+    return calls_;
+  }
 
  private:
   InodeTable* table_;
   std::mutex mutex_;
   bool refuse_ = false;
+  int calls_ = 0;
   std::vector<uint64_t> busy_;
   std::vector<std::vector<uint64_t>> batches_;
+};
+
+// A table (holding the root, node 1), the fake kernel over it, and a
+// pruner that sends to that kernel.
+struct Rig {
+  InodeTable table{SomeFd(), StatWithIno(2, S_IFDIR)};
+  FakeKernel kernel{&table};
+  std::unique_ptr<InodePruner> pruner;  // Last: stopped before the rest go.
+
+  // Starts the pruner with `budget`; with `hook`, the table pokes it when a
+  // new entry passes the budget, as in the daemon.
+  InodePruner& Start(size_t budget, bool hook = true) {
+    pruner = std::make_unique<InodePruner>(
+        &table, budget, [this](const std::vector<uint64_t>& ids) { return kernel.Prune(ids); });
+    if (hook) table.SetPressureHook(pruner->budget(), [p = pruner.get()] { p->Poke(); });
+    return *pruner;
+  }
+  // One lookup of each inode number in [first, end).
+  void LookUp(ino_t first, ino_t end) {
+    for (ino_t ino = first; ino < end; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
+  }
 };
 
 // Waits up to 5 s for `done`.
@@ -79,38 +107,33 @@ TEST_CASE("inode pruner: the default budget leaves a quarter of the descriptors"
 
 TEST_CASE("inode pruner: past the budget the least recently used are forgotten",
           "[fs][inode_pruner]") {
-  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
-  FakeKernel kernel(&table);
-  InodePruner pruner(&table, 100,
-                     [&](const std::vector<uint64_t>& ids) { return kernel.Prune(ids); });
-  table.SetPressureHook(pruner.budget(), [&] { pruner.Poke(); });
-  for (ino_t ino = 1000; ino < 1100; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
+  Rig rig;
+  InodePruner& pruner = rig.Start(100);
+  rig.LookUp(1000, 1100);
   // 101 entries with the root: one past the budget.
-  CHECK(Eventually([&] { return table.size() <= 90; }));
-  CHECK(table.size() == 90);  // Nine tenths of the budget.
-  const auto batches = kernel.batches();
+  CHECK(Eventually([&] { return rig.table.size() <= 90; }));
+  CHECK(rig.table.size() == 90);  // Nine tenths of the budget.
+  const auto batches = rig.kernel.batches();
   REQUIRE(batches.size() == 1);
   // The 11 looked up first, oldest first.
   std::vector<uint64_t> expected;
   for (uint64_t id = 1000; id < 1011; ++id) expected.push_back(id);
   CHECK(batches[0] == expected);
-  CHECK(table.Find(1000) == nullptr);
-  CHECK(table.Find(1011) != nullptr);
-  CHECK(table.Find(1) != nullptr);  // The root stays.
+  CHECK(rig.table.Find(1000) == nullptr);
+  CHECK(rig.table.Find(1011) != nullptr);
+  CHECK(rig.table.Find(1) != nullptr);  // The root stays.
   CHECK(pruner.sent() == 11);
   CHECK(pruner.supported());
 }
 
 TEST_CASE("inode pruner: large rounds go out in notifications of 512 ids", "[fs][inode_pruner]") {
-  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
-  FakeKernel kernel(&table);
+  Rig rig;
   // Filled before the pruner exists, as if the kernel had outgrown it at once.
-  for (ino_t ino = 1000; ino < 3000; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
-  InodePruner pruner(&table, 500,
-                     [&](const std::vector<uint64_t>& ids) { return kernel.Prune(ids); });
+  rig.LookUp(1000, 3000);
+  InodePruner& pruner = rig.Start(500, /*hook=*/false);
   pruner.Poke();
-  CHECK(Eventually([&] { return table.size() <= 450; }));
-  const auto batches = kernel.batches();
+  CHECK(Eventually([&] { return rig.table.size() <= 450; }));
+  const auto batches = rig.kernel.batches();
   REQUIRE(batches.size() == 4);  // 2001 - 450 = 1551 ids
   CHECK(batches[0].size() == 512);
   CHECK(batches[1].size() == 512);
@@ -119,88 +142,71 @@ TEST_CASE("inode pruner: large rounds go out in notifications of 512 ids", "[fs]
 }
 
 TEST_CASE("inode pruner: a kernel that cannot prune is not asked again", "[fs][inode_pruner]") {
-  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
-  FakeKernel kernel(&table);
-  kernel.Refuse();
-  std::atomic<int> calls{0};
-  InodePruner pruner(&table, 16, [&](const std::vector<uint64_t>& ids) {
-    ++calls;
-    return kernel.Prune(ids);
-  });
-  table.SetPressureHook(pruner.budget(), [&] { pruner.Poke(); });
-  for (ino_t ino = 1000; ino < 1020; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
+  Rig rig;
+  rig.kernel.Refuse();
+  InodePruner& pruner = rig.Start(16);
+  rig.LookUp(1000, 1020);
   CHECK(Eventually([&] { return !pruner.supported(); }));
-  for (ino_t ino = 1020; ino < 1040; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
+  rig.LookUp(1020, 1040);
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  CHECK(calls == 1);
-  CHECK(table.size() == 41);  // Nothing forgotten.
+  CHECK(rig.kernel.calls() == 1);
+  CHECK(rig.table.size() == 41);  // Nothing forgotten.
   CHECK_FALSE(pruner.Relieve(std::chrono::milliseconds(10)));
 }
 
 TEST_CASE("inode pruner: a request out of descriptors gets room under the budget",
           "[fs][inode_pruner]") {
-  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
-  FakeKernel kernel(&table);
-  InodePruner pruner(&table, 200,
-                     [&](const std::vector<uint64_t>& ids) { return kernel.Prune(ids); });
-  for (ino_t ino = 1000; ino < 1100; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
+  Rig rig;
+  InodePruner& pruner = rig.Start(200, /*hook=*/false);
+  rig.LookUp(1000, 1100);
   // Under the budget, but open files took the descriptors: a tenth of the
   // budget (20) more is pruned.
   CHECK(pruner.Relieve(std::chrono::seconds(5)));
-  CHECK(Eventually([&] { return table.size() == 81; }));
-  REQUIRE(kernel.batches().size() == 1);
-  CHECK(kernel.batches()[0].front() == 1000);
+  CHECK(Eventually([&] { return rig.table.size() == 81; }));
+  REQUIRE(rig.kernel.batches().size() == 1);
+  CHECK(rig.kernel.batches()[0].front() == 1000);
 }
 
 TEST_CASE("inode pruner: inodes the kernel keeps leave the table over budget, not looping",
           "[fs][inode_pruner]") {
-  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
-  FakeKernel kernel(&table);
+  Rig rig;
   std::vector<uint64_t> busy;
   for (uint64_t id = 1000; id < 1040; ++id) busy.push_back(id);
-  kernel.SetBusy(busy);  // Every inode is in use: the kernel drops none.
-  InodePruner pruner(&table, 32,
-                     [&](const std::vector<uint64_t>& ids) { return kernel.Prune(ids); });
-  table.SetPressureHook(pruner.budget(), [&] { pruner.Poke(); });
-  for (ino_t ino = 1000; ino < 1040; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
-  CHECK(Eventually([&] { return !kernel.batches().empty(); }));
+  rig.kernel.SetBusy(busy);  // Every inode is in use: the kernel drops none.
+  rig.Start(32);
+  rig.LookUp(1000, 1040);
+  CHECK(Eventually([&] { return !rig.kernel.batches().empty(); }));
   // After three rounds that freed nothing (100 ms each, waiting for
   // FORGETs) the pruner pauses for a second instead of asking again.
   std::this_thread::sleep_for(std::chrono::milliseconds(800));
-  CHECK(kernel.batches().size() == 3);
-  CHECK(table.size() == 41);
+  CHECK(rig.kernel.batches().size() == 3);
+  CHECK(rig.table.size() == 41);
 }
 
 TEST_CASE("inode pruner: entries the kernel kept are not named again first", "[fs][inode_pruner]") {
-  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
-  FakeKernel kernel(&table);
-  kernel.SetBusy({1000, 1001, 1002});  // The three oldest are in use.
-  InodePruner pruner(&table, 100,
-                     [&](const std::vector<uint64_t>& ids) { return kernel.Prune(ids); });
-  table.SetPressureHook(pruner.budget(), [&] { pruner.Poke(); });
-  for (ino_t ino = 1000; ino < 1100; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
-  CHECK(Eventually([&] { return kernel.batches().size() == 1; }));
+  Rig rig;
+  rig.kernel.SetBusy({1000, 1001, 1002});  // The three oldest are in use.
+  rig.Start(100);
+  rig.LookUp(1000, 1100);
+  CHECK(Eventually([&] { return rig.kernel.batches().size() == 1; }));
   // The round named 1000-1010; 1003-1010 were forgotten, the busy three kept.
-  CHECK(Eventually([&] { return table.size() == 93; }));
-  for (ino_t ino = 1100; ino < 1110; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
-  CHECK(Eventually([&] { return kernel.batches().size() == 2; }));
+  CHECK(Eventually([&] { return rig.table.size() == 93; }));
+  rig.LookUp(1100, 1110);
+  CHECK(Eventually([&] { return rig.kernel.batches().size() == 2; }));
   // The next round starts with 1011, not with the three the kernel kept.
-  const auto batches = kernel.batches();
+  const auto batches = rig.kernel.batches();
   REQUIRE_FALSE(batches[1].empty());
   CHECK(batches[1].front() == 1011);
   CHECK(std::find(batches[1].begin(), batches[1].end(), 1000) == batches[1].end());
 }
 
 TEST_CASE("inode pruner: a stopped pruner neither prunes nor waits", "[fs][inode_pruner]") {
-  InodeTable table(SomeFd(), StatWithIno(2, S_IFDIR));
-  FakeKernel kernel(&table);
-  InodePruner pruner(&table, 16,
-                     [&](const std::vector<uint64_t>& ids) { return kernel.Prune(ids); });
+  Rig rig;
+  InodePruner& pruner = rig.Start(16);
   pruner.Stop();
-  table.SetPressureHook(pruner.budget(), [&] { pruner.Poke(); });
-  for (ino_t ino = 1000; ino < 1040; ++ino) REQUIRE(table.Acquire(SomeFd(), StatWithIno(ino)));
+  rig.LookUp(1000, 1040);
   const auto start = std::chrono::steady_clock::now();
   CHECK_FALSE(pruner.Relieve(std::chrono::seconds(5)));
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(1));
-  CHECK(kernel.batches().empty());
+  CHECK(rig.kernel.batches().empty());
 }
