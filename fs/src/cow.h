@@ -40,18 +40,12 @@
 #include <unordered_set>
 #include <vector>
 
+#include "file_handle.h"
 #include "inode_table.h"
 #include "vssfs/cow_store/store.h"
 #include "vssfs/cow_store/unique_fd.h"
 
 namespace vssfs::fs {
-
-// A backing file handle (name_to_handle_at) as an opaque string, and back.
-// Returns 0 or a negative errno.
-int HandleAt(int dir_fd, const char* name, int flags, std::string* out);
-// Opens the object a handle names on the filesystem of `mount_fd`; invalid
-// UniqueFd and errno set on failure (ESTALE once the object is gone).
-cow_store::UniqueFd OpenByHandle(int mount_fd, const std::string& handle, int flags);
 
 class CowEngine {
  public:
