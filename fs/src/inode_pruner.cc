@@ -23,6 +23,10 @@ constexpr auto kStuckPause = std::chrono::seconds(1);
 constexpr auto kStuckWarningInterval = std::chrono::minutes(1);
 // Rounds in a row that freed nothing before that pause.
 constexpr int kFruitlessRounds = 3;
+// Entries, evicted ones included, per inode of the budget before the kernel
+// is asked to forget evicted entries too: the kernel keeps the inodes of
+// evicted files, and the table one entry (about half a KiB) each.
+constexpr size_t kEntriesPerBudget = 4;
 
 }  // namespace
 
@@ -59,12 +63,12 @@ void InodePruner::Poke() {
 }
 
 bool InodePruner::Relieve(std::chrono::milliseconds wait) {
-  if (!supported()) return false;
+  if (!supported() && !table_->eviction_enabled()) return false;
   if (relieving_.fetch_add(1) >= kMaxRelieving) {
     relieving_.fetch_sub(1);
     return false;
   }
-  const uint64_t before = table_->forgotten();
+  const uint64_t before = table_->released();
   {
     std::lock_guard lock(mutex_);
     if (stop_) {
@@ -77,7 +81,7 @@ bool InodePruner::Relieve(std::chrono::milliseconds wait) {
   cv_.notify_all();
   const auto deadline = std::chrono::steady_clock::now() + wait;
   bool freed = false;
-  while (!(freed = table_->forgotten() != before) && std::chrono::steady_clock::now() < deadline) {
+  while (!(freed = table_->released() != before) && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   relieving_.fetch_sub(1);
@@ -95,13 +99,27 @@ void InodePruner::Run() {
     lock.unlock();
     pending_.store(false, std::memory_order_release);
 
-    const size_t size = table_->size();
-    if (!supported() && size > budget_) WarnUnsupported(size);
+    const size_t held = table_->descriptors();
+    const bool over = held > budget_ || extra > 0;
+    const size_t target = held > budget_ ? low_ : held;
+    const size_t want = target > extra ? target - extra : 0;
+    // Eviction goes further down, to three quarters of the budget: each
+    // round scans the whole table, and a reopen costs little.
+    const size_t evict_to = held > budget_ ? std::min(want, budget_ - budget_ / 4) : want;
+    const size_t evicted = over ? EvictTo(evict_to) : 0;
+    const size_t size = table_->descriptors();
     bool again = false;
     bool stuck = false;
-    if (supported() && (size > budget_ || extra > 0)) {
-      const size_t target = size > budget_ ? low_ : size;
-      const size_t want = target > extra ? target - extra : 0;
+    if (over && !supported() && size > budget_) {
+      WarnUnsupported(size);
+      // Nothing (more) can be closed now: pause as after fruitless rounds.
+      stuck = evicted == 0;
+    }
+    // After an eviction round, pruning is for what keeps the count over the
+    // budget (directories, files in use): waiting for FORGETs to take the
+    // last few down to the target would hold up the next round.
+    const size_t prune_above = evicted > 0 && extra == 0 ? budget_ : want;
+    if (over && supported() && size > prune_above) {
       const uint64_t forgotten = table_->forgotten();
       std::vector<uint64_t> named;
       const size_t n = PruneTo(want, &named);
@@ -130,7 +148,7 @@ void InodePruner::Run() {
       if (fruitless_ >= kFruitlessRounds) {
         fruitless_ = 0;
         stuck = true;
-        const size_t after = table_->size();
+        const size_t after = table_->descriptors();
         const auto now = std::chrono::steady_clock::now();
         if (now - last_stuck_warning_ >= kStuckWarningInterval) {
           last_stuck_warning_ = now;
@@ -142,6 +160,7 @@ void InodePruner::Run() {
         }
       }
     }
+    if (supported()) PruneEvicted();
     lock.lock();
     if (again) poked_ = true;
     // After a round that freed nothing, pause before the next, unless a
@@ -154,14 +173,31 @@ void InodePruner::WarnUnsupported(size_t size) {
   if (warned_unsupported_) return;
   warned_unsupported_ = true;
   LOG_WARN(
-      "%zu inodes are cached by the kernel (budget %zu), and this kernel cannot be asked to "
-      "forget any (FUSE_NOTIFY_PRUNE needs Linux 6.18): lookups may fail with EMFILE until it "
-      "reclaims memory (see the descriptor limit in the README)",
-      size, budget_);
+      "%zu inodes cached by the kernel hold descriptors (budget %zu), and the kernel is not "
+      "asked to forget any (%s)%s: lookups may fail with EMFILE until it reclaims memory (see "
+      "max_inodes and the descriptor limit in the README)",
+      size, budget_, why_unsupported_.load(),
+      table_->eviction_enabled() ? "; the rest are not idle files"
+                                 : "; idle files cannot be reopened by handle either");
+}
+
+size_t InodePruner::EvictTo(size_t target) {
+  const size_t held = table_->descriptors();
+  if (held <= target || !table_->eviction_enabled()) return 0;
+  const size_t evicted = table_->EvictDescriptors(held - target);
+  if (evicted > 0 && !announced_eviction_) {
+    announced_eviction_ = true;
+    LOG_INFO(
+        "%zu inodes cached by the kernel hold descriptors (budget %zu, max_inodes): closing "
+        "those of idle files, to be reopened by handle",
+        held, budget_);
+  }
+  LOG_DEBUG("closed the descriptors of %zu idle files of %zu (budget %zu)", evicted, held, budget_);
+  return evicted;
 }
 
 size_t InodePruner::PruneTo(size_t target, std::vector<uint64_t>* named) {
-  const size_t size = table_->size();
+  const size_t size = table_->descriptors();
   if (size <= target) return 0;
   std::vector<uint64_t>& ids = *named;
   ids = table_->LeastRecentlyUsed(size - target);
@@ -173,6 +209,22 @@ size_t InodePruner::PruneTo(size_t target, std::vector<uint64_t>* named) {
         "the least recently used",
         size, budget_, size > budget_ ? "" : " and descriptors ran short");
   }
+  const size_t sent = Send(ids, size);
+  LOG_DEBUG("asked the kernel to forget %zu of %zu inodes (budget %zu)", sent, size, budget_);
+  return sent;
+}
+
+void InodePruner::PruneEvicted() {
+  const size_t size = table_->size();
+  const size_t most = kEntriesPerBudget * budget_;
+  if (size <= most) return;
+  const std::vector<uint64_t> ids = table_->LeastRecentlyUsed(size - (most - most / 10), true);
+  if (ids.empty()) return;
+  const size_t sent = Send(ids, size);
+  LOG_DEBUG("asked the kernel to forget %zu of %zu inodes with closed descriptors", sent, size);
+}
+
+size_t InodePruner::Send(const std::vector<uint64_t>& ids, size_t size) {
   size_t sent = 0;
   for (size_t i = 0; i < ids.size(); i += kIdsPerNotification) {
     const size_t end = std::min(ids.size(), i + kIdsPerNotification);
@@ -193,7 +245,6 @@ size_t InodePruner::PruneTo(size_t target, std::vector<uint64_t>* named) {
     sent += batch.size();
   }
   sent_ += sent;
-  LOG_DEBUG("asked the kernel to forget %zu of %zu inodes (budget %zu)", sent, size, budget_);
   return sent;
 }
 

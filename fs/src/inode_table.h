@@ -17,12 +17,26 @@
 // 32 bits, as the kernel's). Generations count up per mount; the root's is
 // 0. A file the kernel forgot and looks up again has a new one too.
 //
-// Every entry holds a descriptor, so the table's size is bounded by the
-// process's descriptor limit. The table keeps a use order (Find and Acquire
-// stamp an entry with the count of lookups so far) so that InodePruner
-// (inode_pruner.h) can ask the kernel to forget the entries used longest
-// ago; and it calls a pressure hook when a new entry takes it past a set
-// size.
+// Every entry holds a descriptor, so the number of entries with one is
+// bounded by the process's descriptor limit. The table keeps a use order
+// (Find and Acquire stamp an entry with the count of lookups so far) and
+// calls a pressure hook when an entry with a descriptor takes it past a set
+// count. InodePruner (inode_pruner.h) then brings the count down in two
+// ways, the entries used longest ago first:
+//
+//   * Eviction (EvictDescriptors): an idle regular file's descriptor is
+//     closed and its backing file handle kept instead; Find reopens it by
+//     handle on the next use. The kernel keeps its inode; nothing is looked
+//     up again. Closing the descriptor lets the backing filesystem reuse the
+//     inode number once the file is deleted, so only files with a link are
+//     evicted, a request deleting a file's last name holds its entry (Find
+//     reopens it) until the deletion is done, and Acquire compares handles:
+//     a different file under an evicted entry's number (deleted and reused
+//     behind the mount's back) gets a new entry and generation, which makes
+//     the kernel drop the old inode. Needs CAP_DAC_READ_SEARCH
+//     (EnableEviction).
+//   * Pruning: the pruner asks the kernel to forget entries, which closes
+//     their descriptors when the FORGETs come (directories, symlinks).
 //
 // Thread-safety: all methods are safe to call concurrently. Lock order: the
 // table's mutex_ is a leaf lock (nothing else is taken while holding it).
@@ -57,7 +71,11 @@ struct Inode {
   ino_t backing_ino = 0;
   mode_t type = 0;          // S_IFMT bits; never changes for an inode.
   uint32_t generation = 0;  // FUSE generation of this entry; never changes.
-  cow_store::UniqueFd fd;   // O_PATH descriptor of the backing inode.
+  // O_PATH descriptor of the backing inode. Invalid only while the entry is
+  // evicted (`handle` set); both change only under InodeTable::mutex_, and
+  // only while no request holds the entry (see InodeTable::Find).
+  cow_store::UniqueFd fd;
+  std::string handle;  // Backing file handle while evicted, else empty.
   // InodeTable's lookup count when the entry was last used (relaxed).
   std::atomic<uint64_t> last_use{0};
   // Kernel lookup count; guarded by InodeTable::mutex_.
@@ -141,25 +159,42 @@ class InodeTable {
   // Returns the inode; nullptr only if st's number is reserved.
   std::shared_ptr<Inode> Acquire(cow_store::UniqueFd fd, const struct stat& st);
 
-  // The inode for `nodeid`, or nullptr if the kernel holds no reference.
-  // Marks it used.
+  // The inode for `nodeid`, or nullptr with errno ESTALE if the kernel holds
+  // no reference. Marks it used. An evicted entry is reopened by handle
+  // first; nullptr with errno set if that fails (ESTALE: the file is gone;
+  // EMFILE: out of descriptors, the caller may have some freed and retry).
+  // The returned entry's `fd` stays valid while the caller holds it.
   std::shared_ptr<Inode> Find(uint64_t nodeid) const;
+
+  // Allows eviction: `mount_fd` (borrowed; not O_PATH) is a descriptor on
+  // the backing filesystem to open handles on. Returns 0, or a negative
+  // errno if a handle of it cannot be opened (EPERM without
+  // CAP_DAC_READ_SEARCH; EOPNOTSUPP: no file handles). Call once, before
+  // the table is shared.
+  int EnableEviction(int mount_fd);
+  bool eviction_enabled() const { return handle_mount_.load(std::memory_order_relaxed) >= 0; }
+
+  // Closes the descriptors of up to `count` regular files used longest ago
+  // that no request holds, are not open and have a link, keeping their
+  // handles instead. Returns how many it closed.
+  size_t EvictDescriptors(size_t count);
 
   // Drops `n` kernel references; forgets the inode at zero.
   void Forget(uint64_t nodeid, uint64_t n);
 
-  // Node ids of at most `count` entries used longest ago, oldest first: not
-  // the root, nor an open file (the kernel cannot drop an inode in use).
-  std::vector<uint64_t> LeastRecentlyUsed(size_t count) const;
+  // Node ids of at most `count` entries with a descriptor (with `evicted`:
+  // evicted entries) used longest ago, oldest first: not the root, nor an
+  // open file (the kernel cannot drop an inode in use).
+  std::vector<uint64_t> LeastRecentlyUsed(size_t count, bool evicted = false) const;
 
   // Moves the entries among `ids` that are still in the table to the end
   // of the use order (the kernel kept them: they are in use).
   void MarkUsed(const std::vector<uint64_t>& ids);
 
   // Calls `hook` (outside the table's lock, on the thread that called
-  // Acquire) whenever a new entry makes the table larger than `limit`
-  // entries. Set once, before the table is shared; `hook` must stay
-  // callable while the table is.
+  // Acquire or Find) whenever a new or reopened entry makes descriptors()
+  // larger than `limit`. Set once, before the table is shared; `hook` must
+  // stay callable while the table is.
   void SetPressureHook(size_t limit, std::function<void()> hook);
 
   // Inode::born outlives the entry: an entry forgotten with a birth epoch
@@ -171,6 +206,11 @@ class InodeTable {
 
   // Entries dropped by Forget so far.
   uint64_t forgotten() const { return forgotten_.load(std::memory_order_relaxed); }
+  // Descriptors closed so far, by Forget or by eviction.
+  uint64_t released() const { return forgotten() + evictions_.load(std::memory_order_relaxed); }
+  // Entries now evicted, and entries holding a descriptor.
+  size_t evicted() const { return evicted_.load(std::memory_order_relaxed); }
+  size_t descriptors() const;
 
   const std::shared_ptr<Inode>& root() const { return root_; }
   dev_t dev() const { return dev_; }
@@ -184,12 +224,27 @@ class InodeTable {
   // Lookups so far: the clock of Inode::last_use.
   mutable std::atomic<uint64_t> lookups_{0};
   std::atomic<uint64_t> forgotten_{0};
+  // Entries evicted now (changed under mutex_), and evictions so far.
+  mutable std::atomic<size_t> evicted_{0};
+  mutable std::atomic<uint64_t> evictions_{0};
+  std::atomic<int> handle_mount_{-1};  // Set once by EnableEviction.
   // Birth epochs of forgotten entries (see ClearBirths); guarded by mutex_.
   std::unordered_map<uint64_t, uint64_t> births_;
   size_t pressure_limit_ = SIZE_MAX;
   std::function<void()> pressure_hook_;
   ino_t root_backing_ino_;
   dev_t dev_;
+
+  // Evicts `inode` if nothing holds it but the table (its map slot is
+  // `slot`). Returns whether it did. Caller holds mutex_ exclusively.
+  bool EvictLocked(const std::shared_ptr<Inode>& slot) const;
+  // Node ids of up to `count` entries for which `eligible(const Inode&)`
+  // holds, used longest ago first: never the root, nor an open file.
+  // `eligible` runs under the shared lock.
+  template <typename Pred>
+  std::vector<uint64_t> Oldest(size_t count, Pred eligible) const;
+  // Whether a new or reopened entry takes descriptors() past the limit.
+  bool PressedLocked() const { return inodes_.size() - evicted_ > pressure_limit_; }
 };
 
 }  // namespace vssfs::fs

@@ -134,6 +134,7 @@ int Main(int argc, char** argv) {
   config.max_dirty_ratio = opts.max_dirty_ratio;
   config.flush_behind = opts.flush_behind;
   config.max_inodes = opts.max_inodes;
+  config.inode_release = opts.inode_release;
   config.store_in_backing =
       paths.value().store_dir == paths.value().backing_dir + "/" + cow_store::kDefaultStoreName;
   config.conn_opts = conn_opts.get();

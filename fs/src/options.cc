@@ -119,6 +119,16 @@ Status ApplyMountOption(const std::string& item, Options* o) {
       return Invalid("option '-o max_inodes' needs a whole number >= 16 (or 0 for the default)");
     }
     o->max_inodes = v;
+  } else if (name == "inode_release") {
+    if (value == "auto" && has_value) {
+      o->inode_release = InodeRelease::kAuto;
+    } else if (value == "handles") {
+      o->inode_release = InodeRelease::kHandles;
+    } else if (value == "prune") {
+      o->inode_release = InodeRelease::kPrune;
+    } else {
+      return Invalid("option '-o inode_release' needs auto, handles or prune");
+    }
   } else if (name == "block_size") {
     unsigned v;
     if (!has_value || !ParseUnsigned(value, &v) || v < 4096 || v > (16u << 20) ||
@@ -303,10 +313,13 @@ std::string UsageText(const std::string& program) {
     << "  [no_]flush_behind       with the writeback cache, start writing files that are\n"
     << "                          written sequentially back while they are written\n"
     << "                          (default on; needs root and Linux 6.5+)\n"
-    << "  max_inodes=N            most inodes the kernel may cache (each holds a file\n"
-    << "                          descriptor) before vssfs asks it to forget the least\n"
-    << "                          recently used (default 0: 3/4 of the descriptor limit;\n"
-    << "                          needs Linux 6.18)\n"
+    << "  max_inodes=N            most descriptors the inodes the kernel caches may hold\n"
+    << "                          before vssfs releases those used longest ago (default\n"
+    << "                          0: 3/4 of the descriptor limit)\n"
+    << "  inode_release=MODE      how: auto (default) closes idle files' descriptors and\n"
+    << "                          reopens them by handle (needs CAP_DAC_READ_SEARCH),\n"
+    << "                          then asks the kernel to forget inodes (Linux 6.18);\n"
+    << "                          handles or prune does only the one\n"
     << "  block_size=N            snapshot block size in bytes for a new store (default\n"
     << "                          65536; an existing store keeps its own)\n"
     << "  max_write=N, max_background=N, congestion_threshold=N, [no_]splice_read,\n"

@@ -584,20 +584,52 @@ void Filesystem::StartPruner(unsigned proto_minor) {
              static_cast<unsigned long long>(limit), fit);
     budget = fit;
   }
+  // Eviction first: the table must know it can before it is shared.
+  std::string evict = "off (-o inode_release=prune)";
+  if (config_.inode_release != InodeRelease::kPrune) {
+    const int r = mount_fd_ ? inodes_->EnableEviction(mount_fd_.get()) : -EBADF;
+    evict = r == 0 ? "on"
+                   : std::string("off: cannot open files by handle (") + std::strerror(-r) +
+                         (r == -EPERM ? ", needs CAP_DAC_READ_SEARCH)" : ")");
+  }
+  std::string prune = "off (-o inode_release=handles)";
+  bool can_prune = false;
+  if (config_.inode_release != InodeRelease::kHandles) {
+    can_prune = NotifyPrune({}) != -ENOSYS;
+    prune = can_prune ? "on" : "off: the kernel lacks FUSE_NOTIFY_PRUNE (Linux 6.18)";
+  }
   pruner_ = std::make_unique<InodePruner>(inodes_.get(), budget, &NotifyPrune);
-  const bool can_prune = NotifyPrune({}) != -ENOSYS;
-  if (!can_prune) pruner_->MarkUnsupported();
+  if (!can_prune) {
+    pruner_->MarkUnsupported(config_.inode_release == InodeRelease::kHandles
+                                 ? "-o inode_release=handles"
+                                 : InodePruner::kKernelCannotPrune);
+  }
   // The pruner lives as long as the table (declared after it), stopped or not.
   inodes_->SetPressureHook(pruner_->budget(), [p = pruner_.get()] { p->Poke(); });
-  LOG_INFO("inode budget %zu (descriptor limit %llu)%s", pruner_->budget(),
-           static_cast<unsigned long long>(limit),
-           can_prune
-               ? ""
-               : "; this kernel cannot be asked to forget inodes (FUSE_NOTIFY_PRUNE, Linux 6.18)");
+  LOG_INFO(
+      "inode budget %zu (descriptor limit %llu); closing idle files' descriptors %s; "
+      "asking the kernel to forget inodes %s",
+      pruner_->budget(), static_cast<unsigned long long>(limit), evict.c_str(), prune.c_str());
 }
 
 void Filesystem::StopPruner() {
   if (pruner_) pruner_->Stop();
+}
+
+std::shared_ptr<Inode> Filesystem::Get(fuse_ino_t ino) {
+  std::shared_ptr<Inode> inode = inodes_->Find(ino);
+  if (inode || (errno != EMFILE && errno != ENFILE) || !pruner_ || !multithreaded_) return inode;
+  const int saved = errno;
+  if (!pruner_->Relieve(std::chrono::milliseconds(200))) {
+    errno = saved;
+    return nullptr;
+  }
+  return inodes_->Find(ino);
+}
+
+int Filesystem::MissingInode() {
+  const int err = errno;
+  return err == EMFILE || err == ENFILE || err == ENOMEM || err == EIO ? -err : -ESTALE;
 }
 
 template <typename OpenFn>
@@ -706,7 +738,7 @@ int Filesystem::Lookup(fuse_ino_t parent, const char* name, fuse_entry_param* e)
       break;
   }
   std::shared_ptr<Inode> p = Get(parent);
-  if (!p) return -ESTALE;
+  if (!p) return MissingInode();
   return LookupIn(*p, name, e);
 }
 
@@ -717,7 +749,7 @@ int Filesystem::GetAttr(fuse_ino_t ino, fuse_file_info* fi, struct stat* st) {
   }
   if (SnapshotView::IsSnapshotNode(ino)) return snaps_->GetAttr(ino, st);
   std::shared_ptr<Inode> inode = Get(ino);
-  if (!inode) return -ESTALE;
+  if (!inode) return MissingInode();
   // fi->fh is a descriptor only for regular files (directory handles are
   // registry ids).
   int r = fi != nullptr && S_ISREG(inode->type)
@@ -739,7 +771,7 @@ int Filesystem::SetAttr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr,
   }
   if (ino >= kReservedNodeIdBase) return -EROFS;
   std::shared_ptr<Inode> inode = Get(ino);
-  if (!inode) return -ESTALE;
+  if (!inode) return MissingInode();
   CowEngine::Epoch epoch = cow_->Enter();
   if (int r = cow_->PreserveInode(epoch, inode.get(), inode->fd.get(), inode->backing_ino);
       r != 0) {
@@ -836,7 +868,7 @@ int Filesystem::SetAttr(fuse_req_t req, fuse_ino_t ino, const struct stat& attr,
 int Filesystem::ReadLink(fuse_ino_t ino, std::string* target) {
   if (SnapshotView::IsSnapshotNode(ino)) return snaps_->ReadLink(ino, target);
   std::shared_ptr<Inode> inode = Get(ino);
-  if (!inode) return -ESTALE;
+  if (!inode) return MissingInode();
   char buf[PATH_MAX + 1];
   ssize_t n = readlinkat(inode->fd.get(), "", buf, sizeof buf);
   if (n < 0) return -errno;
@@ -852,7 +884,7 @@ int Filesystem::MakeNode(fuse_req_t req, fuse_ino_t parent, const char* name, mo
   }
   if (int r = CheckNewName(parent, name); r != 0) return r;
   std::shared_ptr<Inode> p = Get(parent);
-  if (!p) return -ESTALE;
+  if (!p) return MissingInode();
   CowEngine::Epoch epoch = cow_->Enter();
   if (int r = PreserveParent(epoch, *p); r != 0) return r;
   const fuse_ctx* ctx = fuse_req_ctx(req);
@@ -887,7 +919,7 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode
   }
   if (int r = CheckNewName(parent, name); r != 0) return r;
   std::shared_ptr<Inode> p = Get(parent);
-  if (!p) return -ESTALE;
+  if (!p) return MissingInode();
   const fuse_ctx* ctx = fuse_req_ctx(req);
   CowEngine::Epoch epoch = cow_->Enter();
   if (int r = PreserveParent(epoch, *p); r != 0) return r;
@@ -948,7 +980,7 @@ int Filesystem::Open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   }
   if (ino == kSnapshotDirNodeId) return -EISDIR;
   std::shared_ptr<Inode> inode = Get(ino);
-  if (!inode) return -ESTALE;
+  if (!inode) return MissingInode();
   CowEngine::Epoch epoch = cow_->Enter();
   return OpenLive(req, *inode, epoch, fi);
 }
@@ -1060,7 +1092,7 @@ int Filesystem::Link(fuse_ino_t ino, fuse_ino_t parent, const char* name, fuse_e
   if (SnapshotView::IsSnapshotNode(ino) || SnapshotView::IsSnapshotNode(parent)) return -EXDEV;
   std::shared_ptr<Inode> inode = Get(ino);
   std::shared_ptr<Inode> p = Get(parent);
-  if (!inode || !p) return -ESTALE;
+  if (!inode || !p) return MissingInode();
   CowEngine::Epoch epoch = cow_->Enter();
   if (int r = PreserveParent(epoch, *p); r != 0) return r;
   if (int r = cow_->PreserveInode(epoch, inode.get(), inode->fd.get(), inode->backing_ino);
@@ -1089,14 +1121,28 @@ int Filesystem::Remove(fuse_ino_t parent, const char* name, bool directory) {
       break;
   }
   std::shared_ptr<Inode> p = Get(parent);
-  if (!p) return -ESTALE;
+  if (!p) return MissingInode();
   CowEngine::Epoch epoch = cow_->Enter();
   if (epoch.active()) {
     if (int r = PreserveParent(epoch, *p); r != 0) return r;
     if (int r = PreserveVictim(epoch, *p, name, /*loses_name=*/true); r != 0) return r;
   }
+  std::shared_ptr<Inode> victim = directory ? nullptr : PinVictim(*p, name);
   if (unlinkat(p->fd.get(), name, directory ? AT_REMOVEDIR : 0) != 0) return -errno;
   return 0;
+}
+
+std::shared_ptr<Inode> Filesystem::PinVictim(const Inode& dir, const char* name) {
+  if (!inodes_->eviction_enabled()) return nullptr;
+  struct stat st;
+  if (fstatat(dir.fd.get(), name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) ||
+      st.st_dev != inodes_->dev()) {
+    return nullptr;  // Not a file eviction applies to; the call itself reports errors.
+  }
+  // Reopened if evicted. Fails only if the kernel does not know the file,
+  // or the entry is another file's, deleted behind the mount's back (a
+  // lookup of this one replaces it).
+  return Get(inodes_->NodeIdFor(st.st_ino));
 }
 
 int Filesystem::PreserveParent(const CowEngine::Epoch& epoch, Inode& dir) {
@@ -1149,7 +1195,7 @@ int Filesystem::Rename(fuse_ino_t parent, const char* name, fuse_ino_t newparent
   if (to == Reserved::kStore) return -EPERM;
   std::shared_ptr<Inode> p = Get(parent);
   std::shared_ptr<Inode> np = Get(newparent);
-  if (!p || !np) return -ESTALE;
+  if (!p || !np) return MissingInode();
   CowEngine::Epoch epoch = cow_->Enter();
   if (epoch.active()) {
     if (int r = PreserveParent(epoch, *p); r != 0) return r;
@@ -1161,6 +1207,7 @@ int Filesystem::Rename(fuse_ino_t parent, const char* name, fuse_ino_t newparent
       return r;
     }
   }
+  std::shared_ptr<Inode> victim = flags & RENAME_EXCHANGE ? nullptr : PinVictim(*np, newname);
   if (renameat2(p->fd.get(), name, np->fd.get(), newname, flags) != 0) return -errno;
   return 0;
 }
@@ -1183,7 +1230,7 @@ int Filesystem::OpenDir(fuse_ino_t ino, fuse_file_info* fi) {
     if (int r = snaps_->List(ino, &h->entries); r != 0) return r;
   } else {
     std::shared_ptr<Inode> inode = Get(ino);
-    if (!inode) return -ESTALE;
+    if (!inode) return MissingInode();
     UniqueFd fd(OpenWithRoom([&] {
       return OpenNoAtime(O_RDONLY | O_DIRECTORY | O_CLOEXEC,
                          [&](int flags) { return openat(inode->fd.get(), ".", flags); });
@@ -1242,7 +1289,7 @@ int Filesystem::ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offse
     return 0;
   }
   std::shared_ptr<Inode> dir_inode = plus ? Get(ino) : nullptr;
-  if (plus && !dir_inode) return -ESTALE;
+  if (plus && !dir_inode) return MissingInode();
   if (offset != h->offset) {
     seekdir(h->dir.get(), offset);
     h->entry = nullptr;
@@ -1324,7 +1371,7 @@ int Filesystem::GetXattr(fuse_ino_t ino, const char* name, size_t size, std::str
   if (ino == kSnapshotDirNodeId) return -ENODATA;
   if (SnapshotView::IsSnapshotNode(ino)) return snaps_->GetXattr(ino, name, size, value);
   std::shared_ptr<Inode> inode = Get(ino);
-  if (!inode) return -ESTALE;
+  if (!inode) return MissingInode();
   const bool caps = std::strcmp(name, kCapabilityXattr) == 0;
   if (caps && inode->caps == Inode::Caps::kAbsent) return -ENODATA;
   std::string link;
@@ -1342,7 +1389,7 @@ int Filesystem::GetXattr(fuse_ino_t ino, const char* name, size_t size, std::str
 
 int Filesystem::ListLiveXattr(fuse_ino_t ino, std::string* all) {
   std::shared_ptr<Inode> inode = Get(ino);
-  if (!inode) return -ESTALE;
+  if (!inode) return MissingInode();
   const int fd = inode->fd.get();
   std::string symlink;
   if (int r = LiveSymlinkPath(*inode, &symlink); r != 0) return r;
@@ -1403,7 +1450,7 @@ int Filesystem::SetXattr(fuse_req_t req, fuse_ino_t ino, const char* name, const
   }
   if (ino >= kReservedNodeIdBase) return -EROFS;
   std::shared_ptr<Inode> inode = Get(ino);
-  if (!inode) return -ESTALE;
+  if (!inode) return MissingInode();
   CowEngine::Epoch epoch = cow_->Enter();
   if (int r = cow_->PreserveInode(epoch, inode.get(), inode->fd.get(), inode->backing_ino);
       r != 0) {
@@ -1435,7 +1482,7 @@ int Filesystem::RemoveXattr(fuse_ino_t ino, const char* name) {
   if (SnapshotView::IsSnapshotNode(ino)) return snaps_->RemoveXattr(ino, name);
   if (ino >= kReservedNodeIdBase) return -EROFS;
   std::shared_ptr<Inode> inode = Get(ino);
-  if (!inode) return -ESTALE;
+  if (!inode) return MissingInode();
   CowEngine::Epoch epoch = cow_->Enter();
   if (int r = cow_->PreserveInode(epoch, inode.get(), inode->fd.get(), inode->backing_ino);
       r != 0) {

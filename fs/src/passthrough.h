@@ -36,6 +36,7 @@
 #include "vssfs/cow_store/status.h"
 #include "vssfs/cow_store/store.h"
 #include "vssfs/cow_store/unique_fd.h"
+#include "vssfs/fs/options.h"
 #include "vssfs/snapshot_ctl/control.h"
 
 namespace vssfs::fs {
@@ -54,6 +55,7 @@ struct FilesystemConfig {
   // Most inodes the kernel may cache before vssfs asks it to forget some
   // (inode_pruner.h); 0: three quarters of the descriptor limit.
   size_t max_inodes = 0;
+  InodeRelease inode_release = InodeRelease::kAuto;
   // True when the store is BACKING_DIR/.vssfs (hidden, so not counted in
   // the root's link count).
   bool store_in_backing = true;
@@ -192,8 +194,15 @@ class Filesystem : public snapshot_ctl::Volume {
   // (-1): Inode::open_files, and for one that may write, the writers
   // (FlushBehind's when it is on and the writeback cache is used).
   void CountOpen(Inode& inode, int flags, int delta);
-  // The inode for `ino`; nullptr if unknown (reported as ESTALE).
-  std::shared_ptr<Inode> Get(fuse_ino_t ino) const { return inodes_->Find(ino); }
+  // The inode for `ino`, reopened if evicted (InodeTable::Find; when that
+  // runs out of descriptors, the pruner frees some and it is tried once
+  // more). nullptr with errno set if unknown or not reopened: the caller
+  // returns MissingInode().
+  std::shared_ptr<Inode> Get(fuse_ino_t ino);
+  // The error for a failed Get, from errno: running out of descriptors or
+  // memory, or an I/O error, as such; anything else (unknown node, the file
+  // gone) as ESTALE.
+  static int MissingInode();
 
   // Starts the inode pruner (at INIT) with the budget for the descriptor
   // limit and config_.max_inodes.
@@ -214,6 +223,12 @@ class Filesystem : public snapshot_ctl::Volume {
   void UpdateAccessTime(Inode& inode, const CowEngine::Epoch* epoch);
   // Preserves a directory's entries and attributes before they change.
   int PreserveParent(const CowEngine::Epoch& epoch, Inode& dir);
+  // The entry of file `name` in `dir` (nullptr if none, or eviction is
+  // off), holding its descriptor, reopened if it was evicted: held over a
+  // call that may delete the file's last name, it keeps the inode number
+  // taken until the kernel forgets the node (inode_table.h). Errors are
+  // left to the call.
+  std::shared_ptr<Inode> PinVictim(const Inode& dir, const char* name);
   // Preserves the object `name` in `dir` before a request changes it;
   // `loses_name`: the request removes or replaces that name (a directory's
   // entries are preserved, a file's last link is kept).

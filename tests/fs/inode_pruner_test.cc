@@ -1,19 +1,23 @@
 #include "inode_pruner.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "fake_inodes.h"
 
+namespace cow_store = vssfs::cow_store;
 using vssfs::fs::DefaultInodeBudget;
 using vssfs::fs::InodePruner;
 using vssfs::fs::InodeTable;
@@ -209,4 +213,99 @@ TEST_CASE("inode pruner: a stopped pruner neither prunes nor waits", "[fs][inode
   CHECK_FALSE(pruner.Relieve(std::chrono::seconds(5)));
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(1));
   CHECK(rig.kernel.batches().empty());
+}
+
+namespace {
+
+using vssfs::testing::RealFiles;
+
+// A table over real files with eviction on, the fake kernel over it, and a
+// pruner sending to that kernel.
+struct FileRig {
+  RealFiles files;
+  std::unique_ptr<InodeTable> table;
+  std::unique_ptr<FakeKernel> kernel;
+  std::unique_ptr<InodePruner> pruner;  // Last: stopped before the rest go.
+
+  FileRig() {
+    struct stat st;
+    cow_store::UniqueFd root = files.RootFd(&st);
+    table = std::make_unique<InodeTable>(std::move(root), st);
+    const int r = table->EnableEviction(files.mount_fd());
+    INFO("EnableEviction: " << std::strerror(-r) << " (needs CAP_DAC_READ_SEARCH)");
+    REQUIRE(r == 0);
+    kernel = std::make_unique<FakeKernel>(table.get());
+  }
+  InodePruner& Start(size_t budget) {
+    pruner = std::make_unique<InodePruner>(
+        table.get(), budget,
+        [this](const std::vector<uint64_t>& ids) { return kernel->Prune(ids); });
+    table->SetPressureHook(pruner->budget(), [p = pruner.get()] { p->Poke(); });
+    return *pruner;
+  }
+  // Looks up `count` new directories or files named with `prefix`; returns
+  // their node ids.
+  std::vector<uint64_t> LookUp(const std::string& prefix, int count, bool directories) {
+    std::vector<uint64_t> ids;
+    for (int i = 0; i < count; ++i) {
+      const std::string name = prefix + std::to_string(i);
+      struct stat st;
+      cow_store::UniqueFd fd;
+      if (directories) {
+        REQUIRE(mkdir(files.Path(name).c_str(), 0755) == 0);
+        fd = files.Open(name, &st);
+      } else {
+        fd = files.Make(name, &st);
+      }
+      REQUIRE(fd);
+      auto inode = table->Acquire(std::move(fd), st);
+      REQUIRE(inode);
+      ids.push_back(inode->nodeid);
+    }
+    return ids;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("inode pruner: idle files are evicted first, the rest is pruned", "[fs][inode_pruner]") {
+  FileRig rig;
+  rig.Start(16);
+  // 20 directories: past the budget with the root, and only the kernel can
+  // release them; then 30 files, which eviction closes.
+  const std::vector<uint64_t> dirs = rig.LookUp("d", 20, /*directories=*/true);
+  const std::vector<uint64_t> files = rig.LookUp("f", 30, /*directories=*/false);
+  CHECK(Eventually([&] { return rig.table->descriptors() <= 16; }));
+  CHECK(rig.table->evicted() > 0);
+  // The kernel was asked about directories only: files were evicted.
+  std::vector<uint64_t> named;
+  for (const auto& batch : rig.kernel->batches())
+    named.insert(named.end(), batch.begin(), batch.end());
+  CHECK_FALSE(named.empty());
+  for (uint64_t id : named) {
+    INFO("named " << id);
+    CHECK(std::find(dirs.begin(), dirs.end(), id) != dirs.end());
+  }
+  // Every file is still known, reopened on use.
+  for (uint64_t id : files) {
+    auto inode = rig.table->Find(id);
+    REQUIRE(inode);
+    CHECK(inode->fd);
+  }
+}
+
+TEST_CASE("inode pruner: without kernel pruning, eviction alone keeps the budget",
+          "[fs][inode_pruner]") {
+  FileRig rig;
+  InodePruner& pruner = rig.Start(16);
+  pruner.MarkUnsupported();
+  rig.LookUp("f", 100, /*directories=*/false);
+  CHECK(Eventually([&] { return rig.table->descriptors() <= 16; }));
+  CHECK(rig.table->size() == 101);  // All still known.
+  CHECK(rig.kernel->calls() == 0);
+  // A request out of descriptors gets room by eviction too: the files
+  // still holding one are closed.
+  const uint64_t before = rig.table->released();
+  CHECK(pruner.Relieve(std::chrono::seconds(5)));
+  CHECK(rig.table->released() > before);
 }

@@ -61,6 +61,14 @@ TEST_CASE("options: vssfs options in both spellings", "[fs][options]") {
   CHECK_FALSE(u.value().flush_behind);
   CHECK(Parse({"b", "m"}).value().max_inodes == 0);
   CHECK(Parse({"b", "m", "-o", "max_inodes=5000"}).value().max_inodes == 5000);
+  using vssfs::fs::InodeRelease;
+  CHECK(Parse({"b", "m"}).value().inode_release == InodeRelease::kAuto);
+  CHECK(Parse({"b", "m", "-o", "inode_release=handles"}).value().inode_release ==
+        InodeRelease::kHandles);
+  CHECK(Parse({"b", "m", "-o", "inode_release=prune"}).value().inode_release ==
+        InodeRelease::kPrune);
+  CHECK(Parse({"b", "m", "-o", "inode_release=prune,inode_release=auto"}).value().inode_release ==
+        InodeRelease::kAuto);
   auto f = Parse({"b", "m", "-ostore=/x,log_level=warn"});
   REQUIRE(f.ok());
   CHECK(f.value().store_dir == "/x");
@@ -98,6 +106,9 @@ TEST_CASE("options: every bad input gets a precise message", "[fs][options]") {
   CHECK_THAT(Error({"-o", "max_dirty_ratio=101", "b", "m"}), Catch::Contains("0-100"));
   CHECK_THAT(Error({"-o", "max_inodes=15", "b", "m"}), Catch::Contains(">= 16"));
   CHECK_THAT(Error({"-o", "max_inodes", "b", "m"}), Catch::Contains(">= 16"));
+  CHECK_THAT(Error({"-o", "inode_release=lru", "b", "m"}),
+             Catch::Contains("auto, handles or prune"));
+  CHECK_THAT(Error({"-o", "inode_release", "b", "m"}), Catch::Contains("auto, handles or prune"));
   CHECK_THAT(Error({"-o", "uring_threads=0", "b", "m"}), Catch::Contains("1-64"));
   CHECK_THAT(Error({"-o", "io_uring=yes", "b", "m"}), Catch::Contains("unknown option"));
   CHECK_THAT(Error({"-o", "flush_behind=1", "b", "m"}), Catch::Contains("unknown option"));

@@ -598,7 +598,7 @@ TEST_CASE(
     REQUIRE(fd >= 0);
     close(fd);
   }
-  ScopedMount mount(dirs.backing, dirs.mnt, {"-o", "max_inodes=32"});
+  ScopedMount mount(dirs.backing, dirs.mnt, {"-o", "max_inodes=32", "-o", "inode_release=prune"});
   int rc;
   std::string out = Vssctl(dirs.mnt, {"snapshot", "create", "--name", "before"}, &rc);
   INFO(out);

@@ -19,6 +19,14 @@
 
 namespace vssfs::fs {
 
+// How the daemon keeps the descriptors of cached inodes within the budget
+// (-o inode_release=auto|handles|prune; fs/src/inode_pruner.h).
+enum class InodeRelease {
+  kAuto,     // Close idle files' descriptors (reopened by handle), then prune.
+  kHandles,  // Only close idle files' descriptors.
+  kPrune,    // Only ask the kernel to forget inodes (Linux 6.18).
+};
+
 struct Options {
   std::string backing_dir;  // First positional argument, as given.
   std::string mountpoint;   // Second positional argument, as given.
@@ -59,10 +67,11 @@ struct Options {
   // Start writeback of files written as a stream while they are being
   // written, with the writeback cache (-o no_flush_behind to turn off).
   bool flush_behind = true;
-  // Most inodes the kernel may cache before vssfs asks it to forget the
-  // least recently used (-o max_inodes=N); 0: three quarters of the
-  // descriptor limit.
+  // Most descriptors the inodes the kernel caches may hold before vssfs
+  // releases those used longest ago (-o max_inodes=N); 0: three quarters
+  // of the descriptor limit.
   unsigned max_inodes = 0;
+  InodeRelease inode_release = InodeRelease::kAuto;
   // Block size of a new store (-o block_size=N); existing stores keep theirs.
   unsigned block_size = 65536;
 
