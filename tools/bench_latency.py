@@ -30,12 +30,11 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-from bench_lib import wakeup_settings  # same directory, on sys.path when run
+from bench_lib import start_vssfs, stop_vssfs, wakeup_settings  # same directory, on sys.path
 
 
 def note(msg):
@@ -166,12 +165,7 @@ def main(argv):
     try:
         cmd = [vssfs, "--foreground", *a.vssfs_opt, backing, mnt]
         note("mounting: " + " ".join(cmd))
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 15
-        while not os.path.ismount(mnt):
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("vssfs did not mount; see " + log.name)
-            time.sleep(0.05)
+        proc = start_vssfs(cmd, mnt, log)
         for rnd in range(1, a.repeat + 1):
             for side in ("native", "free", "one-cpu"):
                 top = native if side == "native" else mnt
@@ -195,13 +189,7 @@ def main(argv):
         note(prog + ": error: " + str(e))
         return 1
     finally:
-        if proc is not None and proc.poll() is None:
-            subprocess.run(["umount", mnt], check=False)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_vssfs(proc, mnt)
         log.close()
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)

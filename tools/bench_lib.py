@@ -43,6 +43,35 @@ class BenchError(Exception):
     pass
 
 
+# ------------------------------------------------------------ vssfs daemon
+
+def start_vssfs(cmd, mnt, log, timeout=15):
+    """Starts `cmd` (a vssfs command line in the foreground) with its output in
+    the open file `log`; returns the process once `mnt` is mounted. Raises
+    RuntimeError (with the process stopped) if it is not within `timeout` s."""
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    while not os.path.ismount(mnt):
+        if proc.poll() is not None or time.time() > deadline:
+            stop_vssfs(proc, mnt)
+            raise RuntimeError("vssfs did not mount: " + " ".join(cmd) + " (see " + log.name + ")")
+        time.sleep(0.05)
+    return proc
+
+
+def stop_vssfs(proc, mnt):
+    """Unmounts `mnt` if `proc` still runs and waits for it (killed after 30 s)."""
+    if proc is None or proc.poll() is not None:
+        return
+    if os.path.ismount(mnt):
+        subprocess.run(["umount", mnt], check=False)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 # --------------------------------------------------------------------------- size
 
 def parse_size(text):

@@ -22,19 +22,11 @@ import subprocess
 import sys
 import tempfile
 
+from smoke_support import fail, mounts_under  # same directory
+
 JOBS = ["seqwrite", "seqread", "randread4k", "randwrite4k", "create", "stat", "unlink"]
 FSTYPES = {"vssfs": "fuse.vssfs", "passthrough_ll": "fuse.passthrough_ll",
            "fuse-overlayfs": "fuse.fuse-overlayfs"}
-
-
-def fail(msg):
-    print(f"FAIL: {msg}", file=sys.stderr)
-    sys.exit(1)
-
-
-def mounts_under(path):
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        return [line.split()[4] for line in f if line.split()[4].startswith(path + "/")]
 
 
 def main():
