@@ -10,7 +10,8 @@
 // used longest ago first (docs/LIVE_PATH.md, "Descriptor budget"):
 //
 //   1. Eviction: idle regular files' descriptors are closed, their handles
-//      kept (InodeTable::EvictDescriptors); the kernel keeps its inodes.
+//      kept (InodeTable::EvictDescriptors), down to half the budget; the
+//      kernel keeps its inodes.
 //   2. Pruning, for what is left over the target (directories, symlinks,
 //      files eviction cannot close): the kernel is asked to drop inodes
 //      (FUSE_NOTIFY_PRUNE, FUSE protocol 7.45, Linux 6.18). It drops those
