@@ -114,8 +114,10 @@ void InodePruner::Run() {
     bool stuck = false;
     if (over && !supported() && size > budget_) {
       WarnUnsupported(size);
-      // Nothing (more) can be closed now: pause as after fruitless rounds.
-      stuck = evicted == 0;
+      // Little or nothing could be closed (directories, files in use hold
+      // the rest): pause as after fruitless rounds, rather than scan the
+      // table again for every new entry.
+      stuck = evicted < std::max<size_t>(budget_ / 10, 1);
     }
     // After an eviction round, pruning is for what keeps the count over the
     // budget (directories, files in use): waiting for FORGETs to take the
@@ -202,7 +204,9 @@ size_t InodePruner::PruneTo(size_t target, std::vector<uint64_t>* named) {
   const size_t size = table_->descriptors();
   if (size <= target) return 0;
   std::vector<uint64_t>& ids = *named;
-  ids = table_->LeastRecentlyUsed(size - target);
+  // Evicted entries older than those named go too: their dentries would
+  // keep the directories among them in the kernel's cache.
+  ids = table_->OldestHolding(size - target);
   if (ids.empty()) return 0;
   if (!announced_) {
     announced_ = true;
@@ -223,6 +227,9 @@ void InodePruner::PruneEvicted() {
   const std::vector<uint64_t> ids = table_->LeastRecentlyUsed(size - (most - most / 10), true);
   if (ids.empty()) return;
   const size_t sent = Send(ids, size);
+  // Those the kernel keeps (in use) are not named first next time; those
+  // it drops are gone from the table by then.
+  table_->MarkUsed(ids);
   LOG_DEBUG("asked the kernel to forget %zu of %zu inodes with closed descriptors", sent, size);
 }
 

@@ -247,6 +247,38 @@ std::vector<uint64_t> InodeTable::LeastRecentlyUsed(size_t count, bool evicted) 
   return Oldest(count, [evicted](const Inode& inode) { return !inode.fd == evicted; });
 }
 
+std::vector<uint64_t> InodeTable::OldestHolding(size_t count) const {
+  struct Use {
+    uint64_t last_use;
+    uint64_t id;
+    bool held;
+    bool operator<(const Use& o) const { return last_use < o.last_use; }
+  };
+  std::vector<Use> uses;
+  {
+    std::shared_lock lock(mutex_);
+    uses.reserve(inodes_.size());
+    for (const auto& [id, inode] : inodes_) {
+      if (inode == root_ || inode->open_files.load(std::memory_order_relaxed) > 0) continue;
+      uses.push_back({inode->last_use.load(std::memory_order_relaxed), id, bool(inode->fd)});
+    }
+  }
+  // Sorted as far as needed: first four times `count`, then all.
+  auto end = uses.begin() + static_cast<std::ptrdiff_t>(std::min(uses.size(), 4 * count));
+  std::partial_sort(uses.begin(), end, uses.end());
+  std::vector<uint64_t> ids;
+  size_t held = 0;
+  for (auto it = uses.begin(); it != uses.end() && held < count; ++it) {
+    if (it == end) {
+      std::sort(end, uses.end());
+      end = uses.end();
+    }
+    ids.push_back(it->id);
+    held += it->held ? 1 : 0;
+  }
+  return ids;
+}
+
 void InodeTable::MarkUsed(const std::vector<uint64_t>& ids) {
   std::shared_lock lock(mutex_);
   const uint64_t now = lookups_.load(std::memory_order_relaxed);

@@ -186,6 +186,11 @@ class InodeTable {
   // evicted entries) used longest ago, oldest first: not the root, nor an
   // open file (the kernel cannot drop an inode in use).
   std::vector<uint64_t> LeastRecentlyUsed(size_t count, bool evicted = false) const;
+  // Node ids of the entries used longest ago, oldest first, evicted or
+  // not, up to and including the `count`th that holds a descriptor: not the
+  // root, nor an open file. An evicted file's dentry keeps its directory
+  // cached in the kernel, so pruning a directory takes its evicted files.
+  std::vector<uint64_t> OldestHolding(size_t count) const;
 
   // Moves the entries among `ids` that are still in the table to the end
   // of the use order (the kernel kept them: they are in use).

@@ -943,7 +943,7 @@ int Filesystem::Create(fuse_req_t req, fuse_ino_t parent, const char* name, mode
     fuse_entry_param existing{};
     if (int r = LookupIn(*p, name, &existing); r != 0) return r;
     std::shared_ptr<Inode> inode = Get(existing.ino);
-    int r = inode ? OpenLive(req, *inode, epoch, fi) : -ESTALE;
+    int r = inode ? OpenLive(req, *inode, epoch, fi) : MissingInode();
     if (r != 0) {
       inodes_->Forget(existing.ino, 1);
       return r;
@@ -1133,7 +1133,11 @@ int Filesystem::Remove(fuse_ino_t parent, const char* name, bool directory) {
 }
 
 std::shared_ptr<Inode> Filesystem::PinVictim(const Inode& dir, const char* name) {
-  if (!inodes_->eviction_enabled()) return nullptr;
+  // Until some entry is evicted, every entry holds its descriptor. (An
+  // eviction between this check and the deletion leaves the case of a file
+  // deleted behind the mount's back: a later lookup under the number
+  // compares handles, InodeTable::Acquire.)
+  if (inodes_->evicted() == 0) return nullptr;
   struct stat st;
   if (fstatat(dir.fd.get(), name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) ||
       st.st_dev != inodes_->dev()) {
@@ -1159,7 +1163,7 @@ int Filesystem::PreserveVictim(const CowEngine::Epoch& epoch, Inode& dir, const 
   struct stat st;
   if (fstatat(fd.get(), "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) return -errno;
   if (st.st_dev != inodes_->dev()) return 0;
-  std::shared_ptr<Inode> inode = inodes_->Find(inodes_->NodeIdFor(st.st_ino));
+  std::shared_ptr<Inode> inode = Get(inodes_->NodeIdFor(st.st_ino));
   if (!CowEngine::Needed(epoch, inode.get())) return 0;
   if (int r = cow_->PreserveInode(epoch, inode.get(), fd.get(), st.st_ino); r != 0) return r;
   if (!loses_name) return 0;

@@ -223,9 +223,9 @@ class Filesystem : public snapshot_ctl::Volume {
   void UpdateAccessTime(Inode& inode, const CowEngine::Epoch* epoch);
   // Preserves a directory's entries and attributes before they change.
   int PreserveParent(const CowEngine::Epoch& epoch, Inode& dir);
-  // The entry of file `name` in `dir` (nullptr if none, or eviction is
-  // off), holding its descriptor, reopened if it was evicted: held over a
-  // call that may delete the file's last name, it keeps the inode number
+  // The entry of file `name` in `dir` (nullptr if none, or nothing is
+  // evicted), holding its descriptor, reopened if it was evicted: held over
+  // a call that may delete the file's last name, it keeps the inode number
   // taken until the kernel forgets the node (inode_table.h). Errors are
   // left to the call.
   std::shared_ptr<Inode> PinVictim(const Inode& dir, const char* name);

@@ -394,3 +394,24 @@ TEST_CASE("inode table: requests and evictions at once never see a closed descri
   CHECK(table->descriptors() == table->size());
   CHECK(table->size() == kFiles + 1);
 }
+
+TEST_CASE("inode table: entries to prune include older evicted files", "[fs][inode_table]") {
+  // An evicted file's dentry keeps its directory in the kernel's cache: to
+  // free a directory's descriptor the kernel must drop its files too.
+  RealFiles files;
+  auto table = EvictingTable(files);
+  const uint64_t a = LookUpFile(*table, files, "a")->nodeid;
+  const uint64_t b = LookUpFile(*table, files, "b")->nodeid;
+  REQUIRE(mkdir(files.Path("dir").c_str(), 0755) == 0);
+  struct stat st;
+  UniqueFd fd = files.Open("dir", &st);
+  const uint64_t dir = table->Acquire(std::move(fd), st)->nodeid;
+  const uint64_t c = LookUpFile(*table, files, "c")->nodeid;
+  REQUIRE(table->EvictDescriptors(2) == 2);  // a and b, the oldest files.
+  // One entry holding a descriptor is wanted: the directory, with the
+  // evicted files used before it.
+  CHECK(table->OldestHolding(1) == std::vector<uint64_t>{a, b, dir});
+  CHECK(table->OldestHolding(2) == std::vector<uint64_t>{a, b, dir, c});
+  CHECK(table->LeastRecentlyUsed(1) == std::vector<uint64_t>{dir});
+  CHECK(table->LeastRecentlyUsed(5, /*evicted=*/true) == std::vector<uint64_t>{a, b});
+}
