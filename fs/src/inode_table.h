@@ -2,11 +2,12 @@
 //
 // Each live-tree inode the kernel has looked up is held open with an O_PATH
 // descriptor, so the backing inode (and with it its inode number) cannot be
-// freed and reused while the kernel may still name it. FUSE node ids are the
-// backing inode numbers, so they are stable across remounts and the same
-// file reached by two hard links is one node. Two ids are swapped: the root
-// of the volume is FUSE_ROOT_ID (1), and a backing inode numbered 1 (if the
-// backing filesystem has one below the root) takes the root's backing
+// freed and reused while the kernel may still name it (an evicted entry
+// keeps only a file handle: see below for what holds then). FUSE node ids
+// are the backing inode numbers, so they are stable across remounts and the
+// same file reached by two hard links is one node. Two ids are swapped: the
+// root of the volume is FUSE_ROOT_ID (1), and a backing inode numbered 1 (if
+// the backing filesystem has one below the root) takes the root's backing
 // number. Node ids with the top bit set are reserved for the .snapshot tree.
 //
 // A node id is reused when the backing filesystem reuses an inode number,
@@ -17,8 +18,8 @@
 // 32 bits, as the kernel's). Generations count up per mount; the root's is
 // 0. A file the kernel forgot and looks up again has a new one too.
 //
-// Every entry holds a descriptor, so the number of entries with one is
-// bounded by the process's descriptor limit. The table keeps a use order
+// Every entry not evicted (below) holds a descriptor, so the number of
+// entries holding one is bounded by the process's descriptor limit. The table keeps a use order
 // (Find and Acquire stamp an entry with the count of lookups so far) and
 // calls a pressure hook when an entry with a descriptor takes it past a set
 // count. InodePruner (inode_pruner.h) then brings the count down in two
