@@ -618,13 +618,17 @@ void Filesystem::StopPruner() {
 
 std::shared_ptr<Inode> Filesystem::Get(fuse_ino_t ino) {
   std::shared_ptr<Inode> inode = inodes_->Find(ino);
-  if (inode || (errno != EMFILE && errno != ENFILE) || !pruner_ || !multithreaded_) return inode;
-  const int saved = errno;
-  if (!pruner_->Relieve(std::chrono::milliseconds(200))) {
-    errno = saved;
-    return nullptr;
-  }
+  if (inode || !MadeRoom()) return inode;
   return inodes_->Find(ino);
+}
+
+bool Filesystem::MadeRoom() {
+  if ((errno != EMFILE && errno != ENFILE) || !pruner_ || !multithreaded_) return false;
+  const int saved = errno;
+  LOG_DEBUG("out of descriptors (%s): asking the pruner to release some", std::strerror(saved));
+  if (pruner_->Relieve(std::chrono::milliseconds(200))) return true;
+  errno = saved;
+  return false;
 }
 
 int Filesystem::MissingInode() {
@@ -635,13 +639,7 @@ int Filesystem::MissingInode() {
 template <typename OpenFn>
 int Filesystem::OpenWithRoom(OpenFn open) {
   int fd = open();
-  if (fd >= 0 || (errno != EMFILE && errno != ENFILE) || !pruner_ || !multithreaded_) return fd;
-  const int saved = errno;
-  LOG_DEBUG("out of descriptors (%s): asking the kernel to forget inodes", std::strerror(saved));
-  if (!pruner_->Relieve(std::chrono::milliseconds(200))) {
-    errno = saved;
-    return -1;
-  }
+  if (fd >= 0 || !MadeRoom()) return fd;
   return open();
 }
 

@@ -203,6 +203,12 @@ class Filesystem : public snapshot_ctl::Volume {
   // memory, or an I/O error, as such; anything else (unknown node, the file
   // gone) as ESTALE.
   static int MissingInode();
+  // After a call that failed with errno: if it ran out of descriptors
+  // (EMFILE/ENFILE), has the pruner release some, waiting up to 200 ms, and
+  // returns whether it did (the call is worth trying once more). Otherwise,
+  // or without a pruner or other threads to take the kernel's FORGETs,
+  // false; errno is kept when false.
+  bool MadeRoom();
 
   // Starts the inode pruner (at INIT) with the budget for the descriptor
   // limit and config_.max_inodes.
