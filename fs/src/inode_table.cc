@@ -44,7 +44,7 @@ std::shared_ptr<Inode> InodeTable::Acquire(cow_store::UniqueFd fd, const struct 
   uint64_t id = NodeIdFor(st.st_ino);
   if (id == 0) return nullptr;
   // Whether an evicted entry under this number is this file: the handles
-  // tell (see Pin). Taken outside the lock, and only for an evicted entry.
+  // tell. Taken outside the lock, and only for an evicted entry.
   std::optional<std::string> handle;
   std::unique_lock lock(mutex_);
   auto it = inodes_.find(id);
@@ -61,10 +61,8 @@ std::shared_ptr<Inode> InodeTable::Acquire(cow_store::UniqueFd fd, const struct 
   uint64_t nlookup = 0;
   if (!fresh && !it->second->fd) {
     Inode& old = *it->second;
-    --evicted_;
     if (!handle->empty() && *handle == old.handle && (st.st_mode & S_IFMT) == old.type) {
-      old.fd = std::move(fd);
-      old.handle.clear();
+      ReviveLocked(old, std::move(fd));
       reopened = true;
     } else {
       // Another file took the number (the old one was deleted behind the
@@ -72,6 +70,7 @@ std::shared_ptr<Inode> InodeTable::Acquire(cow_store::UniqueFd fd, const struct 
       // kernel drops its old inode, whose FORGET then comes to the new
       // entry, which counts its lookups.
       nlookup = old.nlookup;
+      --evicted_;  // The evicted entry goes.
       fresh = true;
     }
   }
@@ -138,9 +137,7 @@ std::shared_ptr<Inode> InodeTable::Find(uint64_t nodeid) const {
   // The handle is the file's own: the entry is the same file unless
   // Acquire replaced it (then it holds a descriptor).
   if (!inode.fd && inode.handle == handle) {
-    inode.fd = std::move(fd);
-    inode.handle.clear();
-    --evicted_;
+    ReviveLocked(inode, std::move(fd));
     pressed = PressedLocked();
   }
   std::shared_ptr<Inode> found = it->second;
@@ -160,6 +157,12 @@ int InodeTable::EnableEviction(int mount_fd) {
   if (!probe) return -errno;
   handle_mount_ = mount_fd;
   return 0;
+}
+
+void InodeTable::ReviveLocked(Inode& inode, cow_store::UniqueFd fd) const {
+  inode.fd = std::move(fd);
+  inode.handle.clear();
+  --evicted_;
 }
 
 bool InodeTable::EvictLocked(const std::shared_ptr<Inode>& slot) const {
@@ -191,24 +194,28 @@ bool InodeTable::EvictLocked(const std::shared_ptr<Inode>& slot) const {
 }
 
 template <typename Pred>
-std::vector<uint64_t> InodeTable::Oldest(size_t count, Pred eligible) const {
-  std::vector<std::pair<uint64_t, uint64_t>> uses;  // (last use, node id)
-  {
-    std::shared_lock lock(mutex_);
-    uses.reserve(inodes_.size());
-    for (const auto& [id, inode] : inodes_) {
-      if (inode == root_ || inode->open_files.load(std::memory_order_relaxed) > 0 ||
-          !eligible(*inode)) {
-        continue;
-      }
-      uses.emplace_back(inode->last_use.load(std::memory_order_relaxed), id);
+std::vector<InodeTable::Use> InodeTable::Uses(Pred eligible) const {
+  std::vector<Use> uses;
+  std::shared_lock lock(mutex_);
+  uses.reserve(inodes_.size());
+  for (const auto& [id, inode] : inodes_) {
+    if (inode == root_ || inode->open_files.load(std::memory_order_relaxed) > 0 ||
+        !eligible(*inode)) {
+      continue;
     }
+    uses.push_back({inode->last_use.load(std::memory_order_relaxed), id, bool(inode->fd)});
   }
+  return uses;
+}
+
+template <typename Pred>
+std::vector<uint64_t> InodeTable::Oldest(size_t count, Pred eligible) const {
+  std::vector<Use> uses = Uses(eligible);
   count = std::min(count, uses.size());
   std::partial_sort(uses.begin(), uses.begin() + static_cast<std::ptrdiff_t>(count), uses.end());
   std::vector<uint64_t> ids;
   ids.reserve(count);
-  for (size_t i = 0; i < count; ++i) ids.push_back(uses[i].second);
+  for (size_t i = 0; i < count; ++i) ids.push_back(uses[i].id);
   return ids;
 }
 
@@ -248,21 +255,7 @@ std::vector<uint64_t> InodeTable::LeastRecentlyUsed(size_t count, bool evicted) 
 }
 
 std::vector<uint64_t> InodeTable::OldestHolding(size_t count) const {
-  struct Use {
-    uint64_t last_use;
-    uint64_t id;
-    bool held;
-    bool operator<(const Use& o) const { return last_use < o.last_use; }
-  };
-  std::vector<Use> uses;
-  {
-    std::shared_lock lock(mutex_);
-    uses.reserve(inodes_.size());
-    for (const auto& [id, inode] : inodes_) {
-      if (inode == root_ || inode->open_files.load(std::memory_order_relaxed) > 0) continue;
-      uses.push_back({inode->last_use.load(std::memory_order_relaxed), id, bool(inode->fd)});
-    }
-  }
+  std::vector<Use> uses = Uses([](const Inode&) { return true; });
   // Sorted as far as needed: first four times `count`, then all.
   auto end = uses.begin() + static_cast<std::ptrdiff_t>(std::min(uses.size(), 4 * count));
   std::partial_sort(uses.begin(), end, uses.end());

@@ -244,11 +244,26 @@ class InodeTable {
   // Evicts `inode` if nothing holds it but the table (its map slot is
   // `slot`). Returns whether it did. Caller holds mutex_ exclusively.
   bool EvictLocked(const std::shared_ptr<Inode>& slot) const;
-  // Node ids of up to `count` entries for which `eligible(const Inode&)`
-  // holds, used longest ago first: never the root, nor an open file.
-  // `eligible` runs under the shared lock.
+  // An entry's place in the use order, and whether it holds a descriptor.
+  struct Use {
+    uint64_t last_use;
+    uint64_t id;
+    bool held;
+    // Ties (entries stamped by one MarkUsed) in node id order.
+    bool operator<(const Use& o) const {
+      return last_use != o.last_use ? last_use < o.last_use : id < o.id;
+    }
+  };
+  // The entries for which `eligible(const Inode&)` holds, unsorted: never
+  // the root, nor an open file. `eligible` runs under the shared lock.
+  template <typename Pred>
+  std::vector<Use> Uses(Pred eligible) const;
+  // Node ids of up to `count` of those, used longest ago first.
   template <typename Pred>
   std::vector<uint64_t> Oldest(size_t count, Pred eligible) const;
+  // Gives evicted `inode` its descriptor back. Caller holds mutex_
+  // exclusively.
+  void ReviveLocked(Inode& inode, cow_store::UniqueFd fd) const;
   // Whether a new or reopened entry takes descriptors() past the limit.
   bool PressedLocked() const { return inodes_.size() - evicted_ > pressure_limit_; }
 };
