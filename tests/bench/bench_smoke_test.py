@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 
-from smoke_support import fail, mounts_under  # same directory
+from smoke_support import check_left_nothing, fail, remove  # same directory
 
 JOBS = ["seqwrite", "seqread", "randread4k", "randwrite4k", "create", "stat", "unlink"]
 FSTYPES = {"vssfs": "fuse.vssfs", "passthrough_ll": "fuse.passthrough_ll",
@@ -94,16 +94,9 @@ def main():
                 fail(f"the report does not say how {target}'s requests went")
         if "ahead of peers" not in stdout:
             fail("the combined table is missing")
-        left = mounts_under(parent)
-        if left:
-            fail(f"left mounted: {left}")
-        rest = [n for n in os.listdir(parent) if n != "peers.json"]
-        if rest:
-            fail(f"left behind in {parent}: {rest}")
+        check_left_nothing(parent, allowed=("peers.json",))
     finally:
-        for m in mounts_under(parent):
-            subprocess.run(["umount", "-l", m], check=False)
-        shutil.rmtree(parent, ignore_errors=True)
+        remove(parent)
     print("PASS")
     return 0
 

@@ -11,12 +11,11 @@ Usage: bench_walk_smoke_test.py REPO_ROOT VSSFS_BINARY
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 
-from smoke_support import fail, mounts_under  # same directory
+from smoke_support import check_left_nothing, fail, remove  # same directory
 
 MODES = ["unbounded", "handles", "prune", "auto"]
 
@@ -47,15 +46,9 @@ def main():
         for side in ["native"] + MODES:
             if not any(line.startswith(side + " ") for line in proc.stderr.splitlines()):
                 fail(f"the report has no line for {side}")
-        left = mounts_under(parent)
-        if left:
-            fail(f"left mounted: {left}")
-        if os.listdir(parent):
-            fail(f"left behind in {parent}: {os.listdir(parent)}")
+        check_left_nothing(parent)
     finally:
-        for m in mounts_under(parent):
-            subprocess.run(["umount", "-l", m], check=False)
-        shutil.rmtree(parent, ignore_errors=True)
+        remove(parent)
     print("PASS")
     return 0
 
