@@ -25,6 +25,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "cpu_pickup.h"
 #include "idle_rings.h"
 #include "log.h"
 
@@ -84,6 +85,10 @@ std::atomic<bool> g_kernel_offers_uring{false};
 std::atomic<bool> g_uring{false};
 fuse_session* g_session = nullptr;
 int g_session_fd = -1;
+// Set by InstallChannel before the session loop starts, read-only after.
+std::unique_ptr<CpuPickup> g_pickup;
+std::string g_pickup_note;  // logged once by the first worker
+std::once_flag g_pickup_logged;
 // The kernel's FUSE protocol minor version, from INIT.
 std::atomic<unsigned> g_proto_minor{0};
 // FUSE_NOTIFY_PRUNE (protocol 7.45) and its argument, which the system's
@@ -158,10 +163,9 @@ void NoteRequest(const char* buf, size_t n) {
 ssize_t ReadHook(int fd, void* buf, size_t len, void*) {
   t_kill_suidgid = false;
   t_payload = nullptr;
-  ssize_t n;
-  if (len <= kWriteHeader) {
-    n = ::read(fd, buf, len);
-  } else {
+  iovec iov[2] = {{buf, len}, {nullptr, 0}};
+  int count = 1;
+  if (len > kWriteHeader) {
     if (t_scratch_size < len - kWriteHeader) {
       void* p = nullptr;
       if (posix_memalign(&p, 4096, len - kWriteHeader) != 0) {
@@ -171,9 +175,17 @@ ssize_t ReadHook(int fd, void* buf, size_t len, void*) {
       t_scratch.reset(static_cast<char*>(p));
       t_scratch_size = len - kWriteHeader;
     }
-    iovec iov[2] = {{buf, kWriteHeader}, {t_scratch.get(), len - kWriteHeader}};
-    n = ::readv(fd, iov, 2);
+    iov[0].iov_len = kWriteHeader;
+    iov[1] = {t_scratch.get(), len - kWriteHeader};
+    count = 2;
   }
+  if (!g_pickup_note.empty()) {
+    std::call_once(g_pickup_logged, [] { LOG_INFO("%s", g_pickup_note.c_str()); });
+  }
+  // The session's own descriptor is shared by all workers without clone_fd
+  // (and by the single-threaded loop): CpuPickup needs one per worker.
+  ssize_t n =
+      g_pickup && fd != g_session_fd ? g_pickup->Read(fd, iov, count) : ::readv(fd, iov, count);
   if (n < 0 && errno == ECONNABORTED) {
     // The connection ended while the kernel tore the mount down (seen when
     // the last reference to the superblock was flush-behind's clone of the
@@ -378,20 +390,7 @@ uint64_t HandleUringRequest(UringEntry& entry, unsigned qid, std::vector<char>& 
 IdleRings::Kind KindOf(const UringEntry& entry) {
   fuse_in_header in;
   std::memcpy(&in, entry.header->in_out, sizeof in);
-  switch (in.opcode) {
-    case FUSE_READ:
-    case FUSE_WRITE:
-    case FUSE_FALLOCATE:
-    case FUSE_COPY_FILE_RANGE:
-    case FUSE_FSYNC:
-    case FUSE_FSYNCDIR:
-      return IdleRings::Kind::kData;
-    case FUSE_RELEASE:
-    case FUSE_RELEASEDIR:
-      return IdleRings::Kind::kNeutral;
-    default:
-      return IdleRings::Kind::kLatency;
-  }
+  return IdleRings::KindOf(in.opcode);
 }
 
 struct UringWorkers;
@@ -710,6 +709,11 @@ ssize_t WritevHook(int fd, iovec* iov, int count, void*) {
     // may still write (notifications, late replies): use the channel's own.
     if (fd == g_session_fd && g_workers_fd.load() >= 0) fd = g_workers_fd.load();
   }
+  if (g_pickup && count >= 1 && iov[0].iov_len >= sizeof(fuse_out_header)) {
+    fuse_out_header out;
+    std::memcpy(&out, iov[0].iov_base, sizeof out);
+    if (out.unique != 0) g_pickup->BeforeReply(out.unique);
+  }
   std::unique_ptr<UringWorkers> uring;
   if (g_init_pending.load(std::memory_order_relaxed) && count >= 2 &&
       iov[0].iov_len >= sizeof(fuse_out_header)) {
@@ -763,7 +767,27 @@ ssize_t SpliceHook(int fdin, off_t* offin, int fdout, off_t* offout, size_t len,
 }  // namespace
 
 int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned uring_threads,
-                   bool uring_sched_idle) {
+                   bool uring_sched_idle, bool cpu_pickup) {
+  if (cpu_pickup) {
+    std::string why;
+    std::string idle_why;
+    g_pickup = CpuPickup::Create(fuse_session_fd(se), uring_sched_idle, &why, &idle_why);
+    // Logged by the first worker: the daemon may still go into the
+    // background, and mount(8) would print what is logged before.
+    char note[256];
+    if (!g_pickup) {
+      std::snprintf(note, sizeof note, "/dev/fuse: requests are not taken per CPU: %s",
+                    why.c_str());
+    } else {
+      std::snprintf(
+          note, sizeof note,
+          "/dev/fuse: an idle worker on each of %zu CPUs takes the requests sent there%s%s%s",
+          g_pickup->cpus(), g_pickup->sched_idle() ? " (SCHED_IDLE for metadata)" : "",
+          !g_pickup->sched_idle() && uring_sched_idle ? " (not SCHED_IDLE: " : "",
+          !g_pickup->sched_idle() && uring_sched_idle ? (idle_why + ")").c_str() : "");
+    }
+    g_pickup_note = note;
+  }
   g_want_killpriv_v2 = killpriv_v2;
   g_uring_sched_idle = uring_sched_idle;
   g_want_uring = uring;
@@ -772,6 +796,25 @@ int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned urin
   g_session_fd = fuse_session_fd(se);
   static const fuse_custom_io kIo = {WritevHook, ReadHook, SpliceHook, SpliceHook};
   return fuse_session_custom_io(se, &kIo, fuse_session_fd(se));
+}
+
+void StopCpuPickup() {
+  if (!g_pickup) return;
+  g_pickup->Stop();
+  std::string per_cpu;
+  const std::vector<uint64_t> counts = g_pickup->ReadPerCpu();
+  for (size_t c = 0; c < counts.size(); ++c) {
+    if (counts[c] == 0) continue;
+    char item[48];
+    std::snprintf(item, sizeof item, "%s%zu:%llu", per_cpu.empty() ? "" : " ", c,
+                  static_cast<unsigned long long>(counts[c]));
+    per_cpu += item;
+  }
+  LOG_DEBUG("/dev/fuse: %llu requests read (per CPU %s), %llu spares sent, %llu SCHED_IDLE stalls",
+            static_cast<unsigned long long>(g_pickup->taken()),
+            per_cpu.empty() ? "-" : per_cpu.c_str(),
+            static_cast<unsigned long long>(g_pickup->spares_sent()),
+            static_cast<unsigned long long>(g_pickup->stalls()));
 }
 
 bool KillprivV2Negotiated() { return g_killpriv_v2; }

@@ -40,9 +40,17 @@ namespace vssfs::fs {
 // whether to ask for FUSE over io_uring (used if the kernel offers it), with
 // `uring_threads` threads per queue; `uring_sched_idle`: whether ring threads
 // answer metadata requests as SCHED_IDLE (idle_rings.h; off if the process
-// cannot leave SCHED_IDLE again). Returns 0 or a negative errno.
+// cannot leave SCHED_IDLE again). `cpu_pickup`: whether /dev/fuse workers
+// take requests on the sender's CPU (cpu_pickup.h; SCHED_IDLE with
+// `uring_sched_idle` too). Returns 0 or a negative
+// errno.
 int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned uring_threads,
-                   bool uring_sched_idle);
+                   bool uring_sched_idle, bool cpu_pickup);
+
+// Stops CpuPickup's watchdog, makes its threads SCHED_OTHER and logs (at
+// debug level) on which CPUs /dev/fuse requests were read. After the session
+// loop.
+void StopCpuPickup();
 
 // During INIT: whether vssfs will accept FUSE over io_uring (asked for, and
 // offered by the kernel). Replies then must not be spliced.

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/fuse.h>
 #include <sched.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -44,6 +45,26 @@ bool Runnable(int fd) {
 }
 
 }  // namespace
+
+IdleRings::Kind IdleRings::KindOf(uint32_t opcode) {
+  switch (opcode) {
+    case FUSE_READ:
+    case FUSE_WRITE:
+    case FUSE_FALLOCATE:
+    case FUSE_COPY_FILE_RANGE:
+    case FUSE_FSYNC:
+    case FUSE_FSYNCDIR:
+      return Kind::kData;
+    case FUSE_RELEASE:
+    case FUSE_RELEASEDIR:
+    case FUSE_FORGET:
+    case FUSE_BATCH_FORGET:
+    case FUSE_INTERRUPT:
+      return Kind::kNeutral;
+    default:
+      return Kind::kLatency;
+  }
+}
 
 void IdleRings::Slot::Started(Kind kind) {
   busy_.store(true, std::memory_order_relaxed);
@@ -94,10 +115,12 @@ bool IdleRings::Available(std::string* why) {
 }
 
 IdleRings::Slot* IdleRings::Register() {
+  // A thread inherits its creator's policy: libfuse starts a worker from a
+  // worker, and a ring thread may be added by a ring thread.
+  SetPolicy(0, SCHED_OTHER);
   cow_store::UniqueFd stat(open("/proc/thread-self/stat", O_RDONLY | O_CLOEXEC));
   if (!stat) {
-    LOG_WARN("io_uring: ring thread stays SCHED_OTHER: /proc/thread-self/stat: %s",
-             strerror(errno));
+    LOG_WARN("worker thread stays SCHED_OTHER: /proc/thread-self/stat: %s", strerror(errno));
     return nullptr;
   }
   std::lock_guard lock(mutex_);
@@ -138,38 +161,50 @@ void IdleRings::Raise(Slot& s) {
   s.idle_.store(false, std::memory_order_relaxed);
   // Registered, hence alive: the tid is the thread's own.
   if (int r = SetPolicy(s.tid_, SCHED_OTHER); r != 0) {
-    LOG_WARN("io_uring: cannot make ring thread %d SCHED_OTHER: %s", static_cast<int>(s.tid_),
+    LOG_WARN("cannot make worker thread %d SCHED_OTHER: %s", static_cast<int>(s.tid_),
              strerror(-r));
   }
 }
 
-int IdleRings::Check(bool* watch) {
+int IdleRings::Check(bool* watch, bool between_requests) {
   std::lock_guard lock(mutex_);
   *watch = false;
   int turned = 0;
   for (auto& s : slots_) {
     if (!s->in_use_) continue;
-    // Work seen now and at the previous call, and no request picked up or
-    // finished in between: the thread has been waiting for its CPU (or
-    // handling one request) for a whole interval.
+    // Runnable now and at the previous call, and no request picked up or
+    // finished in between: the thread has been waiting for its CPU for a
+    // whole interval (or computing, which no request does for that long). A
+    // thread busy with a request but blocked (state D or S: a slow disk, a
+    // lock) is not starved and keeps its policy.
     const uint64_t progress = s->progress_.load(std::memory_order_relaxed);
-    const bool work = s->idle_.load(std::memory_order_relaxed) &&
-                      progress == s->checked_progress_ &&
-                      (s->busy_.load(std::memory_order_relaxed) || Runnable(s->stat_.get()));
-    const bool stalled = work && s->had_work_;
+    const bool still = s->idle_.load(std::memory_order_relaxed) && progress == s->checked_progress_;
+    const bool busy = s->busy_.load(std::memory_order_relaxed);
+    const bool runnable = still && (busy || between_requests) && Runnable(s->stat_.get());
+    const bool stalled = runnable && s->had_work_;
     s->checked_progress_ = progress;
-    s->had_work_ = work && !stalled;
-    if (work && !stalled) *watch = true;
+    s->had_work_ = runnable && !stalled;
+    if (!stalled && (runnable || (still && busy))) {
+      *watch = true;
+    }
     if (!stalled) continue;
     s->normal_ = true;
     s->normal_until_ms_ = NowMs() + kNormalMs;
     Raise(*s);
     ++stalls_;
     ++turned;
-    LOG_DEBUG("io_uring: ring thread %d stalled as SCHED_IDLE; SCHED_OTHER for %lld ms",
-              static_cast<int>(s->tid_), static_cast<long long>(kNormalMs));
+    LOG_DEBUG("worker thread %d stalled as SCHED_IDLE (%s); SCHED_OTHER for %lld ms",
+              static_cast<int>(s->tid_), busy ? "in a request" : "between requests",
+              static_cast<long long>(kNormalMs));
   }
   return turned;
+}
+
+void IdleRings::RaiseAll() {
+  std::lock_guard lock(mutex_);
+  for (auto& s : slots_) {
+    if (s->in_use_ && s->idle_.load(std::memory_order_relaxed)) Raise(*s);
+  }
 }
 
 void IdleRings::ReleaseAll() {

@@ -1,9 +1,11 @@
-// IdleRings: FUSE-over-io_uring ring threads answer metadata requests as
+// IdleRings: worker threads pinned to a CPU answer metadata requests as
 // SCHED_IDLE threads, so that the task a reply wakes stays on the CPU it sent
-// its request from.
+// its request from. Used for FUSE-over-io_uring ring threads and for
+// /dev/fuse pollers (cpu_pickup.h); "ring thread" below stands for both.
 //
 // A ring thread serves one CPU's queue and is pinned to that CPU, so a
-// request reaches it by a wake-up on the sender's own CPU. The reply wakes
+// request reaches it by a wake-up on the sender's own CPU (a poller: by the
+// poll(2) wake-up on that CPU). The reply wakes
 // the sender again while the ring thread is still running there, and the
 // scheduler then moves the woken task to another CPU if one is idle: with a
 // normal ring thread, fio's create loop moved between the two vCPUs of the
@@ -27,16 +29,18 @@
 // The price is starvation: a SCHED_IDLE thread gets CPU time only when no
 // normal task wants it, and on this kernel one waited 1.3 s each time
 // behind a spinning process. A watchdog calls Check() every few
-// milliseconds; a SCHED_IDLE thread that had work at two calls in a row and
-// picked up or finished no request in between is turned back to
-// SCHED_OTHER for kNormalMs (its CPU is busy: no other CPU is idle for a
-// woken task to move to, so SCHED_IDLE would gain nothing there). "Work" is
-// a request being handled, or the thread being runnable (state R in
-// /proc/thread-self/stat) outside a request: the kernel hands a request to
-// an entry by task work that runs in the ring thread itself, so a woken
-// thread that has not got its CPU shows nothing in its completion queue. A
-// request that legitimately takes longer than a call interval (a slow disk)
-// is taken for a stall too, which costs only the benefit for kNormalMs.
+// milliseconds; a SCHED_IDLE thread that was runnable (state R in
+// /proc/thread-self/stat) at two calls in a row and picked up or finished no
+// request in between is turned back to SCHED_OTHER for kNormalMs (its CPU is
+// busy: no other CPU is idle for a woken task to move to, so SCHED_IDLE
+// would gain nothing there). Being runnable is what counts, inside a request
+// or outside one: the kernel hands a request to a ring entry by task work
+// that runs in the ring thread itself, so a woken thread that has not got
+// its CPU shows nothing in its completion queue. A thread busy with a
+// request but blocked (state D or S: a slow disk, a lock) is not starved:
+// counting it too (until 2026-12-06) turned threads back for a second at a
+// time during fio's create job, whose cold creates read the disk, and cost
+// a fifth of its creates.
 //
 // Leaving SCHED_IDLE needs CAP_SYS_NICE (or an RLIMIT_NICE that allows the
 // thread's nice value); without it IdleRings is off.
@@ -71,7 +75,7 @@ class IdleRings {
   enum class Kind {
     kLatency,  // small and synchronous (metadata): reply as SCHED_IDLE
     kData,     // READ, WRITE and the like: handled at SCHED_OTHER (see above)
-    kNeutral,  // nobody waits for the reply (RELEASE): no change
+    kNeutral,  // nobody waits for a reply (RELEASE, FORGET): no change
   };
 
   // One registered thread.
@@ -101,7 +105,7 @@ class IdleRings {
     bool normal_ = false;            // found stalled: SCHED_OTHER until... (mutex_)
     int64_t normal_until_ms_ = 0;    // ...this time (mutex_)
     uint64_t checked_progress_ = 0;  // progress_ at the previous Check (mutex_)
-    bool had_work_ = false;          // work seen at the previous Check (mutex_)
+    bool had_work_ = false;          // runnable, no progress at the previous Check (mutex_)
     bool in_use_ = false;            // (mutex_)
   };
 
@@ -109,22 +113,34 @@ class IdleRings {
   IdleRings(const IdleRings&) = delete;
   IdleRings& operator=(const IdleRings&) = delete;
 
+  // What a request of FUSE opcode `opcode` needs (see Kind).
+  static Kind KindOf(uint32_t opcode);
+
   // Whether this process may switch a thread back from SCHED_IDLE. On false,
   // *why says why not.
   static bool Available(std::string* why);
 
-  // Registers the calling thread (which stays SCHED_OTHER until it finishes
-  // a latency request). Returns nullptr if its state cannot be watched (the
+  // Registers the calling thread and makes it SCHED_OTHER (it may have
+  // inherited SCHED_IDLE from the thread that started it) until it finishes
+  // a latency request. Returns nullptr if its state cannot be watched (the
   // thread then keeps its policy). The pointer stays valid until Unregister.
   Slot* Register();
   // Makes the calling thread SCHED_OTHER and ends its registration.
   void Unregister(Slot* slot);
 
-  // Turns every SCHED_IDLE thread that had work at this call and the
+  // Turns every SCHED_IDLE thread that was runnable at this call and the
   // previous one, and made no progress in between, back to SCHED_OTHER (for
-  // kNormalMs). Returns how many; sets *watch to whether some SCHED_IDLE
-  // thread has work now (call again soon).
-  int Check(bool* watch);
+  // kNormalMs). `between_requests`: whether that counts for a thread outside
+  // a request too (a ring thread's request may be waiting for it; a /dev/fuse
+  // poller's only if requests are waiting that nobody takes). Returns how
+  // many; sets *watch to whether some SCHED_IDLE thread is busy or runnable
+  // now (call again soon).
+  int Check(bool* watch, bool between_requests = true);
+
+  // Makes every SCHED_IDLE thread SCHED_OTHER now; each may lower itself
+  // again with its next latency request (used before the caller stops
+  // calling Check() while no requests come).
+  void RaiseAll();
 
   // Makes every registered thread SCHED_OTHER for good (before shutdown:
   // threads that are to notice a stop flag must not starve).

@@ -151,7 +151,8 @@ int Main(int argc, char** argv) {
     return Fail("cannot mount on " + config.mountpoint + " (see the message above)");
   }
   if (int r = InstallChannel(se.get(), opts.killpriv_v2, opts.io_uring && !opts.single_thread,
-                             opts.uring_threads, opts.uring_sched_idle);
+                             opts.uring_threads, opts.sched_idle,
+                             opts.cpu_pickup && opts.clone_fd && !opts.single_thread);
       r != 0) {
     fuse_session_unmount(se.get());
     fuse_remove_signal_handlers(se.get());
@@ -206,6 +207,7 @@ int Main(int argc, char** argv) {
     fuse_loop_cfg_set_idle_threads(loop.get(), opts.threads);
     r = fuse_session_loop_mt(se.get(), loop.get());
   }
+  StopCpuPickup();           // The workers are gone.
   control.reset();           // No snapshot operation runs past this point.
   fs.value()->StopPruner();  // It writes to /dev/fuse, which unmounting closes.
   fuse_session_unmount(se.get());

@@ -146,8 +146,12 @@ Status ApplyMountOption(const std::string& item, Options* o) {
     o->flush_behind = name == "flush_behind";
   } else if ((name == "io_uring" || name == "no_io_uring") && !has_value) {
     o->io_uring = name == "io_uring";
-  } else if ((name == "uring_sched_idle" || name == "no_uring_sched_idle") && !has_value) {
-    o->uring_sched_idle = name == "uring_sched_idle";
+  } else if ((name == "sched_idle" || name == "no_sched_idle" || name == "uring_sched_idle" ||
+              name == "no_uring_sched_idle") &&
+             !has_value) {
+    o->sched_idle = name.rfind("no_", 0) != 0;
+  } else if ((name == "cpu_pickup" || name == "no_cpu_pickup") && !has_value) {
+    o->cpu_pickup = name == "cpu_pickup";
   } else if (name == "uring_threads") {
     unsigned v;
     if (!has_value || !ParseUnsigned(value, &v) || v == 0 || v > 64) {
@@ -296,6 +300,8 @@ std::string UsageText(const std::string& program) {
     << "  negative_timeout=SECS   cache lifetime of 'no such file' answers (default 60)\n"
     << "  threads=N               at most N worker threads (default 8)\n"
     << "  [no_]clone_fd           one /dev/fuse descriptor per thread (default on)\n"
+    << "  [no_]cpu_pickup         an idle worker per CPU takes the /dev/fuse requests\n"
+    << "                          sent from that CPU (default on; needs clone_fd)\n"
     << "  [no_]writeback_cache    kernel write-back caching (default on)\n"
     << "  [no_]killpriv_v2        vssfs clears set-id bits and capabilities on write,\n"
     << "                          sparing the kernel a lookup per write (default on)\n"
@@ -304,9 +310,10 @@ std::string UsageText(const std::string& program) {
     << "                          /sys/module/fuse/parameters/enable_uring = Y; default on)\n"
     << "  uring_threads=N         threads (ring entries) per CPU queue at start, 1-64\n"
     << "                          (default 2; more are added while all are busy)\n"
-    << "  [no_]uring_sched_idle   ring threads answer metadata requests as SCHED_IDLE,\n"
-    << "                          so that the woken task stays on its CPU (default on;\n"
-    << "                          needs CAP_SYS_NICE)\n"
+    << "  [no_]sched_idle         io_uring threads and cpu_pickup's workers answer\n"
+    << "                          metadata requests as SCHED_IDLE, so that the woken task\n"
+    << "                          stays on its CPU (default on; needs CAP_SYS_NICE;\n"
+    << "                          older name [no_]uring_sched_idle)\n"
     << "  read_ahead_kb=N         readahead window of the mount (default 1024, 0 = kernel's)\n"
     << "  max_dirty_ratio=N       percent of the dirty-page limit the mount may use with\n"
     << "                          the writeback cache (default 100; 0 = FUSE's strict 1%)\n"

@@ -13,6 +13,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -72,10 +73,17 @@ class FakeRingThread {
         const Kind kind = kind_;
         const int work_ms = work_ms_;
         const int tail_ms = tail_ms_;
+        const int sleep_ms = sleep_ms_;
         lock.unlock();
         if (slot != nullptr) slot->Started(kind);
         policy_during_ = sched_getscheduler(0);
         SpinCpu(work_ms);
+        // Blocked, as on a slow disk (state S).
+        if (sleep_ms > 0) {
+          sleeping_ = true;
+          std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms));
+          sleeping_ = false;
+        }
         if (slot != nullptr) slot->Finished(kind);
         policy_after_ = sched_getscheduler(0);
         SpinCpu(tail_ms);  // like committing the reply: runnable, not busy
@@ -101,13 +109,14 @@ class FakeRingThread {
 
   bool registered() const { return registered_; }
   pid_t tid() const { return tid_; }
-  // Posts a request; its handling takes `work_ms` of CPU time, and the
-  // thread spins `tail_ms` more after finishing it.
-  void Post(Kind kind, int work_ms = 0, int tail_ms = 0) {
+  // Posts a request; its handling takes `work_ms` of CPU time, then sleeps
+  // `sleep_ms`, and the thread spins `tail_ms` more after finishing it.
+  void Post(Kind kind, int work_ms = 0, int tail_ms = 0, int sleep_ms = 0) {
     std::lock_guard lock(mutex_);
     kind_ = kind;
     work_ms_ = work_ms;
     tail_ms_ = tail_ms;
+    sleep_ms_ = sleep_ms;
     pending_ = true;
     cv_.notify_all();
   }
@@ -126,6 +135,8 @@ class FakeRingThread {
     Post(kind);
     REQUIRE(Wait(std::chrono::seconds(10)));
   }
+  // Whether the thread sleeps inside its request now.
+  bool sleeping() const { return sleeping_.load(); }
   int policy_during() const { return policy_during_.load(); }
   int policy_after() const { return policy_after_.load(); }
   int policy_at_end() const { return policy_at_end_.load(); }
@@ -144,6 +155,8 @@ class FakeRingThread {
   Kind kind_ = Kind::kLatency;       // guarded by mutex_
   int work_ms_ = 0;                  // guarded by mutex_
   int tail_ms_ = 0;                  // guarded by mutex_
+  int sleep_ms_ = 0;                 // guarded by mutex_
+  std::atomic<bool> sleeping_{false};
   std::atomic<int> policy_during_{-1};
   std::atomic<int> policy_after_{-1};
   std::atomic<int> policy_at_end_{-1};
@@ -176,9 +189,9 @@ bool SkipUnlessAvailable() {
   return true;
 }
 
-int Check(IdleRings& rings) {
+int Check(IdleRings& rings, bool between_requests = true) {
   bool watch = false;
-  return rings.Check(&watch);
+  return rings.Check(&watch, between_requests);
 }
 
 }  // namespace
@@ -204,6 +217,34 @@ TEST_CASE("IdleRings: latency requests leave a thread SCHED_IDLE until it unregi
   t.Join();
   CHECK(t.policy_at_end() == SCHED_OTHER);
   CHECK(rings.stalls() == 0);
+}
+
+TEST_CASE("IdleRings: a thread started by a SCHED_IDLE thread is normal once registered",
+          "[fs][idle_rings]") {
+  if (SkipUnlessAvailable()) return;
+  IdleRings rings;
+  int inherited = -1;
+  int registered = -1;
+  int lowered = -1;
+  std::thread parent([&] {
+    sched_param param{};
+    lowered = sched_setscheduler(0, SCHED_IDLE, &param);
+    // As libfuse starts a worker from a worker: the child inherits the policy.
+    std::thread child([&] {
+      inherited = sched_getscheduler(0);
+      IdleRings::Slot* slot = rings.Register();
+      registered = sched_getscheduler(0);
+      rings.Unregister(slot);
+    });
+    child.join();
+    sched_setscheduler(0, SCHED_OTHER, &param);
+  });
+  parent.join();
+  REQUIRE(lowered == 0);
+  CHECK(inherited == SCHED_IDLE);
+  // Not watched as SCHED_IDLE until its first latency request: it must not be
+  // SCHED_IDLE before that, or nothing would rescue it.
+  CHECK(registered == SCHED_OTHER);
 }
 
 TEST_CASE("IdleRings: data requests are handled at SCHED_OTHER", "[fs][idle_rings]") {
@@ -279,15 +320,98 @@ TEST_CASE("IdleRings: a thread starved on a busy CPU is turned back to SCHED_OTH
   CHECK(sched_getscheduler(t.tid()) == SCHED_IDLE);
 }
 
-TEST_CASE("IdleRings: ReleaseAll makes every thread SCHED_OTHER for good", "[fs][idle_rings]") {
+namespace {
+
+// A registered ring thread made SCHED_IDLE by a latency request, then a
+// normal thread spinning on its CPU.
+struct IdleBehindHog {
+  const int cpu = SomeCpu();
+  IdleRings rings;
+  FakeRingThread t{rings, cpu};
+  std::unique_ptr<Hog> hog;
+  IdleBehindHog() {
+    REQUIRE(t.registered());
+    t.Handle(Kind::kLatency);
+    REQUIRE(sched_getscheduler(t.tid()) == SCHED_IDLE);
+    hog = std::make_unique<Hog>(cpu);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the hog is running
+  }
+};
+
+}  // namespace
+
+TEST_CASE("IdleRings: a thread blocked in a request on a busy CPU keeps SCHED_IDLE",
+          "[fs][idle_rings]") {
+  if (SkipUnlessAvailable()) return;
+  IdleBehindHog setup;
+  IdleRings& rings = setup.rings;
+  FakeRingThread& t = setup.t;
+  // The request sleeps 200 ms (a slow disk): not runnable, so not starved,
+  // though busy at many checks in a row. (Until 2026-12-06 it was turned
+  // back.) Reaching the sleep may itself wait for the CPU, behind the hog:
+  // the checks run only while it sleeps.
+  t.Post(Kind::kLatency, 0, 0, 200);
+  const auto start = Clock::now();
+  while (!t.sleeping() && Clock::now() - start < std::chrono::seconds(10)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  REQUIRE(t.sleeping());
+  int turned = 0;
+  for (int i = 0; i < 20; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    turned += Check(rings);
+  }
+  CHECK(t.sleeping());  // still: every check saw it blocked
+  CHECK(turned == 0);
+  CHECK(rings.stalls() == 0);
+  REQUIRE(t.Wait(std::chrono::seconds(10)));
+}
+
+TEST_CASE("IdleRings: a thread runnable between requests is left alone when that does not count",
+          "[fs][idle_rings]") {
+  if (SkipUnlessAvailable()) return;
+  IdleBehindHog setup;
+  IdleRings& rings = setup.rings;
+  FakeRingThread& t = setup.t;
+  // 18 ms of CPU after the request, at a SCHED_IDLE share behind the hog:
+  // runnable and starved, but not in a request.
+  t.Post(Kind::kLatency, 0, 18);
+  int turned = 0;
+  for (int i = 0; i < 20; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    turned += Check(rings, /*between_requests=*/false);
+  }
+  CHECK(turned == 0);
+  CHECK(sched_getscheduler(t.tid()) == SCHED_IDLE);
+  // Counted again, it is turned back.
+  int later = 0;
+  for (int i = 0; i < 20 && later == 0 && !t.Done(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    later += Check(rings);
+  }
+  CHECK(later == 1);
+  REQUIRE(t.Wait(std::chrono::seconds(10)));
+}
+
+TEST_CASE("IdleRings: RaiseAll makes threads SCHED_OTHER for now, ReleaseAll for good",
+          "[fs][idle_rings]") {
   if (SkipUnlessAvailable()) return;
   IdleRings rings;
   FakeRingThread t(rings, SomeCpu());
   REQUIRE(t.registered());
   t.Handle(Kind::kLatency);
   REQUIRE(sched_getscheduler(t.tid()) == SCHED_IDLE);
-  rings.ReleaseAll();
-  CHECK(sched_getscheduler(t.tid()) == SCHED_OTHER);
-  t.Handle(Kind::kLatency);
-  CHECK(t.policy_after() == SCHED_OTHER);
+  SECTION("RaiseAll: until the next latency request") {
+    rings.RaiseAll();
+    CHECK(sched_getscheduler(t.tid()) == SCHED_OTHER);
+    t.Handle(Kind::kLatency);
+    CHECK(t.policy_after() == SCHED_IDLE);
+    CHECK(rings.stalls() == 0);
+  }
+  SECTION("ReleaseAll: for good") {
+    rings.ReleaseAll();
+    CHECK(sched_getscheduler(t.tid()) == SCHED_OTHER);
+    t.Handle(Kind::kLatency);
+    CHECK(t.policy_after() == SCHED_OTHER);
+  }
 }

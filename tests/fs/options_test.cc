@@ -50,15 +50,22 @@ TEST_CASE("options: vssfs options in both spellings", "[fs][options]") {
   CHECK_FALSE(r.value().clone_fd);
   CHECK(r.value().io_uring);  // default: used when the kernel offers it
   CHECK(r.value().uring_threads == 2);
-  CHECK(r.value().uring_sched_idle);
+  CHECK(r.value().sched_idle);
+  CHECK(r.value().cpu_pickup);
   CHECK(r.value().flush_behind);
   auto u =
       Parse({"-o", "no_io_uring,uring_threads=5,no_uring_sched_idle,no_flush_behind", "b", "m"});
   REQUIRE(u.ok());
   CHECK_FALSE(u.value().io_uring);
   CHECK(u.value().uring_threads == 5);
-  CHECK_FALSE(u.value().uring_sched_idle);
+  CHECK_FALSE(u.value().sched_idle);  // the older name
   CHECK_FALSE(u.value().flush_behind);
+  auto p = Parse({"-o", "no_cpu_pickup,no_sched_idle", "b", "m"});
+  REQUIRE(p.ok());
+  CHECK_FALSE(p.value().cpu_pickup);
+  CHECK_FALSE(p.value().sched_idle);
+  CHECK(Parse({"-o", "no_sched_idle,sched_idle", "b", "m"}).value().sched_idle);
+  CHECK_FALSE(Parse({"-o", "cpu_pickup=1", "b", "m"}).ok());
   CHECK(Parse({"b", "m"}).value().max_inodes == 0);
   CHECK(Parse({"b", "m", "-o", "max_inodes=5000"}).value().max_inodes == 5000);
   using vssfs::fs::InodeRelease;

@@ -48,9 +48,15 @@ struct Options {
   // (-o no_io_uring to turn off), with this many threads per CPU queue.
   bool io_uring = true;
   unsigned uring_threads = 2;
-  // Ring threads answer metadata requests as SCHED_IDLE, so that the woken
-  // sender stays on its CPU (-o no_uring_sched_idle to turn off).
-  bool uring_sched_idle = true;
+  // io_uring ring threads and /dev/fuse pollers (cpu_pickup) answer
+  // metadata requests as SCHED_IDLE, so that the woken sender stays on its
+  // CPU (-o no_sched_idle, or its older name no_uring_sched_idle, to turn
+  // off).
+  bool sched_idle = true;
+  // /dev/fuse workers take each request on the CPU that sent it (one worker
+  // per CPU waits in poll(2) pinned there; needs clone_fd; -o no_cpu_pickup
+  // to turn off).
+  bool cpu_pickup = true;
 
   // Kernel cache lifetimes in seconds (-o timeout=, -o negative_timeout=).
   // All changes to the live tree are expected to go through the mount.

@@ -1,0 +1,349 @@
+#include "cpu_pickup.h"
+
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "log.h"
+
+namespace vssfs::fs {
+namespace {
+
+// The calling thread's role, for the CpuPickup it last read through (unit
+// tests make several in turn).
+struct ThreadState {
+  const void* owner = nullptr;
+  int index = -1;                   // the slot whose CPU this thread is pinned to, or -1
+  int nonblock_fd = -1;             // the descriptor this thread made non-blocking
+  IdleRings::Slot* idle = nullptr;  // its IdleRings registration, if any
+  bool open = false;                // a request read and not replied to
+  uint64_t open_unique = 0;
+  IdleRings::Kind open_kind = IdleRings::Kind::kNeutral;
+};
+thread_local ThreadState t_state;
+
+bool PinTo(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return sched_setaffinity(0, sizeof set, &set) == 0;
+}
+
+// Sets O_NONBLOCK on `fd` unless the thread did already.
+void MakeNonblocking(int fd) {
+  if (t_state.nonblock_fd == fd) return;
+  const int flags = fcntl(fd, F_GETFL);
+  // On failure the read that follows reports the descriptor's error.
+  if (flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0) t_state.nonblock_fd = fd;
+}
+
+// Drains an eventfd (non-blocking).
+void Drain(int fd) {
+  uint64_t v;
+  while (::read(fd, &v, sizeof v) == sizeof v) {
+  }
+}
+
+// Sets a slot back to empty unless released: a poller cancelled in poll(2)
+// (end of the session) or failing its read gives its slot up.
+class SlotGuard {
+ public:
+  SlotGuard(std::atomic<int>* state, int empty) : state_(state), empty_(empty) {}
+  ~SlotGuard() {
+    if (state_ != nullptr) state_->store(empty_);
+  }
+  SlotGuard(const SlotGuard&) = delete;
+  SlotGuard& operator=(const SlotGuard&) = delete;
+  void Release() { state_ = nullptr; }
+
+ private:
+  std::atomic<int>* state_;
+  int empty_;
+};
+
+// Counts a spare while it waits (cancellation included).
+class SpareCount {
+ public:
+  explicit SpareCount(std::atomic<int>* n) : n_(n) { n_->fetch_add(1); }
+  ~SpareCount() { n_->fetch_sub(1); }
+  SpareCount(const SpareCount&) = delete;
+  SpareCount& operator=(const SpareCount&) = delete;
+
+ private:
+  std::atomic<int>* n_;
+};
+
+}  // namespace
+
+std::unique_ptr<CpuPickup> CpuPickup::Create(int session_fd, bool sched_idle, std::string* why,
+                                             std::string* idle_why) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) {
+    *why = std::string("cannot read the CPU affinity: ") + strerror(errno);
+    return nullptr;
+  }
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  }
+  if (cpus.size() < 2) {
+    *why = "the process may run on one CPU only";
+    return nullptr;
+  }
+  cow_store::UniqueFd spare_fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE));
+  cow_store::UniqueFd wake_fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!spare_fd || !wake_fd) {
+    *why = std::string("eventfd: ") + strerror(errno);
+    return nullptr;
+  }
+  std::unique_ptr<IdleRings> idle;
+  cow_store::UniqueFd queue_fd;
+  if (sched_idle && IdleRings::Available(idle_why)) {
+    queue_fd.reset(fcntl(session_fd, F_DUPFD_CLOEXEC, 0));
+    if (!queue_fd) {
+      *why = std::string("cannot duplicate the /dev/fuse descriptor: ") + strerror(errno);
+      return nullptr;
+    }
+    idle = std::make_unique<IdleRings>();
+  }
+  std::unique_ptr<CpuPickup> p(new CpuPickup(cpus, std::move(spare_fd), std::move(wake_fd),
+                                             std::move(queue_fd), std::move(idle)));
+  return p;
+}
+
+void CpuPickup::StartWatchdog() {
+  if (!idle_) return;
+  try {
+    watchdog_ = std::thread([this] { Watch(); });
+    watching_.store(true);
+  } catch (const std::exception& e) {
+    // Without the rescue SCHED_IDLE threads could starve: stay SCHED_OTHER.
+    LOG_WARN("/dev/fuse workers stay SCHED_OTHER: cannot start their watchdog thread: %s",
+             e.what());
+  }
+}
+
+CpuPickup::CpuPickup(const std::vector<int>& cpus, cow_store::UniqueFd spare_fd,
+                     cow_store::UniqueFd wake_fd, cow_store::UniqueFd queue_fd,
+                     std::unique_ptr<IdleRings> idle)
+    : spare_fd_(std::move(spare_fd)),
+      wake_fd_(std::move(wake_fd)),
+      queue_fd_(std::move(queue_fd)),
+      idle_(std::move(idle)) {
+  index_of_.assign(static_cast<size_t>(cpus.back()) + 1, -1);
+  for (int cpu : cpus) {
+    index_of_[static_cast<size_t>(cpu)] = static_cast<int>(slots_.size());
+    slots_.push_back(std::make_unique<Slot>());
+    slots_.back()->cpu = cpu;
+  }
+}
+
+CpuPickup::~CpuPickup() { Stop(); }
+
+void CpuPickup::Stop() {
+  if (stop_.exchange(true)) return;
+  const uint64_t one = 1;
+  if (watchdog_.joinable()) {
+    // A full eventfd counter cannot happen (one write per stop).
+    (void)!::write(wake_fd_.get(), &one, sizeof one);
+    watchdog_.join();
+  }
+  // The duplicate would keep the FUSE connection open: requests still
+  // queued (dirty pages a helper writes back through its clone of the
+  // mount) would wait for the daemon, and the daemon for them.
+  queue_fd_.reset();
+}
+
+void CpuPickup::Enter() {
+  if (t_state.owner != this) {
+    // Started by the first worker, not at Create(): the daemon may fork into
+    // the background in between, and threads do not survive fork().
+    std::call_once(start_once_, [this] { StartWatchdog(); });
+    t_state = ThreadState{};
+    t_state.owner = this;
+    if (watching_.load()) t_state.idle = idle_->Register();
+  }
+  if (t_state.open) {
+    // FORGET, BATCH_FORGET and INTERRUPT get no reply.
+    if (t_state.idle != nullptr) t_state.idle->Finished(t_state.open_kind);
+    t_state.open = false;
+  }
+}
+
+CpuPickup::Slot* CpuPickup::Claim() {
+  if (t_state.index >= 0) {
+    Slot& own = *slots_[static_cast<size_t>(t_state.index)];
+    for (int from : {kServing, kEmpty}) {
+      if (own.state.compare_exchange_strong(from, kPolling)) return &own;
+    }
+  }
+  // Look from the CPU the thread runs on, so that it moves only if that one
+  // has a poller already.
+  const int here = sched_getcpu();
+  size_t start = 0;
+  if (here >= 0 && static_cast<size_t>(here) < index_of_.size() && index_of_[here] >= 0) {
+    start = static_cast<size_t>(index_of_[here]);
+  }
+  for (size_t k = 0; k < slots_.size(); ++k) {
+    const size_t i = (start + k) % slots_.size();
+    if (static_cast<int>(i) == t_state.index) continue;
+    Slot& s = *slots_[i];
+    int from = s.state.load();
+    if ((from != kEmpty && from != kServing) || !s.state.compare_exchange_strong(from, kPolling)) {
+      continue;
+    }
+    if (!PinTo(s.cpu)) {
+      // Offline, or out of the cpuset now: nobody tries it again.
+      s.state.store(kDead);
+      continue;
+    }
+    t_state.index = static_cast<int>(i);
+    return &s;
+  }
+  return nullptr;
+}
+
+CpuPickup::Slot* CpuPickup::ClaimAsSpare() {
+  // Counted first, then a slot is looked for: a poller that takes a request
+  // stores kServing first, then looks at spares_ (KeepOnePolling), so one of
+  // the two sees the other (both sequentially consistent).
+  SpareCount counted(&spares_);
+  for (;;) {
+    if (Slot* s = Claim()) return s;
+    pollfd p{spare_fd_.get(), POLLIN, 0};
+    if (::poll(&p, 1, -1) < 0) {
+      // A signal (SIGTERM): libfuse checks whether the session ended.
+      if (errno == EINTR) return nullptr;
+      ::usleep(1000);  // Cannot wait (ENOMEM): try again shortly, not in a spin.
+      continue;
+    }
+    // A semaphore eventfd gives one count per read; another spare may have
+    // taken it (EAGAIN). Either way look for a slot again.
+    uint64_t one;
+    if (::read(spare_fd_.get(), &one, sizeof one) < 0 && errno != EAGAIN) ::usleep(1000);
+  }
+}
+
+void CpuPickup::KeepOnePolling() {
+  for (const auto& s : slots_) {
+    if (s->state.load() == kPolling) return;
+  }
+  if (spares_.load() == 0) return;  // libfuse starts a worker (see the header)
+  const uint64_t one = 1;
+  if (::write(spare_fd_.get(), &one, sizeof one) == sizeof one) {
+    spares_sent_.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+void CpuPickup::Took(const iovec* iov, ssize_t n) {
+  // Sequentially consistent, then asleep_ is read: see Watch().
+  taken_.fetch_add(1);
+  const int here = sched_getcpu();
+  if (here >= 0 && static_cast<size_t>(here) < index_of_.size() && index_of_[here] >= 0) {
+    slots_[static_cast<size_t>(index_of_[here])]->read.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (t_state.idle == nullptr || static_cast<size_t>(n) < sizeof(fuse_in_header) ||
+      iov[0].iov_len < sizeof(fuse_in_header)) {
+    return;
+  }
+  fuse_in_header in;
+  std::memcpy(&in, iov[0].iov_base, sizeof in);
+  t_state.open = true;
+  t_state.open_unique = in.unique;
+  t_state.open_kind = IdleRings::KindOf(in.opcode);
+  t_state.idle->Started(t_state.open_kind);
+  if (asleep_.load() && asleep_.exchange(false)) {
+    const uint64_t one = 1;
+    (void)!::write(wake_fd_.get(), &one, sizeof one);
+  }
+}
+
+void CpuPickup::BeforeReply(uint64_t unique) {
+  if (t_state.owner != this || !t_state.open || t_state.open_unique != unique) return;
+  t_state.open = false;
+  if (t_state.idle != nullptr) t_state.idle->Finished(t_state.open_kind);
+}
+
+ssize_t CpuPickup::Read(int fd, const iovec* iov, int count) {
+  Enter();
+  Slot* slot = Claim();
+  if (slot == nullptr) slot = ClaimAsSpare();
+  if (slot == nullptr) {
+    errno = EINTR;
+    return -1;
+  }
+  SlotGuard guard(&slot->state, kEmpty);
+  MakeNonblocking(fd);
+  ssize_t n;
+  for (;;) {
+    n = ::readv(fd, iov, count);
+    if (n >= 0 || errno != EAGAIN) break;
+    pollfd p{fd, POLLIN, 0};
+    // EINTR (a signal: libfuse checks whether the session ended) is
+    // returned like the other errors.
+    if (::poll(&p, 1, -1) < 0) {
+      n = -1;
+      break;
+    }
+  }
+  if (n <= 0) return n;  // The guard gives the slot up.
+  guard.Release();
+  slot->state.store(kServing);
+  Took(iov, n);
+  KeepOnePolling();
+  return n;
+}
+
+void CpuPickup::Watch() {
+  uint64_t seen = taken_.load();
+  int quiet_ms = 0;
+  while (!stop_.load()) {
+    pollfd p{wake_fd_.get(), POLLIN, 0};
+    ::poll(&p, 1, kCheckMs);
+    Drain(wake_fd_.get());
+    if (stop_.load()) break;
+    // A poller starved between requests holds nothing up while others read
+    // requests, or while none is waiting: it is only rescued when requests
+    // wait and none was read since the previous check.
+    const uint64_t now = taken_.load();
+    pollfd q{queue_fd_.get(), POLLIN, 0};
+    const bool waiting = ::poll(&q, 1, 0) > 0;
+    bool watch = false;
+    idle_->Check(&watch, waiting && now == seen);
+    if (now != seen) {
+      seen = now;
+      quiet_ms = 0;
+      continue;
+    }
+    quiet_ms += kCheckMs;
+    if (watch || quiet_ms < kQuietMs) continue;
+    // Quiet: nobody is left SCHED_IDLE to starve, and the next request
+    // read wakes the watchdog. A reader bumps taken_ before it looks at
+    // asleep_, the watchdog sets asleep_ before it looks at taken_: one
+    // of them sees the other.
+    idle_->RaiseAll();
+    asleep_.store(true);
+    if (taken_.load() == seen && !stop_.load()) {
+      p = pollfd{wake_fd_.get(), POLLIN, 0};
+      ::poll(&p, 1, -1);
+      Drain(wake_fd_.get());
+    }
+    asleep_.store(false);
+    quiet_ms = 0;
+  }
+}
+
+std::vector<uint64_t> CpuPickup::ReadPerCpu() const {
+  std::vector<uint64_t> out(index_of_.size(), 0);
+  for (const auto& s : slots_) out[static_cast<size_t>(s->cpu)] = s->read.load();
+  return out;
+}
+
+}  // namespace vssfs::fs

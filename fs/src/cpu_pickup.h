@@ -1,0 +1,177 @@
+// CpuPickup: /dev/fuse worker threads take each request on the CPU that sent
+// it.
+//
+// The kernel keeps one queue of /dev/fuse requests per connection and hands
+// a new request to the worker that has waited longest in read(2). The
+// scheduler usually runs that worker on another CPU than the sender's (the
+// sender's is busy until the sender blocks for its reply), so every request
+// and every reply is a wake-up across CPUs; on a VM whose idle vCPUs halt,
+// each one waits for the host to resume a vCPU (docs/LIVE_PATH.md, "Where
+// metadata time goes").
+//
+// CpuPickup gives each CPU one "poller": an idle worker pinned to that CPU
+// that waits in poll(2) on its own descriptor rather than in read(2). The
+// kernel wakes every poll(2) waiter for a new request, and the poller of the
+// sender's CPU is woken there without an inter-processor wake-up: it runs as
+// soon as the sender blocks for its reply, and takes the request with a
+// non-blocking read(2). Pollers of other CPUs wake later and usually find
+// the queue empty. The reply then wakes the sender on the CPU it is on (FUSE
+// over io_uring gets the same from its per-CPU queues; channel.h). The price
+// is one wake-up per poller per request: at most one poller per CPU, and
+// never more than the worker threads (-o threads).
+//
+// SCHED_IDLE. With an IdleRings (idle_rings.h), pollers answer metadata
+// requests as SCHED_IDLE threads, so that the woken sender is not moved to
+// another CPU (in fio's create job this took creates from about 4,500 to
+// 6,000 per second, and unlinks from 4,000 to 5,600). A watchdog thread calls
+// IdleRings::Check every kCheckMs to rescue starved threads; after kQuietMs
+// without a request it makes every thread SCHED_OTHER and sleeps until the
+// next request is read.
+//
+// Spares. Idle workers beyond one per CPU wait on an eventfd, not on
+// /dev/fuse (a read(2) waiter is woken for every request too, which cost a
+// fifth of a stat's time here). A poller that takes a request leaves its
+// slot "serving" and takes it back when it returns. If no slot has a poller
+// waiting after that, it sends a spare, which claims a serving slot (pinning
+// itself to that CPU) and polls: a worker waits for the next request whenever
+// any is left (-o threads), as with plain read(2) workers, so a handler that
+// waits for another request (a notification that makes the kernel write
+// dirty pages back) cannot stall the daemon. With no spare left, libfuse
+// starts another worker, since none is then waiting in its receive call.
+//
+// Requirements: each worker reads from a descriptor of its own
+// (-o clone_fd, the default), because a poller makes its descriptor
+// non-blocking. The caller gives workers that read the session's shared
+// descriptor plain blocking reads instead.
+//
+// Thread-safety: Read() and BeforeReply() are called concurrently by the
+// worker threads; a worker's role, CPU and open request are thread-local;
+// the slots and counters are atomics, sequentially consistent where two
+// threads must see each other (a poller and a spare, a reader and the
+// sleeping watchdog; see the .cc). No locks of its own (IdleRings has one).
+#ifndef VSSFS_FS_SRC_CPU_PICKUP_H_
+#define VSSFS_FS_SRC_CPU_PICKUP_H_
+
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "idle_rings.h"
+#include "vssfs/cow_store/unique_fd.h"
+
+namespace vssfs::fs {
+
+class CpuPickup {
+ public:
+  // Watchdog interval while requests come (SCHED_IDLE only).
+  static constexpr int kCheckMs = 2;
+  // No request for this long: every thread SCHED_OTHER, the watchdog sleeps.
+  static constexpr int kQuietMs = 200;
+
+  // One poller slot per CPU in the process's affinity mask at the time of
+  // the call; `sched_idle`: whether pollers answer metadata requests as
+  // SCHED_IDLE (off if IdleRings::Available says no; *idle_why then says
+  // why). Returns nullptr, with *why set, when that mask has fewer than two
+  // CPUs (nothing to gain) or an eventfd or the watchdog cannot be made.
+  // `session_fd`: the session's /dev/fuse descriptor (duplicated, to see
+  // whether requests wait).
+  static std::unique_ptr<CpuPickup> Create(int session_fd, bool sched_idle, std::string* why,
+                                           std::string* idle_why);
+
+  ~CpuPickup();  // Stop()
+  CpuPickup(const CpuPickup&) = delete;
+  CpuPickup& operator=(const CpuPickup&) = delete;
+
+  // Stops the watchdog (after the workers are gone). Idempotent.
+  void Stop();
+
+  // Reads the next request from `fd` into `iov` as readv(2) would, as this
+  // CPU's poller, or as a spare until a slot needs a poller. `fd` must be the
+  // calling thread's own descriptor (see above); the call may pin the thread
+  // to a CPU, change its scheduling policy, and set `fd`'s O_NONBLOCK flag.
+  // iov[0] must hold at least the request's header. Returns the byte count,
+  // or -1 with errno set (EINTR, ENODEV once unmounted, ...), never EAGAIN.
+  // A cancellation point (libfuse cancels idle workers at the end).
+  ssize_t Read(int fd, const iovec* iov, int count);
+
+  // Called on a worker thread before it writes the reply with FUSE unique
+  // `unique`: a metadata request's reply is written as SCHED_IDLE.
+  void BeforeReply(uint64_t unique);
+
+  // CPUs with a poller slot.
+  size_t cpus() const { return slots_.size(); }
+  // Whether pollers use SCHED_IDLE (if their watchdog thread starts, at the
+  // first Read()).
+  bool sched_idle() const { return idle_ != nullptr; }
+  // Requests read on each CPU so far (by sched_getcpu() right after the
+  // read; index = CPU number, sized to the highest CPU with a slot + 1).
+  std::vector<uint64_t> ReadPerCpu() const;
+  // Requests read so far.
+  uint64_t taken() const { return taken_.load(std::memory_order_relaxed); }
+  // Times a poller sent a spare (no other poller was waiting).
+  uint64_t spares_sent() const { return spares_sent_.load(std::memory_order_relaxed); }
+  // Threads the watchdog found starved as SCHED_IDLE.
+  uint64_t stalls() const { return idle_ ? idle_->stalls() : 0; }
+
+ private:
+  enum State : int {
+    kEmpty = 0,    // no poller: claimable
+    kPolling = 1,  // a poller waits for a request
+    kServing = 2,  // its poller is handling a request: claimable
+    kDead = 3,     // the CPU cannot be pinned to (offline, out of the cpuset)
+  };
+  struct Slot {
+    int cpu = 0;
+    std::atomic<int> state{kEmpty};
+    std::atomic<uint64_t> read{0};  // requests read while running on this CPU
+  };
+
+  CpuPickup(const std::vector<int>& cpus, cow_store::UniqueFd spare_fd, cow_store::UniqueFd wake_fd,
+            cow_store::UniqueFd queue_fd, std::unique_ptr<IdleRings> idle);
+
+  // Makes the calling thread a slot's poller (pinned to its CPU), preferring
+  // its own slot, then the CPU it runs on. nullptr when none is claimable.
+  Slot* Claim();
+  // Waits as a spare until a slot can be claimed; returns it, or nullptr
+  // when a signal interrupts the wait.
+  Slot* ClaimAsSpare();
+  // Starts the watchdog (with SCHED_IDLE only); on failure the threads stay
+  // SCHED_OTHER.
+  void StartWatchdog();
+  // After a poller took a request: sends a spare if no slot has a poller
+  // waiting.
+  void KeepOnePolling();
+  // Books a request read by the calling thread (counters, SCHED_IDLE state,
+  // the sleeping watchdog).
+  void Took(const iovec* iov, ssize_t n);
+  // Registers the calling thread on its first call; closes the books on a
+  // request that got no reply (FORGET).
+  void Enter();
+  void Watch();
+
+  std::vector<std::unique_ptr<Slot>> slots_;
+  std::vector<int> index_of_;        // CPU number -> index in slots_, or -1
+  cow_store::UniqueFd spare_fd_;     // eventfd (semaphore): one count per spare sent
+  cow_store::UniqueFd wake_fd_;      // eventfd: wakes the watchdog
+  cow_store::UniqueFd queue_fd_;     // /dev/fuse (a duplicate), polled by the watchdog
+  std::unique_ptr<IdleRings> idle_;  // null: no SCHED_IDLE
+  std::atomic<int> spares_{0};       // workers waiting as spares
+  std::atomic<bool> asleep_{false};  // the watchdog waits for wake_fd_ only
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> taken_{0};
+  std::atomic<uint64_t> spares_sent_{0};
+  std::once_flag start_once_;
+  std::atomic<bool> watching_{false};  // the watchdog runs: threads may go SCHED_IDLE
+  std::thread watchdog_;               // only with SCHED_IDLE
+};
+
+}  // namespace vssfs::fs
+
+#endif  // VSSFS_FS_SRC_CPU_PICKUP_H_

@@ -1,0 +1,259 @@
+// Unit tests of CpuPickup (fs/src/cpu_pickup.h): /dev/fuse workers that take
+// each request on the CPU that sent it. A pipe stands in for /dev/fuse: every
+// worker reads it through a descriptor of its own (reopened through
+// /proc/self/fd, as clone_fd gives each libfuse worker its own), requests are
+// fuse_in_header records (one per read), and, as with /dev/fuse, a new
+// record wakes every poll(2) waiter. Workers are raw pthreads because idle
+// ones end as libfuse's do: cancelled. (Where a request is read is not
+// tested here: a pipe wakes its reader synchronously, so the scheduler puts
+// a plain read(2) waiter on the writer's CPU too, which /dev/fuse does not;
+// tools/bench --latency shows the effect on a mount.)
+#include "cpu_pickup.h"
+
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <pthread.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "vssfs/cow_store/unique_fd.h"
+
+namespace {
+
+using vssfs::cow_store::UniqueFd;
+using vssfs::fs::CpuPickup;
+
+// The request queue: a pipe of fuse_in_header records.
+class Queue {
+ public:
+  Queue() {
+    int fds[2];
+    REQUIRE(pipe2(fds, O_CLOEXEC) == 0);
+    read_.reset(fds[0]);
+    write_.reset(fds[1]);
+  }
+  // A new descriptor of the read end, with its own file status flags.
+  UniqueFd OpenReader() const {
+    const std::string path = "/proc/self/fd/" + std::to_string(read_.get());
+    UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    REQUIRE(fd);
+    return fd;
+  }
+  void Send(uint64_t unique) {
+    fuse_in_header in{};
+    in.len = sizeof in;
+    in.opcode = FUSE_GETATTR;
+    in.unique = unique;
+    REQUIRE(write(write_.get(), &in, sizeof in) == static_cast<ssize_t>(sizeof in));
+  }
+  // Readers then get end of file.
+  void Close() { write_.reset(); }
+
+ private:
+  UniqueFd read_;
+  UniqueFd write_;
+};
+
+// A worker thread: reads requests through `pickup` and hands each to
+// `handle` (on the worker's thread) until its read fails or ends, or it is
+// cancelled.
+class Worker {
+ public:
+  using Handler = std::function<void(uint64_t unique)>;
+  Worker(CpuPickup& pickup, const Queue& queue, Handler handle)
+      : pickup_(pickup), fd_(queue.OpenReader()), handle_(std::move(handle)) {
+    REQUIRE(pthread_create(&thread_, nullptr, &Worker::Run, this) == 0);
+  }
+  ~Worker() { Cancel(); }
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Cancels the thread (if it still runs) and joins it.
+  void Cancel() {
+    if (joined_) return;
+    if (!ended_.load()) pthread_cancel(thread_);
+    pthread_join(thread_, nullptr);
+    joined_ = true;
+  }
+  // Joins a thread that ends by itself; false if it does not within `limit`.
+  bool JoinWithin(std::chrono::milliseconds limit) {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (!ended_.load() && std::chrono::steady_clock::now() < end) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (!ended_.load()) return false;
+    Cancel();
+    return true;
+  }
+  // The CPU the thread is pinned to, or -1 if it may run on several.
+  int PinnedCpu() const {
+    cpu_set_t set;
+    if (pthread_getaffinity_np(thread_, sizeof set, &set) != 0 || CPU_COUNT(&set) != 1) return -1;
+    for (int c = 0; c < CPU_SETSIZE; ++c) {
+      if (CPU_ISSET(c, &set)) return c;
+    }
+    return -1;
+  }
+  // CPUs the thread was pinned to when it read each request: 1 if always
+  // pinned to one.
+  int max_cpus_when_reading() const { return max_cpus_.load(); }
+  uint64_t handled() const { return handled_.load(); }
+
+ private:
+  static void* Run(void* arg) {
+    static_cast<Worker*>(arg)->Loop();
+    return nullptr;
+  }
+  void Loop() {
+    fuse_in_header in;
+    for (;;) {
+      iovec iov{&in, sizeof in};
+      const ssize_t n = pickup_.Read(fd_.get(), &iov, 1);
+      if (n <= 0) break;
+      cpu_set_t set;
+      if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > max_cpus_.load()) {
+        max_cpus_ = CPU_COUNT(&set);
+      }
+      handle_(in.unique);
+      pickup_.BeforeReply(in.unique);
+      ++handled_;
+    }
+    ended_ = true;
+  }
+
+  CpuPickup& pickup_;
+  UniqueFd fd_;
+  Handler handle_;
+  pthread_t thread_{};
+  bool joined_ = false;
+  std::atomic<bool> ended_{false};
+  std::atomic<int> max_cpus_{0};
+  std::atomic<uint64_t> handled_{0};
+};
+
+std::unique_ptr<CpuPickup> MakePickup(const Queue& queue, bool sched_idle) {
+  std::string why;
+  std::string idle_why;
+  UniqueFd fd = queue.OpenReader();
+  auto pickup = CpuPickup::Create(fd.get(), sched_idle, &why, &idle_why);
+  if (!pickup) WARN("CpuPickup not available here: " << why);
+  return pickup;
+}
+
+}  // namespace
+
+TEST_CASE("CpuPickup: every request is read once, by workers pinned to one CPU",
+          "[fs][cpu_pickup]") {
+  Queue queue;
+  auto pickup = MakePickup(queue, GENERATE(false, true));
+  if (!pickup) return;
+  constexpr uint64_t kRequests = 20000;
+  std::vector<std::atomic<int>> seen(kRequests + 1);
+  const size_t nworkers = pickup->cpus() + 2;  // pollers and spares
+  std::vector<std::unique_ptr<Worker>> workers;
+  for (size_t i = 0; i < nworkers; ++i) {
+    workers.push_back(std::make_unique<Worker>(*pickup, queue, [&seen](uint64_t unique) {
+      if (unique <= kRequests) seen[unique].fetch_add(1);
+    }));
+  }
+  // Each CPU gets one poller, pinned there; the others wait unpinned.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::vector<int> pinned;
+  for (auto& w : workers) {
+    if (w->PinnedCpu() >= 0) pinned.push_back(w->PinnedCpu());
+  }
+  std::sort(pinned.begin(), pinned.end());
+  CHECK(pinned.size() == pickup->cpus());
+  CHECK(std::adjacent_find(pinned.begin(), pinned.end()) == pinned.end());
+  for (uint64_t u = 1; u <= kRequests; ++u) {
+    queue.Send(u);
+    if (u % 64 == 0) std::this_thread::yield();  // bursts and pauses
+  }
+  // Wait until all are read, then end the pollers (end of file) and cancel
+  // the spares, as libfuse does.
+  const auto start = std::chrono::steady_clock::now();
+  while (pickup->taken() < kRequests &&
+         std::chrono::steady_clock::now() - start < std::chrono::seconds(30)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  queue.Close();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  for (auto& w : workers) w->Cancel();
+  CHECK(pickup->taken() == kRequests);
+  int missing = 0;
+  int twice = 0;
+  for (uint64_t u = 1; u <= kRequests; ++u) {
+    if (seen[u].load() == 0) ++missing;
+    if (seen[u].load() > 1) ++twice;
+  }
+  CHECK(missing == 0);
+  CHECK(twice == 0);
+  uint64_t per_cpu = 0;
+  for (uint64_t n : pickup->ReadPerCpu()) per_cpu += n;
+  CHECK(per_cpu == kRequests);
+  for (auto& w : workers) {
+    if (w->handled() > 0) CHECK(w->max_cpus_when_reading() == 1);
+  }
+  pickup->Stop();
+}
+
+TEST_CASE("CpuPickup: workers blocked in requests get a spare that takes the next one",
+          "[fs][cpu_pickup]") {
+  Queue queue;
+  auto pickup = MakePickup(queue, false);
+  if (!pickup) return;
+  // Every poller takes a request that waits until the last one is handled
+  // (as a handler whose notification makes the kernel send a request waits
+  // for it); only a spare can take that one.
+  const uint64_t blocked = pickup->cpus();
+  const uint64_t last = blocked + 1;
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool last_done = false;
+  std::atomic<int> timed_out{0};
+  std::atomic<uint64_t> waiting{0};
+  auto handle = [&](uint64_t unique) {
+    std::unique_lock lock(mutex);
+    if (unique == last) {
+      last_done = true;
+      cv.notify_all();
+      return;
+    }
+    ++waiting;
+    if (!cv.wait_for(lock, std::chrono::seconds(5), [&] { return last_done; })) ++timed_out;
+  };
+  std::vector<std::unique_ptr<Worker>> workers;
+  for (uint64_t i = 0; i < blocked + 1; ++i) {
+    workers.push_back(std::make_unique<Worker>(*pickup, queue, handle));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // all waiting
+  for (uint64_t u = 1; u <= blocked; ++u) queue.Send(u);
+  const auto start = std::chrono::steady_clock::now();
+  while (waiting.load() < blocked &&
+         std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  REQUIRE(waiting.load() == blocked);
+  queue.Send(last);
+  {
+    std::unique_lock lock(mutex);
+    CHECK(cv.wait_for(lock, std::chrono::seconds(5), [&] { return last_done; }));
+  }
+  CHECK(timed_out.load() == 0);
+  CHECK(pickup->spares_sent() >= 1);
+  queue.Close();
+  for (auto& w : workers) w->Cancel();
+  pickup->Stop();
+}
