@@ -751,6 +751,7 @@ ssize_t WritevHook(int fd, iovec* iov, int count, void*) {
     }
   }
   ssize_t n = ::writev(fd, iov, count);
+  if (g_pickup) g_pickup->AfterReply();
   // The kernel has processed INIT when the write returns: the entries may
   // be registered now.
   if (uring && n >= 0) StartUring(std::move(uring));

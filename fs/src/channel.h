@@ -47,9 +47,9 @@ namespace vssfs::fs {
 int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned uring_threads,
                    bool uring_sched_idle, bool cpu_pickup);
 
-// Stops CpuPickup's watchdog, makes its threads SCHED_OTHER and logs (at
-// debug level) on which CPUs /dev/fuse requests were read. After the session
-// loop.
+// Stops CpuPickup's watchdog and logs (at debug level) on which CPUs
+// /dev/fuse requests were read. After the session loop (the workers are
+// gone).
 void StopCpuPickup();
 
 // During INIT: whether vssfs will accept FUSE over io_uring (asked for, and

@@ -21,26 +21,37 @@ struct ThreadState {
   const void* owner = nullptr;
   int index = -1;                   // the slot whose CPU this thread is pinned to, or -1
   int nonblock_fd = -1;             // the descriptor this thread made non-blocking
+  IdleRings* rings = nullptr;       // the owner's, while the thread is registered
   IdleRings::Slot* idle = nullptr;  // its IdleRings registration, if any
   bool open = false;                // a request read and not replied to
+  bool replying = false;            // its reply is being written
   uint64_t open_unique = 0;
   IdleRings::Kind open_kind = IdleRings::Kind::kNeutral;
+
+  // A worker that ends (cancelled at the end of the session) leaves
+  // IdleRings, which must not raise its thread id later. The owner outlives
+  // its workers (libfuse joins them before the session ends).
+  ~ThreadState() {
+    if (rings != nullptr) rings->Unregister(idle);
+  }
 };
 thread_local ThreadState t_state;
 
-bool PinTo(int cpu) {
+bool PinTo(const std::vector<int>& cpus) {
   cpu_set_t set;
   CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
+  for (int cpu : cpus) CPU_SET(cpu, &set);
   return sched_setaffinity(0, sizeof set, &set) == 0;
 }
 
-// Sets O_NONBLOCK on `fd` unless the thread did already.
-void MakeNonblocking(int fd) {
-  if (t_state.nonblock_fd == fd) return;
+// Sets or clears O_NONBLOCK on `fd` unless the thread did already.
+void SetNonblocking(int fd, bool on) {
+  if ((t_state.nonblock_fd == fd) == on) return;
   const int flags = fcntl(fd, F_GETFL);
   // On failure the read that follows reports the descriptor's error.
-  if (flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0) t_state.nonblock_fd = fd;
+  if (flags >= 0 && fcntl(fd, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK) == 0) {
+    t_state.nonblock_fd = on ? fd : -1;
+  }
 }
 
 // Drains an eventfd (non-blocking).
@@ -113,9 +124,8 @@ std::unique_ptr<CpuPickup> CpuPickup::Create(int session_fd, bool sched_idle, st
     }
     idle = std::make_unique<IdleRings>();
   }
-  std::unique_ptr<CpuPickup> p(new CpuPickup(cpus, std::move(spare_fd), std::move(wake_fd),
-                                             std::move(queue_fd), std::move(idle)));
-  return p;
+  return std::unique_ptr<CpuPickup>(new CpuPickup(cpus, std::move(spare_fd), std::move(wake_fd),
+                                                  std::move(queue_fd), std::move(idle)));
 }
 
 void CpuPickup::StartWatchdog() {
@@ -133,7 +143,9 @@ void CpuPickup::StartWatchdog() {
 CpuPickup::CpuPickup(const std::vector<int>& cpus, cow_store::UniqueFd spare_fd,
                      cow_store::UniqueFd wake_fd, cow_store::UniqueFd queue_fd,
                      std::unique_ptr<IdleRings> idle)
-    : spare_fd_(std::move(spare_fd)),
+    : all_(cpus),
+      alive_(static_cast<int>(cpus.size())),
+      spare_fd_(std::move(spare_fd)),
       wake_fd_(std::move(wake_fd)),
       queue_fd_(std::move(queue_fd)),
       idle_(std::move(idle)) {
@@ -166,15 +178,27 @@ void CpuPickup::Enter() {
     // Started by the first worker, not at Create(): the daemon may fork into
     // the background in between, and threads do not survive fork().
     std::call_once(start_once_, [this] { StartWatchdog(); });
-    t_state = ThreadState{};
+    // (A thread that read through another CpuPickup before, in tests,
+    // stays registered there.)
     t_state.owner = this;
-    if (watching_.load()) t_state.idle = idle_->Register();
-  }
-  if (t_state.open) {
-    // FORGET, BATCH_FORGET and INTERRUPT get no reply.
-    if (t_state.idle != nullptr) t_state.idle->Finished(t_state.open_kind);
+    t_state.index = -1;
+    t_state.nonblock_fd = -1;
     t_state.open = false;
+    t_state.replying = false;
+    t_state.rings = nullptr;
+    t_state.idle = nullptr;
+    if (watching_.load()) {
+      t_state.idle = idle_->Register();
+      if (t_state.idle != nullptr) t_state.rings = idle_.get();
+    }
   }
+  if (t_state.idle != nullptr && t_state.open) {
+    // FORGET, BATCH_FORGET and INTERRUPT get no reply.
+    t_state.idle->Finished(t_state.open_kind);
+  }
+  if (t_state.idle != nullptr && t_state.replying) t_state.idle->Replied();
+  t_state.open = false;
+  t_state.replying = false;
 }
 
 CpuPickup::Slot* CpuPickup::Claim() {
@@ -199,9 +223,14 @@ CpuPickup::Slot* CpuPickup::Claim() {
     if ((from != kEmpty && from != kServing) || !s.state.compare_exchange_strong(from, kPolling)) {
       continue;
     }
-    if (!PinTo(s.cpu)) {
-      // Offline, or out of the cpuset now: nobody tries it again.
+    if (!PinTo({s.cpu})) {
+      // Offline, or out of the cpuset now: nobody tries it again. When no
+      // slot is left, the spares are woken to read as plain workers.
       s.state.store(kDead);
+      if (alive_.fetch_sub(1) == 1) {
+        const uint64_t many = 1 << 20;
+        (void)!::write(spare_fd_.get(), &many, sizeof many);
+      }
       continue;
     }
     t_state.index = static_cast<int>(i);
@@ -210,17 +239,21 @@ CpuPickup::Slot* CpuPickup::Claim() {
   return nullptr;
 }
 
-CpuPickup::Slot* CpuPickup::ClaimAsSpare() {
+CpuPickup::Slot* CpuPickup::ClaimAsSpare(bool* interrupted) {
   // Counted first, then a slot is looked for: a poller that takes a request
   // stores kServing first, then looks at spares_ (KeepOnePolling), so one of
   // the two sees the other (both sequentially consistent).
   SpareCount counted(&spares_);
   for (;;) {
     if (Slot* s = Claim()) return s;
+    if (alive_.load() == 0) return nullptr;
     pollfd p{spare_fd_.get(), POLLIN, 0};
     if (::poll(&p, 1, -1) < 0) {
       // A signal (SIGTERM): libfuse checks whether the session ended.
-      if (errno == EINTR) return nullptr;
+      if (errno == EINTR) {
+        *interrupted = true;
+        return nullptr;
+      }
       ::usleep(1000);  // Cannot wait (ENOMEM): try again shortly, not in a spin.
       continue;
     }
@@ -235,7 +268,12 @@ void CpuPickup::KeepOnePolling() {
   for (const auto& s : slots_) {
     if (s->state.load() == kPolling) return;
   }
-  if (spares_.load() == 0) return;  // libfuse starts a worker (see the header)
+  if (spares_.load() == 0) {
+    // libfuse starts a worker from this thread (see the header), which
+    // inherits its policy: not SCHED_IDLE, which nobody would watch.
+    if (t_state.idle != nullptr) t_state.idle->Normal();
+    return;
+  }
   const uint64_t one = 1;
   if (::write(spare_fd_.get(), &one, sizeof one) == sizeof one) {
     spares_sent_.fetch_add(1, std::memory_order_relaxed);
@@ -268,32 +306,73 @@ void CpuPickup::Took(const iovec* iov, ssize_t n) {
 void CpuPickup::BeforeReply(uint64_t unique) {
   if (t_state.owner != this || !t_state.open || t_state.open_unique != unique) return;
   t_state.open = false;
-  if (t_state.idle != nullptr) t_state.idle->Finished(t_state.open_kind);
+  if (t_state.idle == nullptr) return;
+  t_state.idle->Finished(t_state.open_kind, /*replying=*/true);
+  t_state.replying = true;
+}
+
+void CpuPickup::AfterReply() {
+  if (t_state.owner != this || !t_state.replying) return;
+  t_state.replying = false;
+  if (t_state.idle != nullptr) t_state.idle->Replied();
+}
+
+ssize_t CpuPickup::ReadPlain(int fd, const iovec* iov, int count) {
+  if (t_state.index >= 0) {
+    PinTo(all_);
+    t_state.index = -1;
+  }
+  if (t_state.idle != nullptr) t_state.idle->Normal();
+  SetNonblocking(fd, false);
+  const ssize_t n = ::readv(fd, iov, count);
+  if (n > 0) Took(iov, n);
+  return n;
 }
 
 ssize_t CpuPickup::Read(int fd, const iovec* iov, int count) {
   Enter();
   Slot* slot = Claim();
-  if (slot == nullptr) slot = ClaimAsSpare();
   if (slot == nullptr) {
-    errno = EINTR;
-    return -1;
+    bool interrupted = false;
+    slot = ClaimAsSpare(&interrupted);
+    if (interrupted) {
+      errno = EINTR;
+      return -1;
+    }
+    if (slot == nullptr) return ReadPlain(fd, iov, count);  // no CPU left to pin to
   }
   SlotGuard guard(&slot->state, kEmpty);
-  MakeNonblocking(fd);
+  SetNonblocking(fd, true);
   ssize_t n;
   for (;;) {
     n = ::readv(fd, iov, count);
     if (n >= 0 || errno != EAGAIN) break;
     pollfd p{fd, POLLIN, 0};
-    // EINTR (a signal: libfuse checks whether the session ended) is
-    // returned like the other errors.
     if (::poll(&p, 1, -1) < 0) {
-      n = -1;
-      break;
+      // A signal (SIGTERM): returned, so that libfuse checks whether the
+      // session ended. Anything else (ENOMEM): wait a little, try again.
+      if (errno == EINTR) {
+        n = -1;
+        break;
+      }
+      ::usleep(1000);
     }
   }
   if (n <= 0) return n;  // The guard gives the slot up.
+  fuse_in_header in{};
+  if (static_cast<size_t>(n) >= sizeof in && iov[0].iov_len >= sizeof in) {
+    std::memcpy(&in, iov[0].iov_base, sizeof in);
+  }
+  if (in.opcode == FUSE_INIT) {
+    // The threads vssfs starts while it handles INIT (the inode pruner,
+    // io_uring's) inherit this one's CPU and policy: neither pinned nor
+    // SCHED_IDLE, then. It gives its slot up and serves INIT unpinned.
+    PinTo(all_);
+    t_state.index = -1;
+    if (t_state.idle != nullptr) t_state.idle->Normal();
+    taken_.fetch_add(1);
+    return n;  // The guard gives the slot up.
+  }
   guard.Release();
   slot->state.store(kServing);
   Took(iov, n);
@@ -302,6 +381,10 @@ ssize_t CpuPickup::Read(int fd, const iovec* iov, int count) {
 }
 
 void CpuPickup::Watch() {
+  // Started from a worker: neither its pin nor its policy.
+  PinTo(all_);
+  sched_param param{};
+  sched_setscheduler(0, SCHED_OTHER, &param);
   uint64_t seen = taken_.load();
   int quiet_ms = 0;
   while (!stop_.load()) {
@@ -309,14 +392,16 @@ void CpuPickup::Watch() {
     ::poll(&p, 1, kCheckMs);
     Drain(wake_fd_.get());
     if (stop_.load()) break;
-    // A poller starved between requests holds nothing up while others read
-    // requests, or while none is waiting: it is only rescued when requests
-    // wait and none was read since the previous check.
+    // A poller starved between requests usually holds nothing up (woken
+    // for a request another one took): it is rescued at once only when
+    // requests wait and none was read since the previous check, else after
+    // kSlowTicks (it may have been preempted between reading a request and
+    // saying so).
     const uint64_t now = taken_.load();
     pollfd q{queue_fd_.get(), POLLIN, 0};
     const bool waiting = ::poll(&q, 1, 0) > 0;
     bool watch = false;
-    idle_->Check(&watch, waiting && now == seen);
+    idle_->Check(&watch, waiting && now == seen ? 2 : kSlowTicks);
     if (now != seen) {
       seen = now;
       quiet_ms = 0;

@@ -74,6 +74,9 @@ class CpuPickup {
   static constexpr int kCheckMs = 2;
   // No request for this long: every thread SCHED_OTHER, the watchdog sleeps.
   static constexpr int kQuietMs = 200;
+  // Checks in a row a SCHED_IDLE worker may stay runnable outside a request
+  // while requests are being read (or none waits) before it is rescued.
+  static constexpr int kSlowTicks = 25;
 
   // One poller slot per CPU in the process's affinity mask at the time of
   // the call; `sched_idle`: whether pollers answer metadata requests as
@@ -102,8 +105,10 @@ class CpuPickup {
   ssize_t Read(int fd, const iovec* iov, int count);
 
   // Called on a worker thread before it writes the reply with FUSE unique
-  // `unique`: a metadata request's reply is written as SCHED_IDLE.
+  // `unique` (a metadata request's reply is written as SCHED_IDLE), and
+  // after the write.
   void BeforeReply(uint64_t unique);
+  void AfterReply();
 
   // CPUs with a poller slot.
   size_t cpus() const { return slots_.size(); }
@@ -115,6 +120,8 @@ class CpuPickup {
   std::vector<uint64_t> ReadPerCpu() const;
   // Requests read so far.
   uint64_t taken() const { return taken_.load(std::memory_order_relaxed); }
+  // Workers waiting as spares now.
+  int spares_waiting() const { return spares_.load(); }
   // Times a poller sent a spare (no other poller was waiting).
   uint64_t spares_sent() const { return spares_sent_.load(std::memory_order_relaxed); }
   // Threads the watchdog found starved as SCHED_IDLE.
@@ -140,8 +147,11 @@ class CpuPickup {
   // its own slot, then the CPU it runs on. nullptr when none is claimable.
   Slot* Claim();
   // Waits as a spare until a slot can be claimed; returns it, or nullptr
-  // when a signal interrupts the wait.
-  Slot* ClaimAsSpare();
+  // when a signal interrupts the wait (*interrupted set) or no slot is left
+  // (every CPU gone).
+  Slot* ClaimAsSpare(bool* interrupted);
+  // A plain blocking read, unpinned and SCHED_OTHER (no slot left).
+  ssize_t ReadPlain(int fd, const iovec* iov, int count);
   // Starts the watchdog (with SCHED_IDLE only); on failure the threads stay
   // SCHED_OTHER.
   void StartWatchdog();
@@ -158,6 +168,8 @@ class CpuPickup {
 
   std::vector<std::unique_ptr<Slot>> slots_;
   std::vector<int> index_of_;        // CPU number -> index in slots_, or -1
+  std::vector<int> all_;             // the CPUs at Create(), to unpin
+  std::atomic<int> alive_;           // slots not kDead
   cow_store::UniqueFd spare_fd_;     // eventfd (semaphore): one count per spare sent
   cow_store::UniqueFd wake_fd_;      // eventfd: wakes the watchdog
   cow_store::UniqueFd queue_fd_;     // /dev/fuse (a duplicate), polled by the watchdog

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string_view>
@@ -75,8 +76,19 @@ void IdleRings::Slot::Started(Kind kind) {
   }
 }
 
-void IdleRings::Slot::Finished(Kind kind) {
+void IdleRings::Slot::Replied() {
   busy_.store(false, std::memory_order_relaxed);
+  progress_.fetch_add(1, std::memory_order_relaxed);
+}
+
+void IdleRings::Slot::Normal() {
+  if (idle_.load(std::memory_order_relaxed) && SetPolicy(0, SCHED_OTHER) == 0) {
+    idle_.store(false, std::memory_order_relaxed);
+  }
+}
+
+void IdleRings::Slot::Finished(Kind kind, bool replying) {
+  busy_.store(replying, std::memory_order_relaxed);
   progress_.fetch_add(1, std::memory_order_relaxed);
   if (kind != Kind::kLatency || idle_.load(std::memory_order_relaxed)) return;
   uint64_t raised;
@@ -142,7 +154,7 @@ IdleRings::Slot* IdleRings::Register() {
   slot->idle_ = false;
   slot->normal_ = false;
   slot->checked_progress_ = slot->progress_.load();
-  slot->had_work_ = false;
+  slot->runs_ = 0;
   slot->in_use_ = true;
   return slot;
 }
@@ -159,14 +171,15 @@ void IdleRings::Unregister(Slot* slot) {
 void IdleRings::Raise(Slot& s) {
   s.raised_.fetch_add(1);
   s.idle_.store(false, std::memory_order_relaxed);
-  // Registered, hence alive: the tid is the thread's own.
-  if (int r = SetPolicy(s.tid_, SCHED_OTHER); r != 0) {
+  // Registered, hence alive or exiting now (ESRCH): the tid is the thread's
+  // own.
+  if (int r = SetPolicy(s.tid_, SCHED_OTHER); r != 0 && r != -ESRCH) {
     LOG_WARN("cannot make worker thread %d SCHED_OTHER: %s", static_cast<int>(s.tid_),
              strerror(-r));
   }
 }
 
-int IdleRings::Check(bool* watch, bool between_requests) {
+int IdleRings::Check(bool* watch, int between_ticks) {
   std::lock_guard lock(mutex_);
   *watch = false;
   int turned = 0;
@@ -178,16 +191,17 @@ int IdleRings::Check(bool* watch, bool between_requests) {
     // thread busy with a request but blocked (state D or S: a slow disk, a
     // lock) is not starved and keeps its policy.
     const uint64_t progress = s->progress_.load(std::memory_order_relaxed);
-    const bool still = s->idle_.load(std::memory_order_relaxed) && progress == s->checked_progress_;
     const bool busy = s->busy_.load(std::memory_order_relaxed);
-    const bool runnable = still && (busy || between_requests) && Runnable(s->stat_.get());
-    const bool stalled = runnable && s->had_work_;
+    const bool runnable = s->idle_.load(std::memory_order_relaxed) &&
+                          progress == s->checked_progress_ && Runnable(s->stat_.get());
+    s->runs_ = runnable ? s->runs_ + 1 : 0;
     s->checked_progress_ = progress;
-    s->had_work_ = runnable && !stalled;
-    if (!stalled && (runnable || (still && busy))) {
-      *watch = true;
-    }
+    const bool stalled = s->runs_ >= (busy ? 2 : std::max(between_ticks, 2));
+    // A busy thread of either policy keeps the caller watching: it may
+    // become SCHED_IDLE when it finishes.
+    if (!stalled && (runnable || busy)) *watch = true;
     if (!stalled) continue;
+    s->runs_ = 0;
     s->normal_ = true;
     s->normal_until_ms_ = NowMs() + kNormalMs;
     Raise(*s);

@@ -86,8 +86,17 @@ class IdleRings {
     void Started(Kind kind);
     // The thread handled its request (before committing the reply); a
     // latency request makes it SCHED_IDLE, unless it was found stalled less
-    // than kNormalMs ago or ReleaseAll() was called.
-    void Finished(Kind kind);
+    // than kNormalMs ago or ReleaseAll() was called. `replying`: the thread
+    // still counts as in a request until Replied() (a /dev/fuse worker
+    // writes its reply after this call; starved in between, it holds the
+    // reply up).
+    void Finished(Kind kind, bool replying = false);
+    // The reply announced by Finished(kind, true) is written.
+    void Replied();
+    // Makes the thread SCHED_OTHER now if it is SCHED_IDLE (it is about to
+    // start a thread, which would inherit the policy); its next latency
+    // request lowers it again.
+    void Normal();
 
    private:
     friend class IdleRings;
@@ -105,7 +114,7 @@ class IdleRings {
     bool normal_ = false;            // found stalled: SCHED_OTHER until... (mutex_)
     int64_t normal_until_ms_ = 0;    // ...this time (mutex_)
     uint64_t checked_progress_ = 0;  // progress_ at the previous Check (mutex_)
-    bool had_work_ = false;          // runnable, no progress at the previous Check (mutex_)
+    int runs_ = 0;                   // Checks in a row it was runnable, without progress (mutex_)
     bool in_use_ = false;            // (mutex_)
   };
 
@@ -130,12 +139,13 @@ class IdleRings {
 
   // Turns every SCHED_IDLE thread that was runnable at this call and the
   // previous one, and made no progress in between, back to SCHED_OTHER (for
-  // kNormalMs). `between_requests`: whether that counts for a thread outside
-  // a request too (a ring thread's request may be waiting for it; a /dev/fuse
-  // poller's only if requests are waiting that nobody takes). Returns how
-  // many; sets *watch to whether some SCHED_IDLE thread is busy or runnable
-  // now (call again soon).
-  int Check(bool* watch, bool between_requests = true);
+  // kNormalMs). `between_ticks`: how many calls in a row it takes for a
+  // thread outside a request (a ring thread's request may be waiting for it,
+  // so 2; a /dev/fuse poller woken for a request another one took holds
+  // nothing up, so its caller asks for more while requests are being read).
+  // Returns how many; sets *watch to whether some thread is busy, or some
+  // SCHED_IDLE thread runnable, now (call again soon).
+  int Check(bool* watch, int between_ticks = 2);
 
   // Makes every SCHED_IDLE thread SCHED_OTHER now; each may lower itself
   // again with its next latency request (used before the caller stops

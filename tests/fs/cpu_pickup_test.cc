@@ -14,6 +14,7 @@
 #include <linux/fuse.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -28,9 +29,12 @@
 #include <thread>
 #include <vector>
 
+#include "test_support.h"
 #include "vssfs/cow_store/unique_fd.h"
 
 namespace {
+
+using vssfs::testing::SpinCpu;
 
 using vssfs::cow_store::UniqueFd;
 using vssfs::fs::CpuPickup;
@@ -110,6 +114,7 @@ class Worker {
   // pinned to one.
   int max_cpus_when_reading() const { return max_cpus_.load(); }
   uint64_t handled() const { return handled_.load(); }
+  pid_t tid() const { return tid_.load(); }
 
  private:
   static void* Run(void* arg) {
@@ -117,6 +122,7 @@ class Worker {
     return nullptr;
   }
   void Loop() {
+    tid_ = static_cast<pid_t>(syscall(SYS_gettid));
     fuse_in_header in;
     for (;;) {
       iovec iov{&in, sizeof in};
@@ -141,6 +147,7 @@ class Worker {
   std::atomic<bool> ended_{false};
   std::atomic<int> max_cpus_{0};
   std::atomic<uint64_t> handled_{0};
+  std::atomic<pid_t> tid_{0};
 };
 
 std::unique_ptr<CpuPickup> MakePickup(const Queue& queue, bool sched_idle) {
@@ -169,11 +176,15 @@ TEST_CASE("CpuPickup: every request is read once, by workers pinned to one CPU",
     }));
   }
   // Each CPU gets one poller, pinned there; the others wait unpinned.
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
   std::vector<int> pinned;
-  for (auto& w : workers) {
-    if (w->PinnedCpu() >= 0) pinned.push_back(w->PinnedCpu());
-  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  do {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    pinned.clear();
+    for (auto& w : workers) {
+      if (w->PinnedCpu() >= 0) pinned.push_back(w->PinnedCpu());
+    }
+  } while (pinned.size() < pickup->cpus() && std::chrono::steady_clock::now() < deadline);
   std::sort(pinned.begin(), pinned.end());
   CHECK(pinned.size() == pickup->cpus());
   CHECK(std::adjacent_find(pinned.begin(), pinned.end()) == pinned.end());
@@ -238,7 +249,12 @@ TEST_CASE("CpuPickup: workers blocked in requests get a spare that takes the nex
   for (uint64_t i = 0; i < blocked + 1; ++i) {
     workers.push_back(std::make_unique<Worker>(*pickup, queue, handle));
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // all waiting
+  // All waiting: a poller per CPU and the spare.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (pickup->spares_waiting() < 1 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  REQUIRE(pickup->spares_waiting() == 1);
   for (uint64_t u = 1; u <= blocked; ++u) queue.Send(u);
   const auto start = std::chrono::steady_clock::now();
   while (waiting.load() < blocked &&
@@ -256,4 +272,75 @@ TEST_CASE("CpuPickup: workers blocked in requests get a spare that takes the nex
   queue.Close();
   for (auto& w : workers) w->Cancel();
   pickup->Stop();
+}
+
+TEST_CASE("CpuPickup: a SCHED_IDLE poller starved on a busy CPU is rescued", "[fs][cpu_pickup]") {
+  Queue queue;
+  auto pickup = MakePickup(queue, true);
+  if (!pickup) return;
+  if (!pickup->sched_idle()) {
+    WARN("no SCHED_IDLE here (CAP_SYS_NICE)");
+    return;
+  }
+  std::atomic<uint64_t> handled{0};
+  std::vector<std::unique_ptr<Worker>> workers;
+  for (size_t i = 0; i < pickup->cpus() + 1; ++i) {
+    workers.push_back(std::make_unique<Worker>(*pickup, queue, [&handled](uint64_t unique) {
+      // Past the warm-up, a request that computes for 20 ms: at a SCHED_IDLE
+      // thread's share of a CPU where a normal thread spins, seconds.
+      if (unique > 200) SpinCpu(20);
+      ++handled;
+    }));
+  }
+  // Metadata requests make the pollers SCHED_IDLE after their replies.
+  for (uint64_t u = 1; u <= 200; ++u) {
+    queue.Send(u);
+    while (handled.load() < u) std::this_thread::yield();
+  }
+  int idle_workers = 0;
+  for (auto& w : workers) idle_workers += sched_getscheduler(w->tid()) == SCHED_IDLE ? 1 : 0;
+  REQUIRE(idle_workers >= 1);
+  // A normal thread spinning on every CPU: a SCHED_IDLE thread gets a CPU
+  // only every few hundred milliseconds, if at all.
+  cpu_set_t set;
+  REQUIRE(sched_getaffinity(0, sizeof set, &set) == 0);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> hogs;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (!CPU_ISSET(c, &set)) continue;
+    hogs.emplace_back([c, &stop] {
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(c, &one);
+      pthread_setaffinity_np(pthread_self(), sizeof one, &one);
+      while (!stop.load()) {
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  // Three requests, one at a time, each waited for.
+  std::vector<double> ms;
+  for (uint64_t u = 201; u <= 203; ++u) {
+    const auto start = std::chrono::steady_clock::now();
+    queue.Send(u);
+    while (handled.load() < u &&
+           std::chrono::steady_clock::now() - start < std::chrono::seconds(20)) {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+                     .count());
+  }
+  stop = true;
+  for (auto& h : hogs) h.join();
+  queue.Close();
+  for (auto& w : workers) w->Cancel();
+  pickup->Stop();
+  CHECK(handled.load() == 203);
+  std::sort(ms.begin(), ms.end());
+  INFO("median " << ms[ms.size() / 2] << " ms, slowest " << ms.back() << " ms; rescues "
+                 << pickup->stalls());
+  // The watchdog sees the poller runnable in its request at two 2 ms checks
+  // and makes it SCHED_OTHER: it then shares its CPU with the spinner.
+  CHECK(ms[ms.size() / 2] < 150);  // 250 ms without the rescue here
+  CHECK(pickup->stalls() >= 1);
 }

@@ -18,7 +18,11 @@
 #include <string>
 #include <thread>
 
+#include "test_support.h"
+
 namespace {
+
+using vssfs::testing::SpinCpu;
 
 using vssfs::fs::IdleRings;
 using Clock = std::chrono::steady_clock;
@@ -40,18 +44,6 @@ int SomeCpu() {
   }
   FAIL("no CPU in the affinity mask");
   return 0;
-}
-
-// Spins until the calling thread has used `ms` more of CPU time.
-void SpinCpu(int ms) {
-  auto cpu_ns = [] {
-    timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-  };
-  const int64_t end = cpu_ns() + static_cast<int64_t>(ms) * 1000000;
-  while (cpu_ns() < end) {
-  }
 }
 
 // A ring thread's stand-in: pinned to `cpu` and registered with IdleRings,
@@ -86,7 +78,7 @@ class FakeRingThread {
         }
         if (slot != nullptr) slot->Finished(kind);
         policy_after_ = sched_getscheduler(0);
-        SpinCpu(tail_ms);  // like committing the reply: runnable, not busy
+        SpinCpu(tail_ms);  // like committing the reply (io_uring): runnable, not busy
         lock.lock();
         pending_ = false;
         done_cv_.notify_all();
@@ -189,9 +181,9 @@ bool SkipUnlessAvailable() {
   return true;
 }
 
-int Check(IdleRings& rings, bool between_requests = true) {
+int Check(IdleRings& rings, int between_ticks = 2) {
   bool watch = false;
-  return rings.Check(&watch, between_requests);
+  return rings.Check(&watch, between_ticks);
 }
 
 }  // namespace
@@ -346,11 +338,11 @@ TEST_CASE("IdleRings: a thread blocked in a request on a busy CPU keeps SCHED_ID
   IdleBehindHog setup;
   IdleRings& rings = setup.rings;
   FakeRingThread& t = setup.t;
-  // The request sleeps 200 ms (a slow disk): not runnable, so not starved,
+  // The request sleeps 2 s (a slow disk): not runnable, so not starved,
   // though busy at many checks in a row. (Until 2026-12-06 it was turned
   // back.) Reaching the sleep may itself wait for the CPU, behind the hog:
   // the checks run only while it sleeps.
-  t.Post(Kind::kLatency, 0, 0, 200);
+  t.Post(Kind::kLatency, 0, 0, 2000);
   const auto start = Clock::now();
   while (!t.sleeping() && Clock::now() - start < std::chrono::seconds(10)) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -367,7 +359,7 @@ TEST_CASE("IdleRings: a thread blocked in a request on a busy CPU keeps SCHED_ID
   REQUIRE(t.Wait(std::chrono::seconds(10)));
 }
 
-TEST_CASE("IdleRings: a thread runnable between requests is left alone when that does not count",
+TEST_CASE("IdleRings: a thread runnable between requests may be given more checks",
           "[fs][idle_rings]") {
   if (SkipUnlessAvailable()) return;
   IdleBehindHog setup;
@@ -379,7 +371,7 @@ TEST_CASE("IdleRings: a thread runnable between requests is left alone when that
   int turned = 0;
   for (int i = 0; i < 20; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    turned += Check(rings, /*between_requests=*/false);
+    turned += Check(rings, /*between_ticks=*/1000);
   }
   CHECK(turned == 0);
   CHECK(sched_getscheduler(t.tid()) == SCHED_IDLE);

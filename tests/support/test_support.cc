@@ -6,6 +6,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -225,6 +226,17 @@ ScopedUringParameter::ScopedUringParameter() : old_(ReadUringParameter()) {
 
 ScopedUringParameter::~ScopedUringParameter() {
   if (!old_.empty()) WriteUringParameter(old_);
+}
+
+void SpinCpu(int ms) {
+  auto cpu_ns = [] {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  };
+  const int64_t end = cpu_ns() + static_cast<int64_t>(ms) * 1000000;
+  while (cpu_ns() < end) {
+  }
 }
 
 }  // namespace vssfs::testing

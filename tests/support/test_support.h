@@ -99,6 +99,9 @@ int RunCommand(const std::vector<std::string>& argv, std::string* output = nullp
 // Reads a whole file; throws on error.
 std::string ReadFile(const std::string& path);
 
+// Spins until the calling thread has used `ms` more milliseconds of CPU time.
+void SpinCpu(int ms);
+
 }  // namespace vssfs::testing
 
 #endif  // VSSFS_TESTS_SUPPORT_TEST_SUPPORT_H_
