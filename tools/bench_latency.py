@@ -10,13 +10,17 @@ in each round, mean microseconds per operation.
 
 Each round is run twice on the vssfs side:
   free      the client and the daemon run wherever the scheduler puts them
-            (normally on different CPUs: every request and every reply then
-            wakes a thread on another CPU)
+            (without vssfs's CPU pickup, normally on different CPUs: every
+            request and every reply then wakes a thread on another CPU)
   one-cpu   the client and all daemon threads are pinned to CPU 0, so requests
             and replies wake threads on the same CPU
 The gap between the two is the cost of cross-CPU wake-ups, which on a virtual
 machine without guest halt polling includes waking a halted vCPU; the report
-prints the guest's halt-poll setting. It also prints the daemon's CPU time and
+prints the guest's halt-poll setting. vssfs's default -o cpu_pickup keeps one
+poller per CPU and makes the free runs close to one CPU; pinning all of them
+to CPU 0 then wakes both for each request there, so its one-cpu column is
+slower than the free one. Add --vssfs-opt=-ono_cpu_pickup to see the
+cross-CPU cost itself. It also prints the daemon's CPU time and
 context switches per operation (free runs).
 
 Must run as root. Everything created is removed at exit (unless --keep).
