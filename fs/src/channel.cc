@@ -698,27 +698,20 @@ void StartUring(std::unique_ptr<UringWorkers> w) {
 }
 
 ssize_t WritevHook(int fd, iovec* iov, int count, void*) {
+  // The reply's header; unique 0 for a notification (or a write too short
+  // to hold a header).
+  fuse_out_header out{};
+  if (count >= 1 && iov[0].iov_len >= sizeof out) std::memcpy(&out, iov[0].iov_base, sizeof out);
   if (g_uring.load(std::memory_order_relaxed)) {
-    if (count >= 1 && iov[0].iov_len >= sizeof(fuse_out_header)) {
-      fuse_out_header out;
-      std::memcpy(&out, iov[0].iov_base, sizeof out);
-      ssize_t written;
-      if (out.unique != 0 && ReplyToEntry(out.unique, iov, count, &written)) return written;
-    }
+    ssize_t written;
+    if (out.unique != 0 && ReplyToEntry(out.unique, iov, count, &written)) return written;
     // libfuse closes the session's descriptor at unmount while ring threads
     // may still write (notifications, late replies): use the channel's own.
     if (fd == g_session_fd && g_workers_fd.load() >= 0) fd = g_workers_fd.load();
   }
-  if (g_pickup && count >= 1 && iov[0].iov_len >= sizeof(fuse_out_header)) {
-    fuse_out_header out;
-    std::memcpy(&out, iov[0].iov_base, sizeof out);
-    if (out.unique != 0) g_pickup->BeforeReply(out.unique);
-  }
+  if (g_pickup && out.unique != 0) g_pickup->BeforeReply(out.unique);
   std::unique_ptr<UringWorkers> uring;
-  if (g_init_pending.load(std::memory_order_relaxed) && count >= 2 &&
-      iov[0].iov_len >= sizeof(fuse_out_header)) {
-    fuse_out_header out;
-    std::memcpy(&out, iov[0].iov_base, sizeof out);
+  if (g_init_pending.load(std::memory_order_relaxed) && count >= 2) {
     if (out.unique == g_init_unique.load() && out.unique != 0) {
       g_init_pending = false;
       char* arg = static_cast<char*>(iov[1].iov_base);
@@ -768,29 +761,27 @@ ssize_t SpliceHook(int fdin, off_t* offin, int fdout, off_t* offout, size_t len,
 }  // namespace
 
 int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned uring_threads,
-                   bool uring_sched_idle, bool cpu_pickup) {
+                   bool sched_idle, bool cpu_pickup) {
   if (cpu_pickup) {
     std::string why;
     std::string idle_why;
-    g_pickup = CpuPickup::Create(fuse_session_fd(se), uring_sched_idle, &why, &idle_why);
+    g_pickup = CpuPickup::Create(fuse_session_fd(se), sched_idle, &why, &idle_why);
     // Logged by the first worker: the daemon may still go into the
     // background, and mount(8) would print what is logged before.
-    char note[256];
     if (!g_pickup) {
-      std::snprintf(note, sizeof note, "/dev/fuse: requests are not taken per CPU: %s",
-                    why.c_str());
+      g_pickup_note = "/dev/fuse: requests are not taken per CPU: " + why;
     } else {
-      std::snprintf(
-          note, sizeof note,
-          "/dev/fuse: an idle worker on each of %zu CPUs takes the requests sent there%s%s%s",
-          g_pickup->cpus(), g_pickup->sched_idle() ? " (SCHED_IDLE for metadata)" : "",
-          !g_pickup->sched_idle() && uring_sched_idle ? " (not SCHED_IDLE: " : "",
-          !g_pickup->sched_idle() && uring_sched_idle ? (idle_why + ")").c_str() : "");
+      g_pickup_note = "/dev/fuse: an idle worker on each of " + std::to_string(g_pickup->cpus()) +
+                      " CPUs takes the requests sent there";
+      if (g_pickup->sched_idle()) {
+        g_pickup_note += " (SCHED_IDLE for metadata)";
+      } else if (sched_idle) {
+        g_pickup_note += " (not SCHED_IDLE: " + idle_why + ")";
+      }
     }
-    g_pickup_note = note;
   }
   g_want_killpriv_v2 = killpriv_v2;
-  g_uring_sched_idle = uring_sched_idle;
+  g_uring_sched_idle = sched_idle;
   g_want_uring = uring;
   g_uring_threads_per_queue = uring_threads == 0 ? 1 : uring_threads;
   g_session = se;

@@ -38,14 +38,13 @@ namespace vssfs::fs {
 // Installs the hooks on a mounted session (after fuse_session_mount()).
 // `killpriv_v2`: whether to negotiate FUSE_HANDLE_KILLPRIV_V2. `uring`:
 // whether to ask for FUSE over io_uring (used if the kernel offers it), with
-// `uring_threads` threads per queue; `uring_sched_idle`: whether ring threads
+// `uring_threads` threads per queue; `sched_idle`: whether ring threads
 // answer metadata requests as SCHED_IDLE (idle_rings.h; off if the process
 // cannot leave SCHED_IDLE again). `cpu_pickup`: whether /dev/fuse workers
 // take requests on the sender's CPU (cpu_pickup.h; SCHED_IDLE with
-// `uring_sched_idle` too). Returns 0 or a negative
-// errno.
+// `sched_idle` too). Returns 0 or a negative errno.
 int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned uring_threads,
-                   bool uring_sched_idle, bool cpu_pickup);
+                   bool sched_idle, bool cpu_pickup);
 
 // Stops CpuPickup's watchdog and logs (at debug level) on which CPUs
 // /dev/fuse requests were read. After the session loop (the workers are

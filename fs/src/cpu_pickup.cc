@@ -54,6 +54,18 @@ void SetNonblocking(int fd, bool on) {
   }
 }
 
+// Adds `n` to an eventfd; whether it did (it cannot overflow here: counts
+// are taken as fast as they are posted).
+bool Post(int fd, uint64_t n) { return ::write(fd, &n, sizeof n) == sizeof n; }
+
+// The request's header in *in, if the read of `n` bytes into `iov` holds
+// one; else nullptr.
+const fuse_in_header* HeaderOf(const iovec* iov, ssize_t n, fuse_in_header* in) {
+  if (static_cast<size_t>(n) < sizeof *in || iov[0].iov_len < sizeof *in) return nullptr;
+  std::memcpy(in, iov[0].iov_base, sizeof *in);
+  return in;
+}
+
 // Drains an eventfd (non-blocking).
 void Drain(int fd) {
   uint64_t v;
@@ -161,10 +173,8 @@ CpuPickup::~CpuPickup() { Stop(); }
 
 void CpuPickup::Stop() {
   if (stop_.exchange(true)) return;
-  const uint64_t one = 1;
   if (watchdog_.joinable()) {
-    // A full eventfd counter cannot happen (one write per stop).
-    (void)!::write(wake_fd_.get(), &one, sizeof one);
+    Post(wake_fd_.get(), 1);
     watchdog_.join();
   }
   // The duplicate would keep the FUSE connection open: requests still
@@ -227,10 +237,7 @@ CpuPickup::Slot* CpuPickup::Claim() {
       // Offline, or out of the cpuset now: nobody tries it again. When no
       // slot is left, the spares are woken to read as plain workers.
       s.state.store(kDead);
-      if (alive_.fetch_sub(1) == 1) {
-        const uint64_t many = 1 << 20;
-        (void)!::write(spare_fd_.get(), &many, sizeof many);
-      }
+      if (alive_.fetch_sub(1) == 1) Post(spare_fd_.get(), 1 << 20);
       continue;
     }
     t_state.index = static_cast<int>(i);
@@ -274,33 +281,22 @@ void CpuPickup::KeepOnePolling() {
     if (t_state.idle != nullptr) t_state.idle->Normal();
     return;
   }
-  const uint64_t one = 1;
-  if (::write(spare_fd_.get(), &one, sizeof one) == sizeof one) {
-    spares_sent_.fetch_add(1, std::memory_order_relaxed);
-  }
+  if (Post(spare_fd_.get(), 1)) spares_sent_.fetch_add(1, std::memory_order_relaxed);
 }
 
-void CpuPickup::Took(const iovec* iov, ssize_t n) {
+void CpuPickup::Took(const fuse_in_header* in) {
   // Sequentially consistent, then asleep_ is read: see Watch().
   taken_.fetch_add(1);
   const int here = sched_getcpu();
   if (here >= 0 && static_cast<size_t>(here) < index_of_.size() && index_of_[here] >= 0) {
     slots_[static_cast<size_t>(index_of_[here])]->read.fetch_add(1, std::memory_order_relaxed);
   }
-  if (t_state.idle == nullptr || static_cast<size_t>(n) < sizeof(fuse_in_header) ||
-      iov[0].iov_len < sizeof(fuse_in_header)) {
-    return;
-  }
-  fuse_in_header in;
-  std::memcpy(&in, iov[0].iov_base, sizeof in);
+  if (t_state.idle == nullptr || in == nullptr) return;
   t_state.open = true;
-  t_state.open_unique = in.unique;
-  t_state.open_kind = IdleRings::KindOf(in.opcode);
+  t_state.open_unique = in->unique;
+  t_state.open_kind = IdleRings::KindOf(in->opcode);
   t_state.idle->Started(t_state.open_kind);
-  if (asleep_.load() && asleep_.exchange(false)) {
-    const uint64_t one = 1;
-    (void)!::write(wake_fd_.get(), &one, sizeof one);
-  }
+  if (asleep_.load() && asleep_.exchange(false)) Post(wake_fd_.get(), 1);
 }
 
 void CpuPickup::BeforeReply(uint64_t unique) {
@@ -325,7 +321,8 @@ ssize_t CpuPickup::ReadPlain(int fd, const iovec* iov, int count) {
   if (t_state.idle != nullptr) t_state.idle->Normal();
   SetNonblocking(fd, false);
   const ssize_t n = ::readv(fd, iov, count);
-  if (n > 0) Took(iov, n);
+  fuse_in_header in;
+  if (n > 0) Took(HeaderOf(iov, n, &in));
   return n;
 }
 
@@ -359,23 +356,22 @@ ssize_t CpuPickup::Read(int fd, const iovec* iov, int count) {
     }
   }
   if (n <= 0) return n;  // The guard gives the slot up.
-  fuse_in_header in{};
-  if (static_cast<size_t>(n) >= sizeof in && iov[0].iov_len >= sizeof in) {
-    std::memcpy(&in, iov[0].iov_base, sizeof in);
-  }
-  if (in.opcode == FUSE_INIT) {
+  fuse_in_header in;
+  const fuse_in_header* header = HeaderOf(iov, n, &in);
+  if (header != nullptr && header->opcode == FUSE_INIT) {
     // The threads vssfs starts while it handles INIT (the inode pruner,
     // io_uring's) inherit this one's CPU and policy: neither pinned nor
-    // SCHED_IDLE, then. It gives its slot up and serves INIT unpinned.
+    // SCHED_IDLE, then. It gives its slot up and serves INIT unpinned, and
+    // INIT is counted but not booked as a SCHED_IDLE request.
     PinTo(all_);
     t_state.index = -1;
     if (t_state.idle != nullptr) t_state.idle->Normal();
-    taken_.fetch_add(1);
+    Took(nullptr);
     return n;  // The guard gives the slot up.
   }
   guard.Release();
   slot->state.store(kServing);
-  Took(iov, n);
+  Took(header);
   KeepOnePolling();
   return n;
 }

@@ -66,6 +66,8 @@
 #include "idle_rings.h"
 #include "vssfs/cow_store/unique_fd.h"
 
+struct fuse_in_header;
+
 namespace vssfs::fs {
 
 class CpuPickup {
@@ -158,9 +160,9 @@ class CpuPickup {
   // After a poller took a request: sends a spare if no slot has a poller
   // waiting.
   void KeepOnePolling();
-  // Books a request read by the calling thread (counters, SCHED_IDLE state,
-  // the sleeping watchdog).
-  void Took(const iovec* iov, ssize_t n);
+  // Books a request read by the calling thread: counts it and, given its
+  // header, opens it for IdleRings (and wakes the sleeping watchdog).
+  void Took(const fuse_in_header* in);
   // Registers the calling thread on its first call; closes the books on a
   // request that got no reply (FORGET).
   void Enter();
