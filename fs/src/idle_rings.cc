@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/fuse.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -161,11 +162,20 @@ IdleRings::Slot* IdleRings::Register() {
 
 void IdleRings::Unregister(Slot* slot) {
   if (slot == nullptr) return;
+  // Called from a thread-local destructor while the thread exits, which
+  // libfuse may cancel at that moment (it cancels every worker at the end):
+  // closing the stat descriptor is a cancellation point, and unwinding out
+  // of a destructor would terminate the process.
+  int cancel_state;
+  pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel_state);
   SetPolicy(0, SCHED_OTHER);  // before the lock (see the header)
-  std::lock_guard lock(mutex_);
-  slot->idle_ = false;
-  slot->in_use_ = false;
-  slot->stat_.reset();
+  {
+    std::lock_guard lock(mutex_);
+    slot->idle_ = false;
+    slot->in_use_ = false;
+    slot->stat_.reset();
+  }
+  pthread_setcancelstate(cancel_state, nullptr);
 }
 
 void IdleRings::Raise(Slot& s) {

@@ -134,7 +134,8 @@ class IdleRings {
   // a latency request. Returns nullptr if its state cannot be watched (the
   // thread then keeps its policy). The pointer stays valid until Unregister.
   Slot* Register();
-  // Makes the calling thread SCHED_OTHER and ends its registration.
+  // Makes the calling thread SCHED_OTHER and ends its registration. Not a
+  // cancellation point (it runs in thread-local destructors).
   void Unregister(Slot* slot);
 
   // Turns every SCHED_IDLE thread that was runnable at this call and the
