@@ -138,6 +138,39 @@ def mount_containing(path):
     return best
 
 
+def readahead_file(path):
+    """sysfs read_ahead_kb of the block device under PATH (its whole disk's for
+    a partition: read-ahead is set per request queue), or None."""
+    m = mount_containing(path)
+    if not m or m["majmin"].startswith("0:"):
+        return None
+    base = os.path.realpath(f"/sys/dev/block/{m['majmin']}")
+    for q in (os.path.join(base, "queue"), os.path.join(os.path.dirname(base), "queue")):
+        f = os.path.join(q, "read_ahead_kb")
+        if os.path.isfile(f):
+            return f
+    return None
+
+
+def cmd_readahead(a):
+    """Prints "FILE KB" (the current value); with --set also writes KB, and
+    prints the value it replaced."""
+    f = readahead_file(a.path)
+    if f is None:
+        raise BenchError(f"no block device with a read_ahead_kb under {a.path} "
+                         "(tmpfs, or a filesystem without one)")
+    old = _read_sys(f)
+    if old is None:
+        raise BenchError(f"cannot read {f}")
+    if a.set is not None:
+        try:
+            with open(f, "w", encoding="utf-8") as out:
+                out.write(f"{a.set}\n")
+        except OSError as e:
+            raise BenchError(f"cannot set {f} to {a.set}: {e}") from e
+    print(f"{f} {old}")
+
+
 # -------------------------------------------------------------------------- env
 
 def _run(cmd):
@@ -236,6 +269,7 @@ def cmd_env(a):
         "backing_source": m.get("source", ""),
         "backing_mount": m.get("mountpoint", ""),
         "backing_mount_opts": m.get("mount_opts", ""),
+        "backing_read_ahead_kb": _read_sys(readahead_file(work) or "/nonexistent"),
         "fio_version": _run(["fio", "--version"]),
         **wakeup_settings(),
         "libfuse3": fuse_pkg or "unknown",
@@ -284,7 +318,9 @@ def cmd_env(a):
            if busy is not None and busy > 20 else ""),
         f"  workdir     {work}",
         f"  backing fs  {env['backing_fs']} on {env['backing_source']} "
-        f"(mounted at {env['backing_mount']}, {env['backing_mount_opts']})",
+        f"(mounted at {env['backing_mount']}, {env['backing_mount_opts']})"
+        + (f"; device read-ahead {env['backing_read_ahead_kb']} KiB"
+           if env["backing_read_ahead_kb"] is not None else ""),
         f"  fio         {env['fio_version']}",
         f"  libfuse3    {env['libfuse3']}",
         f"  cpuidle     {env['cpuidle_driver'] or 'none'}"
@@ -539,6 +575,10 @@ def main(argv):
     p = sub.add_parser("disk")
     p.add_argument("path")
 
+    p = sub.add_parser("readahead")
+    p.add_argument("path")
+    p.add_argument("--set", type=int)
+
     p = sub.add_parser("env")
     p.add_argument("--out", required=True)
     p.add_argument("--work", required=True)
@@ -581,6 +621,8 @@ def main(argv):
             if not m or m["majmin"].startswith("0:"):
                 return 1
             print(m["majmin"])
+        elif a.cmd == "readahead":
+            cmd_readahead(a)
         elif a.cmd == "env":
             cmd_env(a)
         elif a.cmd == "check":
