@@ -790,6 +790,10 @@ int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned urin
   return fuse_session_custom_io(se, &kIo, fuse_session_fd(se));
 }
 
+void NoteReadBlocked(bool blocked) {
+  if (g_pickup) g_pickup->NoteRead(blocked);
+}
+
 void StopCpuPickup() {
   if (!g_pickup) return;
   g_pickup->Stop();
@@ -802,11 +806,13 @@ void StopCpuPickup() {
                   static_cast<unsigned long long>(counts[c]));
     per_cpu += item;
   }
-  LOG_DEBUG("/dev/fuse: %llu requests read (per CPU %s), %llu spares sent, %llu SCHED_IDLE stalls",
-            static_cast<unsigned long long>(g_pickup->taken()),
-            per_cpu.empty() ? "-" : per_cpu.c_str(),
-            static_cast<unsigned long long>(g_pickup->spares_sent()),
-            static_cast<unsigned long long>(g_pickup->stalls()));
+  LOG_DEBUG(
+      "/dev/fuse: %llu requests read (per CPU %s), %llu spares sent, %llu SCHED_IDLE stalls, "
+      "%llu switches between polling and plain reads",
+      static_cast<unsigned long long>(g_pickup->taken()), per_cpu.empty() ? "-" : per_cpu.c_str(),
+      static_cast<unsigned long long>(g_pickup->spares_sent()),
+      static_cast<unsigned long long>(g_pickup->stalls()),
+      static_cast<unsigned long long>(g_pickup->switches()));
 }
 
 bool KillprivV2Negotiated() { return g_killpriv_v2; }

@@ -51,6 +51,12 @@ int InstallChannel(fuse_session* se, bool killpriv_v2, bool uring, unsigned urin
 // gone).
 void StopCpuPickup();
 
+// Called by a READ handler that read through the backing page cache:
+// `blocked` when the data was not all cached and the read waited for the
+// disk. CpuPickup stops pinning workers while most requests are such reads
+// (cpu_pickup.h). Any thread.
+void NoteReadBlocked(bool blocked);
+
 // During INIT: whether vssfs will accept FUSE over io_uring (asked for, and
 // offered by the kernel). Replies then must not be spliced.
 bool UringOffered();

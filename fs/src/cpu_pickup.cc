@@ -7,6 +7,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -20,11 +21,13 @@ namespace {
 struct ThreadState {
   const void* owner = nullptr;
   int index = -1;                   // the slot whose CPU this thread is pinned to, or -1
+  bool pinned = true;               // may be pinned to one CPU (a new thread inherits a pin)
   int nonblock_fd = -1;             // the descriptor this thread made non-blocking
   IdleRings* rings = nullptr;       // the owner's, while the thread is registered
   IdleRings::Slot* idle = nullptr;  // its IdleRings registration, if any
   bool open = false;                // a request read and not replied to
   bool replying = false;            // its reply is being written
+  bool plain = false;               // it read its request as a plain reader
   uint64_t open_unique = 0;
   IdleRings::Kind open_kind = IdleRings::Kind::kNeutral;
 
@@ -84,13 +87,18 @@ class SlotGuard {
   SlotGuard(const SlotGuard&) = delete;
   SlotGuard& operator=(const SlotGuard&) = delete;
   void Release() { state_ = nullptr; }
+  // Gives the slot up now.
+  void GiveUp() {
+    if (state_ != nullptr) state_->store(empty_);
+    state_ = nullptr;
+  }
 
  private:
   std::atomic<int>* state_;
   int empty_;
 };
 
-// Counts a spare while it waits (cancellation included).
+// Counts a spare or a plain reader while it waits (cancellation included).
 class SpareCount {
  public:
   explicit SpareCount(std::atomic<int>* n) : n_(n) { n_->fetch_add(1); }
@@ -122,7 +130,8 @@ std::unique_ptr<CpuPickup> CpuPickup::Create(int session_fd, bool sched_idle, st
   }
   cow_store::UniqueFd spare_fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE));
   cow_store::UniqueFd wake_fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!spare_fd || !wake_fd) {
+  cow_store::UniqueFd mode_fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!spare_fd || !wake_fd || !mode_fd) {
     *why = std::string("eventfd: ") + strerror(errno);
     return nullptr;
   }
@@ -137,7 +146,8 @@ std::unique_ptr<CpuPickup> CpuPickup::Create(int session_fd, bool sched_idle, st
     idle = std::make_unique<IdleRings>();
   }
   return std::unique_ptr<CpuPickup>(new CpuPickup(cpus, std::move(spare_fd), std::move(wake_fd),
-                                                  std::move(queue_fd), std::move(idle)));
+                                                  std::move(mode_fd), std::move(queue_fd),
+                                                  std::move(idle)));
 }
 
 void CpuPickup::StartWatchdog() {
@@ -153,14 +163,15 @@ void CpuPickup::StartWatchdog() {
 }
 
 CpuPickup::CpuPickup(const std::vector<int>& cpus, cow_store::UniqueFd spare_fd,
-                     cow_store::UniqueFd wake_fd, cow_store::UniqueFd queue_fd,
-                     std::unique_ptr<IdleRings> idle)
+                     cow_store::UniqueFd wake_fd, cow_store::UniqueFd mode_fd,
+                     cow_store::UniqueFd queue_fd, std::unique_ptr<IdleRings> idle)
     : all_(cpus),
       alive_(static_cast<int>(cpus.size())),
       spare_fd_(std::move(spare_fd)),
       wake_fd_(std::move(wake_fd)),
       queue_fd_(std::move(queue_fd)),
-      idle_(std::move(idle)) {
+      idle_(std::move(idle)),
+      mode_fd_(std::move(mode_fd)) {
   index_of_.assign(static_cast<size_t>(cpus.back()) + 1, -1);
   for (int cpu : cpus) {
     index_of_[static_cast<size_t>(cpu)] = static_cast<int>(slots_.size());
@@ -192,6 +203,7 @@ void CpuPickup::Enter() {
     // stays registered there.)
     t_state.owner = this;
     t_state.index = -1;
+    t_state.pinned = true;
     t_state.nonblock_fd = -1;
     t_state.open = false;
     t_state.replying = false;
@@ -233,6 +245,7 @@ CpuPickup::Slot* CpuPickup::Claim() {
     if ((from != kEmpty && from != kServing) || !s.state.compare_exchange_strong(from, kPolling)) {
       continue;
     }
+    t_state.pinned = true;
     if (!PinTo({s.cpu})) {
       // Offline, or out of the cpuset now: nobody tries it again. When no
       // slot is left, the spares are woken to read as plain workers.
@@ -252,6 +265,7 @@ CpuPickup::Slot* CpuPickup::ClaimAsSpare(bool* interrupted) {
   // the two sees the other (both sequentially consistent).
   SpareCount counted(&spares_);
   for (;;) {
+    if (plain()) return nullptr;
     if (Slot* s = Claim()) return s;
     if (alive_.load() == 0) return nullptr;
     pollfd p{spare_fd_.get(), POLLIN, 0};
@@ -272,6 +286,7 @@ CpuPickup::Slot* CpuPickup::ClaimAsSpare(bool* interrupted) {
 }
 
 void CpuPickup::KeepOnePolling() {
+  if (plain_waiting_.load() > 0) return;
   for (const auto& s : slots_) {
     if (s->state.load() == kPolling) return;
   }
@@ -291,6 +306,7 @@ void CpuPickup::Took(const fuse_in_header* in) {
   if (here >= 0 && static_cast<size_t>(here) < index_of_.size() && index_of_[here] >= 0) {
     slots_[static_cast<size_t>(index_of_[here])]->read.fetch_add(1, std::memory_order_relaxed);
   }
+  if (in != nullptr && in->opcode != FUSE_READ) Vote(-1);
   if (t_state.idle == nullptr || in == nullptr) return;
   t_state.open = true;
   t_state.open_unique = in->unique;
@@ -303,7 +319,9 @@ void CpuPickup::BeforeReply(uint64_t unique) {
   if (t_state.owner != this || !t_state.open || t_state.open_unique != unique) return;
   t_state.open = false;
   if (t_state.idle == nullptr) return;
-  t_state.idle->Finished(t_state.open_kind, /*replying=*/true);
+  // A plain reader stays SCHED_OTHER: it is not pinned where its sender is.
+  t_state.idle->Finished(t_state.plain ? IdleRings::Kind::kNeutral : t_state.open_kind,
+                         /*replying=*/true);
   t_state.replying = true;
 }
 
@@ -314,20 +332,55 @@ void CpuPickup::AfterReply() {
 }
 
 ssize_t CpuPickup::ReadPlain(int fd, const iovec* iov, int count) {
-  if (t_state.index >= 0) {
-    PinTo(all_);
+  if (t_state.pinned || t_state.index >= 0) {
+    t_state.pinned = !PinTo(all_);
     t_state.index = -1;
   }
   if (t_state.idle != nullptr) t_state.idle->Normal();
+  t_state.plain = true;
   SetNonblocking(fd, false);
-  const ssize_t n = ::readv(fd, iov, count);
+  ssize_t n;
+  {
+    // Counted while it waits, for KeepOnePolling (sequentially consistent,
+    // like spares_).
+    SpareCount waiting(&plain_waiting_);
+    n = ::readv(fd, iov, count);
+  }
+  if (n <= 0) return n;
   fuse_in_header in;
-  if (n > 0) Took(HeaderOf(iov, n, &in));
+  Took(HeaderOf(iov, n, &in));
+  KeepOnePolling();
   return n;
+}
+
+void CpuPickup::NoteRead(bool blocked) { Vote(blocked ? 1 : -1); }
+
+void CpuPickup::Vote(int delta) {
+  int mode = mode_.load(std::memory_order_relaxed);
+  int next;
+  do {
+    const int score = std::clamp((mode & ~kPlainBit) + delta, 0, kScoreMax);
+    bool plain = (mode & kPlainBit) != 0;
+    if (score >= kPlainAt) plain = true;
+    if (score <= kPickupAt) plain = false;
+    next = score | (plain ? kPlainBit : 0);
+    if (next == mode) return;  // the usual case: at a bound, no switch
+  } while (!mode_.compare_exchange_weak(mode, next));
+  if (((mode ^ next) & kPlainBit) == 0) return;
+  switches_.fetch_add(1, std::memory_order_relaxed);
+  if ((next & kPlainBit) != 0) {
+    // Wakes the pollers, which then read plainly (spares see it when they
+    // are next sent). Posted after the switch: a poller that finds the
+    // eventfd readable and plain() false drains it (Read).
+    Post(mode_fd_.get(), 1);
+  } else {
+    Drain(mode_fd_.get());
+  }
 }
 
 ssize_t CpuPickup::Read(int fd, const iovec* iov, int count) {
   Enter();
+  if (plain()) return ReadPlain(fd, iov, count);
   Slot* slot = Claim();
   if (slot == nullptr) {
     bool interrupted = false;
@@ -336,16 +389,27 @@ ssize_t CpuPickup::Read(int fd, const iovec* iov, int count) {
       errno = EINTR;
       return -1;
     }
-    if (slot == nullptr) return ReadPlain(fd, iov, count);  // no CPU left to pin to
+    // No CPU left to pin to, or workers read plainly now.
+    if (slot == nullptr) return ReadPlain(fd, iov, count);
   }
+  t_state.plain = false;
   SlotGuard guard(&slot->state, kEmpty);
   SetNonblocking(fd, true);
   ssize_t n;
   for (;;) {
     n = ::readv(fd, iov, count);
     if (n >= 0 || errno != EAGAIN) break;
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, -1) < 0) {
+    if (plain()) {
+      guard.GiveUp();
+      return ReadPlain(fd, iov, count);
+    }
+    pollfd p[2] = {{fd, POLLIN, 0}, {mode_fd_.get(), POLLIN, 0}};
+    const int ready = ::poll(p, 2, -1);
+    if (ready > 0 && (p[1].revents & POLLIN) != 0 && !plain()) {
+      // Posted for a switch to plain that was switched back since.
+      Drain(mode_fd_.get());
+    }
+    if (ready < 0) {
       // A signal (SIGTERM): returned, so that libfuse checks whether the
       // session ended. Anything else (ENOMEM): wait a little, try again.
       if (errno == EINTR) {

@@ -39,6 +39,21 @@
 // dirty pages back) cannot stall the daemon. With no spare left, libfuse
 // starts another worker, since none is then waiting in its receive call.
 //
+// Reads from the disk. A request whose handler waits for the disk gains
+// little from being taken on the sender's CPU, and pays for the other
+// pollers' wake-ups; the pin also keeps the worker off the CPU that takes the
+// disk's interrupt. Cold 4 KiB random reads cost 96-102 us each this way
+// against 79-83 us with plain readers (native 67-70 us; docs/LIVE_PATH.md,
+// item 11). So READ handlers report whether they waited for the disk
+// (NoteRead). A score, +1 for such a READ and -1 for any other request
+// except READs not reported, kept within [0, kScoreMax], switches the
+// workers to plain reading at kPlainAt and back at kPickupAt. Plain readers
+// wait in a blocking read(2), unpinned and SCHED_OTHER, and the kernel wakes
+// one of them per request. Pollers are woken through an eventfd when the
+// switch is made; plain readers become pollers again after their next
+// request. A plain reader that takes a request and leaves neither a poller
+// nor another plain reader waiting sends a spare, like a poller.
+//
 // Requirements: each worker reads from a descriptor of its own
 // (-o clone_fd, the default), because a poller makes its descriptor
 // non-blocking. The caller gives workers that read the session's shared
@@ -79,6 +94,12 @@ class CpuPickup {
   // Checks in a row a SCHED_IDLE worker may stay runnable outside a request
   // while requests are being read (or none waits) before it is rescued.
   static constexpr int kSlowTicks = 25;
+  // The plain-reader score: +1 for a READ that waited for the disk, -1 for
+  // any other request, kept within [0, kScoreMax]; workers read plainly from
+  // kPlainAt up, and poll again from kPickupAt down.
+  static constexpr int kScoreMax = 32;
+  static constexpr int kPlainAt = 24;
+  static constexpr int kPickupAt = 8;
 
   // One poller slot per CPU in the process's affinity mask at the time of
   // the call; `sched_idle`: whether pollers answer metadata requests as
@@ -98,9 +119,10 @@ class CpuPickup {
   void Stop();
 
   // Reads the next request from `fd` into `iov` as readv(2) would, as this
-  // CPU's poller, or as a spare until a slot needs a poller. `fd` must be the
-  // calling thread's own descriptor (see above); the call may pin the thread
-  // to a CPU, change its scheduling policy, and set `fd`'s O_NONBLOCK flag.
+  // CPU's poller, as a spare until a slot needs a poller, or as a plain
+  // reader (plain()). `fd` must be the calling thread's own descriptor (see
+  // above); the call may pin or unpin the thread, change its scheduling
+  // policy, and set or clear `fd`'s O_NONBLOCK flag.
   // iov[0] must hold at least the request's header. Returns the byte count,
   // or -1 with errno set (EINTR, ENODEV once unmounted, ...), never EAGAIN.
   // A cancellation point (libfuse cancels idle workers at the end).
@@ -111,6 +133,17 @@ class CpuPickup {
   // after the write.
   void BeforeReply(uint64_t unique);
   void AfterReply();
+
+  // Called on a worker thread that handles a READ request (between Read()
+  // and BeforeReply()): `blocked` when its data was not all in the page
+  // cache and the read waited for the disk. Other requests need no call.
+  void NoteRead(bool blocked);
+  // Whether workers read as plain blocking readers now (see above).
+  bool plain() const { return (mode_.load() & kPlainBit) != 0; }
+  // Workers waiting in a plain read now.
+  int plain_waiting() const { return plain_waiting_.load(); }
+  // Times workers switched between polling and plain reading.
+  uint64_t switches() const { return switches_.load(std::memory_order_relaxed); }
 
   // CPUs with a poller slot.
   size_t cpus() const { return slots_.size(); }
@@ -143,22 +176,27 @@ class CpuPickup {
   };
 
   CpuPickup(const std::vector<int>& cpus, cow_store::UniqueFd spare_fd, cow_store::UniqueFd wake_fd,
-            cow_store::UniqueFd queue_fd, std::unique_ptr<IdleRings> idle);
+            cow_store::UniqueFd mode_fd, cow_store::UniqueFd queue_fd,
+            std::unique_ptr<IdleRings> idle);
 
   // Makes the calling thread a slot's poller (pinned to its CPU), preferring
   // its own slot, then the CPU it runs on. nullptr when none is claimable.
   Slot* Claim();
   // Waits as a spare until a slot can be claimed; returns it, or nullptr
-  // when a signal interrupts the wait (*interrupted set) or no slot is left
-  // (every CPU gone).
+  // when a signal interrupts the wait (*interrupted set), no slot is left
+  // (every CPU gone) or workers read plainly (plain()).
   Slot* ClaimAsSpare(bool* interrupted);
-  // A plain blocking read, unpinned and SCHED_OTHER (no slot left).
+  // A plain blocking read, unpinned and SCHED_OTHER (no slot left, or
+  // plain()).
   ssize_t ReadPlain(int fd, const iovec* iov, int count);
+  // Adds `delta` to the score within [0, kScoreMax] and switches between
+  // polling and plain reading by it (one compare-and-swap of mode_).
+  void Vote(int delta);
   // Starts the watchdog (with SCHED_IDLE only); on failure the threads stay
   // SCHED_OTHER.
   void StartWatchdog();
-  // After a poller took a request: sends a spare if no slot has a poller
-  // waiting.
+  // After a worker took a request: sends a spare if no slot has a poller
+  // waiting and no plain reader waits.
   void KeepOnePolling();
   // Books a request read by the calling thread: counts it and, given its
   // header, opens it for IdleRings (and wakes the sleeping watchdog).
@@ -169,14 +207,21 @@ class CpuPickup {
   void Watch();
 
   std::vector<std::unique_ptr<Slot>> slots_;
-  std::vector<int> index_of_;        // CPU number -> index in slots_, or -1
-  std::vector<int> all_;             // the CPUs at Create(), to unpin
-  std::atomic<int> alive_;           // slots not kDead
-  cow_store::UniqueFd spare_fd_;     // eventfd (semaphore): one count per spare sent
-  cow_store::UniqueFd wake_fd_;      // eventfd: wakes the watchdog
-  cow_store::UniqueFd queue_fd_;     // /dev/fuse (a duplicate), polled by the watchdog
-  std::unique_ptr<IdleRings> idle_;  // null: no SCHED_IDLE
-  std::atomic<int> spares_{0};       // workers waiting as spares
+  std::vector<int> index_of_;          // CPU number -> index in slots_, or -1
+  std::vector<int> all_;               // the CPUs at Create(), to unpin
+  std::atomic<int> alive_;             // slots not kDead
+  cow_store::UniqueFd spare_fd_;       // eventfd (semaphore): one count per spare sent
+  cow_store::UniqueFd wake_fd_;        // eventfd: wakes the watchdog
+  cow_store::UniqueFd queue_fd_;       // /dev/fuse (a duplicate), polled by the watchdog
+  std::unique_ptr<IdleRings> idle_;    // null: no SCHED_IDLE
+  std::atomic<int> spares_{0};         // workers waiting as spares
+  std::atomic<int> plain_waiting_{0};  // workers waiting in a plain read
+  // The score (see kScoreMax) in the low bits, and kPlainBit while workers
+  // read plainly: one word, so that the switch follows the score exactly.
+  static constexpr int kPlainBit = 1 << 8;
+  std::atomic<int> mode_{0};
+  cow_store::UniqueFd mode_fd_;  // eventfd: readable after a switch to plain, for pollers
+  std::atomic<uint64_t> switches_{0};
   std::atomic<bool> asleep_{false};  // the watchdog waits for wake_fd_ only
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> taken_{0};

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -1710,6 +1711,48 @@ ssize_t DirectRead(Inode& inode, char* buf, size_t len, off_t off) {
   return n < 0 ? (errno == EINVAL ? -EAGAIN : -errno) : n;
 }
 
+// Reads up to `len` bytes at `off` through the page cache, as many as the
+// file has: short only at its end, or after an error once some data was
+// read. Returns the count, or a negative errno. *blocked: whether the data
+// was not all cached, so that the read waited for the disk. It asks first
+// with RWF_NOWAIT, which answers EAGAIN, or a short count, where data is
+// missing (since Linux 5.8 after starting the disk read and its
+// read-ahead); where the backing file refuses RWF_NOWAIT (EOPNOTSUPP) the
+// read counts as cached.
+ssize_t CachedRead(int fd, char* buf, size_t len, off_t off, bool* blocked) {
+  *blocked = false;
+  size_t done = 0;
+  bool ask = true;  // RWF_NOWAIT not answered yet
+  bool short_answer = false;
+  while (done < len) {
+    ssize_t n;
+    if (ask) {
+      iovec v{buf + done, len - done};
+      n = preadv2(fd, &v, 1, off + static_cast<off_t>(done), RWF_NOWAIT);
+      if (n < 0 && errno == EINTR) continue;
+      ask = false;
+      if (n < 0 && errno == EAGAIN) {
+        *blocked = true;
+        continue;
+      }
+      if (n < 0 && errno == EOPNOTSUPP) continue;
+      short_answer = n > 0;
+    } else {
+      // After an answer to RWF_NOWAIT short of `len`: the rest was not
+      // cached, or the file ends there (then this read returns 0).
+      n = pread(fd, buf + done, len - done, off + static_cast<off_t>(done));
+      if (n > 0 && short_answer) *blocked = true;
+    }
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return done > 0 ? static_cast<ssize_t>(done) : -errno;
+    }
+    if (n == 0) break;  // End of file.
+    done += static_cast<size_t>(n);
+  }
+  return static_cast<ssize_t>(done);
+}
+
 struct FreeDeleter {
   void operator()(char* p) const { std::free(p); }
 };
@@ -1725,31 +1768,35 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
     }
     return;
   }
-  // Large aligned reads (readahead) go direct into a page-aligned buffer.
+  // The worker's read buffer, page-aligned for O_DIRECT.
   thread_local std::unique_ptr<char, FreeDeleter> t_buf;
   thread_local size_t t_size = 0;
+  if (t_size < size) {
+    void* p = nullptr;
+    if (posix_memalign(&p, kPage, size) == 0) {
+      t_buf.reset(static_cast<char*>(p));
+      t_size = size;
+    }
+  }
+  if (t_size < size) {
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
+  // Large aligned reads (readahead) go direct.
   ssize_t n = -EAGAIN;
   if (size >= kDirectIoMin && size % kPage == 0 && off % static_cast<off_t>(kPage) == 0) {
-    if (t_size < size) {
-      void* p = nullptr;
-      if (posix_memalign(&p, kPage, size) == 0) {
-        t_buf.reset(static_cast<char*>(p));
-        t_size = size;
-      }
-    }
     std::shared_ptr<Inode> inode = Fs(req).inodes().Find(ino);
-    if (inode && t_size >= size) n = DirectRead(*inode, t_buf.get(), size, off);
+    if (inode) n = DirectRead(*inode, t_buf.get(), size, off);
+  }
+  if (n == -EAGAIN) {
+    bool blocked = false;
+    n = CachedRead(static_cast<int>(fi->fh), t_buf.get(), size, off, &blocked);
+    if (n >= 0) NoteReadBlocked(blocked);
   }
   if (n >= 0) {
     fuse_reply_buf(req, t_buf.get(), static_cast<size_t>(n));
-  } else if (n != -EAGAIN) {
-    fuse_reply_err(req, static_cast<int>(-n));
   } else {
-    fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
-    buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
-    buf.buf[0].fd = static_cast<int>(fi->fh);
-    buf.buf[0].pos = off;
-    fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+    fuse_reply_err(req, static_cast<int>(-n));
   }
 }
 

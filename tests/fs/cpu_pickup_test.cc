@@ -55,10 +55,10 @@ class Queue {
     REQUIRE(fd);
     return fd;
   }
-  void Send(uint64_t unique) {
+  void Send(uint64_t unique, uint32_t opcode = FUSE_GETATTR) {
     fuse_in_header in{};
     in.len = sizeof in;
-    in.opcode = FUSE_GETATTR;
+    in.opcode = opcode;
     in.unique = unique;
     REQUIRE(write(write_.get(), &in, sizeof in) == static_cast<ssize_t>(sizeof in));
   }
@@ -159,6 +159,55 @@ std::unique_ptr<CpuPickup> MakePickup(const Queue& queue, bool sched_idle) {
   return pickup;
 }
 
+// Handlers of requests `first`..`last - 1` wait until request `last` is
+// handled (as a handler whose notification makes the kernel send a request
+// waits for it): only a worker not among them can take `last`.
+class WaitForLast {
+ public:
+  WaitForLast(uint64_t first, uint64_t last) : first_(first), last_(last) {}
+
+  // The handler's part; false for a request outside first..last.
+  bool Handle(uint64_t unique) {
+    if (unique < first_ || unique > last_) return false;
+    std::unique_lock lock(mutex_);
+    if (unique == last_) {
+      last_done_ = true;
+      cv_.notify_all();
+      return true;
+    }
+    ++waiting_;
+    if (!cv_.wait_for(lock, std::chrono::seconds(5), [&] { return last_done_; })) ++timed_out_;
+    return true;
+  }
+
+  // Sends first..last - 1 and waits until their handlers wait, then sends
+  // `last`: it must be handled within 5 s, and no handler may time out.
+  void Run(Queue& queue, uint32_t opcode) {
+    for (uint64_t u = first_; u < last_; ++u) queue.Send(u, opcode);
+    const auto start = std::chrono::steady_clock::now();
+    while (waiting_.load() < last_ - first_ &&
+           std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    REQUIRE(waiting_.load() == last_ - first_);
+    queue.Send(last_, opcode);
+    {
+      std::unique_lock lock(mutex_);
+      CHECK(cv_.wait_for(lock, std::chrono::seconds(5), [&] { return last_done_; }));
+    }
+    CHECK(timed_out_.load() == 0);
+  }
+
+ private:
+  const uint64_t first_;
+  const uint64_t last_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool last_done_ = false;
+  std::atomic<int> timed_out_{0};
+  std::atomic<uint64_t> waiting_{0};
+};
+
 }  // namespace
 
 TEST_CASE("CpuPickup: every request is read once, by workers pinned to one CPU",
@@ -225,29 +274,14 @@ TEST_CASE("CpuPickup: workers blocked in requests get a spare that takes the nex
   Queue queue;
   auto pickup = MakePickup(queue, false);
   if (!pickup) return;
-  // Every poller takes a request that waits until the last one is handled
-  // (as a handler whose notification makes the kernel send a request waits
-  // for it); only a spare can take that one.
+  // Every poller takes a request that waits for the last one; only a spare
+  // can take that one.
   const uint64_t blocked = pickup->cpus();
-  const uint64_t last = blocked + 1;
-  std::mutex mutex;
-  std::condition_variable cv;
-  bool last_done = false;
-  std::atomic<int> timed_out{0};
-  std::atomic<uint64_t> waiting{0};
-  auto handle = [&](uint64_t unique) {
-    std::unique_lock lock(mutex);
-    if (unique == last) {
-      last_done = true;
-      cv.notify_all();
-      return;
-    }
-    ++waiting;
-    if (!cv.wait_for(lock, std::chrono::seconds(5), [&] { return last_done; })) ++timed_out;
-  };
+  WaitForLast requests(1, blocked + 1);
   std::vector<std::unique_ptr<Worker>> workers;
   for (uint64_t i = 0; i < blocked + 1; ++i) {
-    workers.push_back(std::make_unique<Worker>(*pickup, queue, handle));
+    workers.push_back(std::make_unique<Worker>(
+        *pickup, queue, [&requests](uint64_t unique) { requests.Handle(unique); }));
   }
   // All waiting: a poller per CPU and the spare.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -255,19 +289,7 @@ TEST_CASE("CpuPickup: workers blocked in requests get a spare that takes the nex
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   REQUIRE(pickup->spares_waiting() == 1);
-  for (uint64_t u = 1; u <= blocked; ++u) queue.Send(u);
-  const auto start = std::chrono::steady_clock::now();
-  while (waiting.load() < blocked &&
-         std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  REQUIRE(waiting.load() == blocked);
-  queue.Send(last);
-  {
-    std::unique_lock lock(mutex);
-    CHECK(cv.wait_for(lock, std::chrono::seconds(5), [&] { return last_done; }));
-  }
-  CHECK(timed_out.load() == 0);
+  requests.Run(queue, FUSE_GETATTR);
   CHECK(pickup->spares_sent() >= 1);
   queue.Close();
   for (auto& w : workers) w->Cancel();
@@ -343,4 +365,133 @@ TEST_CASE("CpuPickup: a SCHED_IDLE poller starved on a busy CPU is rescued", "[f
   // and makes it SCHED_OTHER: it then shares its CPU with the spinner.
   CHECK(ms[ms.size() / 2] < 150);  // 250 ms without the rescue here
   CHECK(pickup->stalls() >= 1);
+}
+
+namespace {
+
+// CPUs the calling thread may run on.
+int AllowedCpus() {
+  cpu_set_t set;
+  return sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : -1;
+}
+
+// Sends requests `first`..`last` one at a time, each waited for, with a
+// pause after each so that its worker is back in Read() before the next.
+void SendEach(Queue& queue, const std::atomic<uint64_t>& handled, uint64_t first, uint64_t last,
+              uint32_t opcode) {
+  for (uint64_t u = first; u <= last; ++u) {
+    queue.Send(u, opcode);
+    const auto start = std::chrono::steady_clock::now();
+    while (handled.load() < u &&
+           std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
+      std::this_thread::yield();
+    }
+    REQUIRE(handled.load() == u);
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("CpuPickup: while most requests are reads from the disk, workers read unpinned",
+          "[fs][cpu_pickup]") {
+  Queue queue;
+  auto pickup = MakePickup(queue, GENERATE(false, true));
+  if (!pickup) return;
+  int all = 0;
+  {
+    cpu_set_t set;
+    REQUIRE(sched_getaffinity(0, sizeof set, &set) == 0);
+    all = CPU_COUNT(&set);
+  }
+  // READs 1-300 wait for the disk, GETATTRs 301-600 do not; the handler
+  // notes the CPUs its worker could run on when it read the request.
+  constexpr uint64_t kReads = 300;
+  constexpr uint64_t kTotal = 600;
+  std::vector<int> cpus_when_read(kTotal + 1, 0);
+  std::atomic<uint64_t> handled{0};
+  std::vector<std::unique_ptr<Worker>> workers;
+  for (size_t i = 0; i < pickup->cpus() + 2; ++i) {
+    workers.push_back(std::make_unique<Worker>(*pickup, queue, [&](uint64_t unique) {
+      cpus_when_read[unique] = AllowedCpus();
+      if (unique <= kReads) pickup->NoteRead(/*blocked=*/true);
+      ++handled;
+    }));
+  }
+  SendEach(queue, handled, 1, kReads, FUSE_READ);
+  CHECK(pickup->plain());
+  // The score passes kPlainAt at READ kPlainAt. A poller may still read one
+  // request pinned after that (it looks at the mode when it finds no
+  // request), then reads plainly: at most one pinned read per worker.
+  size_t pinned_reads = 0;
+  for (uint64_t u = CpuPickup::kPlainAt + 1; u <= kReads; ++u) {
+    pinned_reads += cpus_when_read[u] == 1 ? 1 : 0;
+  }
+  CHECK(pinned_reads <= workers.size());
+  CHECK(cpus_when_read[kReads] == all);
+  // Pollers are woken by the switch itself: soon every worker waits either
+  // in a plain read or as a spare, with no request sent.
+  const auto settle = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (static_cast<size_t>(pickup->plain_waiting() + pickup->spares_waiting()) < workers.size() &&
+         std::chrono::steady_clock::now() < settle) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  CHECK(static_cast<size_t>(pickup->plain_waiting() + pickup->spares_waiting()) == workers.size());
+
+  SendEach(queue, handled, kReads + 1, kTotal, FUSE_GETATTR);
+  CHECK_FALSE(pickup->plain());
+  // Back to pollers once the score falls to kPickupAt. A plain reader still
+  // waits in read(2) until it gets one more request (which may come late:
+  // the pollers race it for each), then claims a slot: so at most one
+  // unpinned read per worker after that.
+  const uint64_t back = kReads + (CpuPickup::kScoreMax - CpuPickup::kPickupAt) + 1;
+  size_t unpinned_reads = 0;
+  for (uint64_t u = back; u <= kTotal; ++u) unpinned_reads += cpus_when_read[u] != 1 ? 1 : 0;
+  CHECK(unpinned_reads <= workers.size());
+  CHECK(pickup->switches() == 2);
+  queue.Close();
+  for (auto& w : workers) w->Cancel();
+  CHECK(pickup->taken() == kTotal);
+  pickup->Stop();
+}
+
+TEST_CASE("CpuPickup: plain readers blocked in requests get a spare that takes the next one",
+          "[fs][cpu_pickup]") {
+  Queue queue;
+  auto pickup = MakePickup(queue, false);
+  if (!pickup) return;
+  // One worker per CPU and a spare. READs from the disk (requests below
+  // kBlocking) make the workers plain readers; the spare stays a spare, as
+  // a plain reader is always waiting.
+  const int nworkers = static_cast<int>(pickup->cpus()) + 1;
+  constexpr uint64_t kBlocking = 1000000;
+  // Every plain reader takes a request that waits for the last one, which
+  // only the spare can take.
+  WaitForLast requests(kBlocking, kBlocking + static_cast<uint64_t>(nworkers) - 1);
+  std::atomic<uint64_t> handled{0};
+  std::vector<std::unique_ptr<Worker>> workers;
+  for (int i = 0; i < nworkers; ++i) {
+    workers.push_back(std::make_unique<Worker>(*pickup, queue, [&](uint64_t unique) {
+      pickup->NoteRead(/*blocked=*/true);
+      if (!requests.Handle(unique)) ++handled;
+    }));
+  }
+  uint64_t sent = 0;
+  while (sent < 1000 && !(pickup->plain() && pickup->plain_waiting() == nworkers - 1 &&
+                          pickup->spares_waiting() == 1)) {
+    SendEach(queue, handled, sent + 1, sent + 1, FUSE_READ);
+    ++sent;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  REQUIRE(pickup->plain());
+  if (pickup->plain_waiting() != nworkers - 1 || pickup->spares_waiting() != 1) {
+    // The spare was sent already (a plain reader found no other one waiting
+    // while that one was between requests): nothing left to test.
+    WARN("the spare reads plainly already");
+  } else {
+    requests.Run(queue, FUSE_READ);
+  }
+  queue.Close();
+  for (auto& w : workers) w->Cancel();
+  pickup->Stop();
 }
