@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "backing_xattr.h"
+#include "cached_read.h"
 #include "channel.h"
 #include "creds.h"
 #include "log.h"
@@ -1709,48 +1710,6 @@ ssize_t DirectRead(Inode& inode, char* buf, size_t len, off_t off) {
   if (fd < 0) return -EAGAIN;
   ssize_t n = pread(fd, buf, len, off);
   return n < 0 ? (errno == EINVAL ? -EAGAIN : -errno) : n;
-}
-
-// Reads up to `len` bytes at `off` through the page cache, as many as the
-// file has: short only at its end, or after an error once some data was
-// read. Returns the count, or a negative errno. *blocked: whether the data
-// was not all cached, so that the read waited for the disk. It asks first
-// with RWF_NOWAIT, which answers EAGAIN, or a short count, where data is
-// missing (since Linux 5.8 after starting the disk read and its
-// read-ahead); where the backing file refuses RWF_NOWAIT (EOPNOTSUPP) the
-// read counts as cached.
-ssize_t CachedRead(int fd, char* buf, size_t len, off_t off, bool* blocked) {
-  *blocked = false;
-  size_t done = 0;
-  bool ask = true;  // RWF_NOWAIT not answered yet
-  bool short_answer = false;
-  while (done < len) {
-    ssize_t n;
-    if (ask) {
-      iovec v{buf + done, len - done};
-      n = preadv2(fd, &v, 1, off + static_cast<off_t>(done), RWF_NOWAIT);
-      if (n < 0 && errno == EINTR) continue;
-      ask = false;
-      if (n < 0 && errno == EAGAIN) {
-        *blocked = true;
-        continue;
-      }
-      if (n < 0 && errno == EOPNOTSUPP) continue;
-      short_answer = n > 0;
-    } else {
-      // After an answer to RWF_NOWAIT short of `len`: the rest was not
-      // cached, or the file ends there (then this read returns 0).
-      n = pread(fd, buf + done, len - done, off + static_cast<off_t>(done));
-      if (n > 0 && short_answer) *blocked = true;
-    }
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return done > 0 ? static_cast<ssize_t>(done) : -errno;
-    }
-    if (n == 0) break;  // End of file.
-    done += static_cast<size_t>(n);
-  }
-  return static_cast<ssize_t>(done);
 }
 
 struct FreeDeleter {
