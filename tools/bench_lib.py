@@ -138,10 +138,9 @@ def mount_containing(path):
     return best
 
 
-def readahead_file(path):
-    """sysfs read_ahead_kb of the block device under PATH (its whole disk's for
+def readahead_file(m):
+    """sysfs read_ahead_kb of the block device of mount M (its whole disk's for
     a partition: read-ahead is set per request queue), or None."""
-    m = mount_containing(path)
     if not m or m["majmin"].startswith("0:"):
         return None
     base = os.path.realpath(f"/sys/dev/block/{m['majmin']}")
@@ -155,7 +154,7 @@ def readahead_file(path):
 def cmd_readahead(a):
     """Prints "FILE KB" (the current value); with --set also writes KB, and
     prints the value it replaced."""
-    f = readahead_file(a.path)
+    f = readahead_file(mount_containing(a.path))
     if f is None:
         raise BenchError(f"no block device with a read_ahead_kb under {a.path} "
                          "(tmpfs, or a filesystem without one)")
@@ -269,7 +268,7 @@ def cmd_env(a):
         "backing_source": m.get("source", ""),
         "backing_mount": m.get("mountpoint", ""),
         "backing_mount_opts": m.get("mount_opts", ""),
-        "backing_read_ahead_kb": _read_sys(readahead_file(work) or "/nonexistent"),
+        "backing_read_ahead_kb": _read_sys(readahead_file(m) or "/nonexistent"),
         "fio_version": _run(["fio", "--version"]),
         **wakeup_settings(),
         "libfuse3": fuse_pkg or "unknown",

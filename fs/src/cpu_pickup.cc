@@ -331,11 +331,13 @@ void CpuPickup::AfterReply() {
   if (t_state.idle != nullptr) t_state.idle->Replied();
 }
 
+void CpuPickup::Unpin() {
+  t_state.pinned = !PinTo(all_);
+  t_state.index = -1;
+}
+
 ssize_t CpuPickup::ReadPlain(int fd, const iovec* iov, int count) {
-  if (t_state.pinned || t_state.index >= 0) {
-    t_state.pinned = !PinTo(all_);
-    t_state.index = -1;
-  }
+  if (t_state.pinned) Unpin();  // (a thread with a slot is pinned too)
   if (t_state.idle != nullptr) t_state.idle->Normal();
   t_state.plain = true;
   SetNonblocking(fd, false);
@@ -427,8 +429,7 @@ ssize_t CpuPickup::Read(int fd, const iovec* iov, int count) {
     // io_uring's) inherit this one's CPU and policy: neither pinned nor
     // SCHED_IDLE, then. It gives its slot up and serves INIT unpinned, and
     // INIT is counted but not booked as a SCHED_IDLE request.
-    PinTo(all_);
-    t_state.index = -1;
+    Unpin();
     if (t_state.idle != nullptr) t_state.idle->Normal();
     Took(nullptr);
     return n;  // The guard gives the slot up.

@@ -186,6 +186,8 @@ class CpuPickup {
   // when a signal interrupts the wait (*interrupted set), no slot is left
   // (every CPU gone) or workers read plainly (plain()).
   Slot* ClaimAsSpare(bool* interrupted);
+  // Lets the calling thread run on every CPU of all_, without a slot.
+  void Unpin();
   // A plain blocking read, unpinned and SCHED_OTHER (no slot left, or
   // plain()).
   ssize_t ReadPlain(int fd, const iovec* iov, int count);

@@ -71,10 +71,7 @@ IdleRings::Kind IdleRings::KindOf(uint32_t opcode) {
 void IdleRings::Slot::Started(Kind kind) {
   busy_.store(true, std::memory_order_relaxed);
   progress_.fetch_add(1, std::memory_order_relaxed);
-  if (kind == Kind::kData && idle_.load(std::memory_order_relaxed) &&
-      SetPolicy(0, SCHED_OTHER) == 0) {
-    idle_.store(false, std::memory_order_relaxed);
-  }
+  if (kind == Kind::kData) Normal();
 }
 
 void IdleRings::Slot::Replied() {
