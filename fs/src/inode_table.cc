@@ -237,16 +237,33 @@ size_t InodeTable::EvictDescriptors(size_t count) {
 }
 
 void InodeTable::Forget(uint64_t nodeid, uint64_t n) {
-  std::unique_lock lock(mutex_);
-  auto it = inodes_.find(nodeid);
-  if (it == inodes_.end() || it->second == root_) return;
-  Inode& inode = *it->second;
-  inode.nlookup = n >= inode.nlookup ? 0 : inode.nlookup - n;
-  if (inode.nlookup == 0) {
-    if (const uint64_t born = inode.born.load(); born != Inode::kNoEpoch) births_[nodeid] = born;
-    if (!inode.fd) --evicted_;
-    inodes_.erase(it);
-    forgotten_.fetch_add(1, std::memory_order_relaxed);
+  std::shared_ptr<Inode> dropped;
+  {
+    std::unique_lock lock(mutex_);
+    auto it = inodes_.find(nodeid);
+    if (it == inodes_.end() || it->second == root_) return;
+    Inode& inode = *it->second;
+    inode.nlookup = n >= inode.nlookup ? 0 : inode.nlookup - n;
+    if (inode.nlookup == 0) {
+      if (const uint64_t born = inode.born.load(); born != Inode::kNoEpoch) births_[nodeid] = born;
+      if (!inode.fd) --evicted_;
+      dropped = std::move(it->second);
+      inodes_.erase(it);
+      forgotten_.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  // Its descriptor may be the last of a deleted file, whose close frees the
+  // file (see deferred_release.h). Held elsewhere, it is closed there.
+  if (dropped && dropped.use_count() == 1 && dropped->fd) release_.Add(std::move(dropped));
+}
+
+void InodeTable::CloseLater(cow_store::UniqueFd fd) {
+  if (!fd) return;
+  try {
+    auto owned = std::make_shared<cow_store::UniqueFd>(std::move(fd));
+    release_.Add(std::move(owned));
+  } catch (const std::bad_alloc&) {
+    // `fd` was moved only if the allocation succeeded: closed here otherwise.
   }
 }
 

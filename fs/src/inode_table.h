@@ -58,6 +58,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "deferred_release.h"
 #include "vssfs/cow_store/unique_fd.h"
 
 namespace vssfs::fs {
@@ -180,7 +181,9 @@ class InodeTable {
   // handles instead. Returns how many it closed.
   size_t EvictDescriptors(size_t count);
 
-  // Drops `n` kernel references; forgets the inode at zero.
+  // Drops `n` kernel references; forgets the inode at zero. The entry's
+  // descriptors are closed on a thread of the table's (deferred_release.h)
+  // if nothing else holds it.
   void Forget(uint64_t nodeid, uint64_t n);
 
   // Node ids of at most `count` entries with a descriptor (with `evicted`:
@@ -210,9 +213,17 @@ class InodeTable {
   // recorded birth stale; ClearBirths() drops them.
   void ClearBirths();
 
+  // Closes now, on the calling thread, the descriptors of forgotten entries
+  // still queued for release. Returns how many entries it dropped.
+  size_t FlushReleases() { return release_.Flush(); }
+  // Closes `fd` on the table's release thread (an open file's descriptor at
+  // RELEASE: its close may do the backing filesystem's work).
+  void CloseLater(cow_store::UniqueFd fd);
+
   // Entries dropped by Forget so far.
   uint64_t forgotten() const { return forgotten_.load(std::memory_order_relaxed); }
-  // Descriptors closed so far, by Forget or by eviction.
+  // Descriptors released so far, by Forget (closed within a millisecond,
+  // or by FlushReleases()) or by eviction.
   uint64_t released() const { return forgotten() + evictions_.load(std::memory_order_relaxed); }
   // Entries now evicted, and entries holding a descriptor.
   size_t evicted() const { return evicted_.load(std::memory_order_relaxed); }
@@ -224,6 +235,7 @@ class InodeTable {
 
  private:
   mutable std::shared_mutex mutex_;
+  DeferredRelease release_;  // Forgotten entries' last references.
   std::unordered_map<uint64_t, std::shared_ptr<Inode>> inodes_;
   std::shared_ptr<Inode> root_;
   uint32_t last_generation_ = 0;  // Guarded by mutex_.

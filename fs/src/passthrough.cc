@@ -627,8 +627,13 @@ std::shared_ptr<Inode> Filesystem::Get(fuse_ino_t ino) {
 bool Filesystem::MadeRoom() {
   if ((errno != EMFILE && errno != ENFILE) || !pruner_ || !multithreaded_) return false;
   const int saved = errno;
+  // Forgotten entries queued for release first: closing them makes room.
+  if (inodes_->FlushReleases() > 0) return true;
   LOG_DEBUG("out of descriptors (%s): asking the pruner to release some", std::strerror(saved));
-  if (pruner_->Relieve(std::chrono::milliseconds(200))) return true;
+  if (pruner_->Relieve(std::chrono::milliseconds(200))) {
+    inodes_->FlushReleases();  // (Entries forgotten meanwhile count as released.)
+    return true;
+  }
   errno = saved;
   return false;
 }
@@ -1061,6 +1066,7 @@ void Filesystem::Release(fuse_ino_t ino, fuse_file_info* fi) {
   }
   UniqueFd fd(static_cast<int>(fi->fh));
   if (std::shared_ptr<Inode> inode = Get(ino)) CountOpen(*inode, fi->flags, -1);
+  inodes_->CloseLater(std::move(fd));
 }
 
 int Filesystem::Lseek(fuse_ino_t ino, off_t off, int whence, fuse_file_info* fi, off_t* result) {
