@@ -808,11 +808,13 @@ void StopCpuPickup() {
   }
   LOG_DEBUG(
       "/dev/fuse: %llu requests read (per CPU %s), %llu spares sent, %llu SCHED_IDLE stalls, "
-      "%llu switches between polling and plain reads",
+      "%llu switches between polling and plain reads, %llu rests of pollers (%llu ended early)",
       static_cast<unsigned long long>(g_pickup->taken()), per_cpu.empty() ? "-" : per_cpu.c_str(),
       static_cast<unsigned long long>(g_pickup->spares_sent()),
       static_cast<unsigned long long>(g_pickup->stalls()),
-      static_cast<unsigned long long>(g_pickup->switches()));
+      static_cast<unsigned long long>(g_pickup->switches()),
+      static_cast<unsigned long long>(g_pickup->rests()),
+      static_cast<unsigned long long>(g_pickup->rest_wakes()));
 }
 
 bool KillprivV2Negotiated() { return g_killpriv_v2; }

@@ -5,10 +5,12 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include "log.h"
@@ -30,6 +32,8 @@ struct ThreadState {
   bool plain = false;               // it read its request as a plain reader
   uint64_t open_unique = 0;
   IdleRings::Kind open_kind = IdleRings::Kind::kNeutral;
+  uint32_t open_opcode = 0;
+  int64_t preempted = -1;  // Preemptions() before the reply, if it tells where the sender is
 
   // A worker that ends (cancelled at the end of the session) leaves
   // IdleRings, which must not raise its thread id later. The owner outlives
@@ -73,6 +77,49 @@ const fuse_in_header* HeaderOf(const iovec* iov, ssize_t n, fuse_in_header* in) 
 void Drain(int fd) {
   uint64_t v;
   while (::read(fd, &v, sizeof v) == sizeof v) {
+  }
+}
+
+// Involuntary context switches of the calling thread so far, or -1.
+int64_t Preemptions() {
+  rusage u;
+  return getrusage(RUSAGE_THREAD, &u) == 0 ? u.ru_nivcsw : -1;
+}
+
+// Whether the sender of a request with `opcode` waits for its reply: the
+// reply wakes it (not FORGET, nor what the kernel sends in the background
+// for itself: RELEASE, writeback, read-ahead, INTERRUPT).
+bool SenderWaits(uint32_t opcode) {
+  switch (opcode) {
+    case FUSE_LOOKUP:
+    case FUSE_GETATTR:
+    case FUSE_SETATTR:
+    case FUSE_READLINK:
+    case FUSE_SYMLINK:
+    case FUSE_MKNOD:
+    case FUSE_MKDIR:
+    case FUSE_UNLINK:
+    case FUSE_RMDIR:
+    case FUSE_RENAME:
+    case FUSE_RENAME2:
+    case FUSE_LINK:
+    case FUSE_OPEN:
+    case FUSE_OPENDIR:
+    case FUSE_CREATE:
+    case FUSE_STATFS:
+    case FUSE_ACCESS:
+    case FUSE_GETXATTR:
+    case FUSE_LISTXATTR:
+    case FUSE_SETXATTR:
+    case FUSE_REMOVEXATTR:
+    case FUSE_FLUSH:
+    case FUSE_FSYNC:
+    case FUSE_FSYNCDIR:
+    case FUSE_READDIR:
+    case FUSE_READDIRPLUS:
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -131,7 +178,13 @@ std::unique_ptr<CpuPickup> CpuPickup::Create(int session_fd, bool sched_idle, st
   cow_store::UniqueFd spare_fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK | EFD_SEMAPHORE));
   cow_store::UniqueFd wake_fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   cow_store::UniqueFd mode_fd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!spare_fd || !wake_fd || !mode_fd) {
+  std::vector<cow_store::UniqueFd> rest_fds;
+  bool made = spare_fd && wake_fd && mode_fd;
+  for (size_t i = 0; made && i < cpus.size(); ++i) {
+    rest_fds.emplace_back(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    made = static_cast<bool>(rest_fds.back());
+  }
+  if (!made) {
     *why = std::string("eventfd: ") + strerror(errno);
     return nullptr;
   }
@@ -145,9 +198,9 @@ std::unique_ptr<CpuPickup> CpuPickup::Create(int session_fd, bool sched_idle, st
     }
     idle = std::make_unique<IdleRings>();
   }
-  return std::unique_ptr<CpuPickup>(new CpuPickup(cpus, std::move(spare_fd), std::move(wake_fd),
-                                                  std::move(mode_fd), std::move(queue_fd),
-                                                  std::move(idle)));
+  return std::unique_ptr<CpuPickup>(new CpuPickup(cpus, std::move(rest_fds), std::move(spare_fd),
+                                                  std::move(wake_fd), std::move(mode_fd),
+                                                  std::move(queue_fd), std::move(idle)));
 }
 
 void CpuPickup::StartWatchdog() {
@@ -162,9 +215,10 @@ void CpuPickup::StartWatchdog() {
   }
 }
 
-CpuPickup::CpuPickup(const std::vector<int>& cpus, cow_store::UniqueFd spare_fd,
-                     cow_store::UniqueFd wake_fd, cow_store::UniqueFd mode_fd,
-                     cow_store::UniqueFd queue_fd, std::unique_ptr<IdleRings> idle)
+CpuPickup::CpuPickup(const std::vector<int>& cpus, std::vector<cow_store::UniqueFd> rest_fds,
+                     cow_store::UniqueFd spare_fd, cow_store::UniqueFd wake_fd,
+                     cow_store::UniqueFd mode_fd, cow_store::UniqueFd queue_fd,
+                     std::unique_ptr<IdleRings> idle)
     : all_(cpus),
       alive_(static_cast<int>(cpus.size())),
       spare_fd_(std::move(spare_fd)),
@@ -177,6 +231,7 @@ CpuPickup::CpuPickup(const std::vector<int>& cpus, cow_store::UniqueFd spare_fd,
     index_of_[static_cast<size_t>(cpu)] = static_cast<int>(slots_.size());
     slots_.push_back(std::make_unique<Slot>());
     slots_.back()->cpu = cpu;
+    slots_.back()->rest_fd = std::move(rest_fds[slots_.size() - 1]);
   }
 }
 
@@ -285,10 +340,23 @@ CpuPickup::Slot* CpuPickup::ClaimAsSpare(bool* interrupted) {
   }
 }
 
-void CpuPickup::KeepOnePolling() {
+void CpuPickup::KeepOnePolling(const fuse_in_header* in) {
   if (plain_waiting_.load() > 0) return;
+  bool resting = false;
   for (const auto& s : slots_) {
-    if (s->state.load() == kPolling) return;
+    const int state = s->state.load();
+    if (state == kPolling) return;
+    if (state == kResting) resting = true;
+  }
+  if (resting) {
+    // Calling a resting poller back for every request would cost what its
+    // rest saves: the watchdog calls it back if a request waits unread (see
+    // the header). A data request (READ, WRITE, FSYNC...) may keep this
+    // worker long, or come in a burst (writeback): those call it back now.
+    if (in != nullptr && IdleRings::KindOf(in->opcode) == IdleRings::Kind::kData) {
+      WakeResting(nullptr);
+    }
+    return;
   }
   if (spares_.load() == 0) {
     // libfuse starts a worker from this thread (see the header), which
@@ -299,6 +367,79 @@ void CpuPickup::KeepOnePolling() {
   if (Post(spare_fd_.get(), 1)) spares_sent_.fetch_add(1, std::memory_order_relaxed);
 }
 
+void CpuPickup::RestRemote() {
+  auto active = [this](const Slot* except) {
+    return std::any_of(slots_.begin(), slots_.end(), [except](const auto& o) {
+      const int state = o->state.load();
+      return o.get() != except && (state == kPolling || state == kServing);
+    });
+  };
+  const uint64_t now = taken_.load(std::memory_order_relaxed);
+  for (const auto& s : slots_) {
+    // (A local reply or a call-back after `now` was read leaves last_local
+    // ahead of it: not stale.)
+    const uint64_t last = s->last_local.load(std::memory_order_relaxed);
+    if (s->state.load() != kPolling || last >= now || now - last <= kRestAfter ||
+        !active(s.get())) {
+      continue;
+    }
+    int polling = kPolling;
+    if (!s->state.compare_exchange_strong(polling, kResting)) continue;
+    if (!active(s.get())) {
+      // Another thread rested the one counted on meanwhile: this one stays.
+      int resting = kResting;
+      s->state.compare_exchange_strong(resting, kPolling);
+      continue;
+    }
+    rests_.fetch_add(1, std::memory_order_relaxed);
+    Post(s->rest_fd.get(), 1);
+  }
+}
+
+bool CpuPickup::Rest(Slot& slot) {
+  Drain(slot.rest_fd.get());
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(kRestMs);
+  bool interrupted = false;
+  while (slot.state.load() == kResting && !plain()) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        end - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    pollfd p[2] = {{slot.rest_fd.get(), POLLIN, 0}, {mode_fd_.get(), POLLIN, 0}};
+    const int ready = ::poll(p, 2, static_cast<int>(left.count()) + 1);
+    if (ready < 0) {
+      if (errno == EINTR) {
+        interrupted = true;
+        break;
+      }
+      ::usleep(1000);  // Cannot wait (ENOMEM): try again shortly, not in a spin.
+    }
+    if (ready > 0 && (p[0].revents & POLLIN) != 0) Drain(slot.rest_fd.get());
+    if (ready > 0 && (p[1].revents & POLLIN) != 0 && !plain()) Drain(mode_fd_.get());
+  }
+  // Still kResting after the time, a switch to plain reads or a signal.
+  int resting = kResting;
+  slot.state.compare_exchange_strong(resting, kPolling);
+  return !interrupted;
+}
+
+void CpuPickup::WakeResting(Slot* only) {
+  for (const auto& s : slots_) {
+    if ((only != nullptr && s.get() != only) || s->state.load() != kResting) continue;
+    // A fresh window: not sent to rest again before it could take requests.
+    s->last_local.store(taken_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    int resting = kResting;
+    if (s->state.compare_exchange_strong(resting, kPolling)) {
+      rest_wakes_.fetch_add(1, std::memory_order_relaxed);
+      Post(s->rest_fd.get(), 1);
+    }
+  }
+}
+
+int CpuPickup::resting() const {
+  return static_cast<int>(std::count_if(slots_.begin(), slots_.end(),
+                                        [](const auto& s) { return s->state.load() == kResting; }));
+}
+
 void CpuPickup::Took(const fuse_in_header* in) {
   // Sequentially consistent, then asleep_ is read: see Watch().
   taken_.fetch_add(1);
@@ -307,6 +448,7 @@ void CpuPickup::Took(const fuse_in_header* in) {
     slots_[static_cast<size_t>(index_of_[here])]->read.fetch_add(1, std::memory_order_relaxed);
   }
   if (in != nullptr && in->opcode != FUSE_READ) Vote(-1);
+  t_state.open_opcode = in != nullptr ? in->opcode : 0;
   if (t_state.idle == nullptr || in == nullptr) return;
   t_state.open = true;
   t_state.open_unique = in->unique;
@@ -322,13 +464,38 @@ void CpuPickup::BeforeReply(uint64_t unique) {
   // A plain reader stays SCHED_OTHER: it is not pinned where its sender is.
   t_state.idle->Finished(t_state.plain ? IdleRings::Kind::kNeutral : t_state.open_kind,
                          /*replying=*/true);
+  // A poller's reply as SCHED_IDLE to a sender waiting on the same CPU is
+  // preempted by the sender it wakes: whether it is tells where the sender
+  // runs (AfterReply). Only for pollers, while the watchdog runs.
+  t_state.preempted = t_state.index >= 0 && !t_state.plain && t_state.idle->idle() &&
+                              SenderWaits(t_state.open_opcode)
+                          ? Preemptions()
+                          : -1;
   t_state.replying = true;
 }
 
 void CpuPickup::AfterReply() {
   if (t_state.owner != this || !t_state.replying) return;
   t_state.replying = false;
+  const int64_t before = t_state.preempted;
+  t_state.preempted = -1;
+  const int64_t after = before >= 0 ? Preemptions() : -1;
   if (t_state.idle != nullptr) t_state.idle->Replied();
+  if (before >= 0 && after >= 0 && t_state.index >= 0) {
+    Slot& slot = *slots_[static_cast<size_t>(t_state.index)];
+    if (after > before) {
+      // The sender ran here: this slot's poller is where it should be.
+      slot.last_local.store(taken_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+      slot.remote_run.store(0, std::memory_order_relaxed);
+      RestRemote();
+    } else if (after == before &&
+               slot.remote_run.fetch_add(1, std::memory_order_relaxed) + 1 >= kRemoteRun) {
+      // Its senders run on another CPU: if that one's poller rests, it
+      // should not (which one is not known: all are called back).
+      slot.remote_run.store(0, std::memory_order_relaxed);
+      WakeResting(nullptr);
+    }
+  }
 }
 
 void CpuPickup::Unpin() {
@@ -350,8 +517,9 @@ ssize_t CpuPickup::ReadPlain(int fd, const iovec* iov, int count) {
   }
   if (n <= 0) return n;
   fuse_in_header in;
-  Took(HeaderOf(iov, n, &in));
-  KeepOnePolling();
+  const fuse_in_header* header = HeaderOf(iov, n, &in);
+  Took(header);
+  KeepOnePolling(header);
   return n;
 }
 
@@ -405,11 +573,16 @@ ssize_t CpuPickup::Read(int fd, const iovec* iov, int count) {
       guard.GiveUp();
       return ReadPlain(fd, iov, count);
     }
-    pollfd p[2] = {{fd, POLLIN, 0}, {mode_fd_.get(), POLLIN, 0}};
-    const int ready = ::poll(p, 2, -1);
+    pollfd p[3] = {{fd, POLLIN, 0}, {mode_fd_.get(), POLLIN, 0}, {slot->rest_fd.get(), POLLIN, 0}};
+    const int ready = ::poll(p, 3, -1);
     if (ready > 0 && (p[1].revents & POLLIN) != 0 && !plain()) {
       // Posted for a switch to plain that was switched back since.
       Drain(mode_fd_.get());
+    }
+    if (ready > 0 && (p[2].revents & POLLIN) != 0 && !Rest(*slot)) {
+      errno = EINTR;  // As below.
+      n = -1;
+      break;
     }
     if (ready < 0) {
       // A signal (SIGTERM): returned, so that libfuse checks whether the
@@ -437,7 +610,7 @@ ssize_t CpuPickup::Read(int fd, const iovec* iov, int count) {
   guard.Release();
   slot->state.store(kServing);
   Took(header);
-  KeepOnePolling();
+  KeepOnePolling(header);
   return n;
 }
 
@@ -463,6 +636,13 @@ void CpuPickup::Watch() {
     const bool waiting = ::poll(&q, 1, 0) > 0;
     bool watch = false;
     idle_->Check(&watch, waiting && now == seen ? 2 : kSlowTicks);
+    if (waiting && now == seen) {
+      // A request waits and none was read since the last check: resting
+      // pollers take it (the only poller may wait in its handler for it).
+      WakeResting(nullptr);
+    } else {
+      RestRemote();
+    }
     if (now != seen) {
       seen = now;
       quiet_ms = 0;
@@ -475,6 +655,8 @@ void CpuPickup::Watch() {
     // asleep_, the watchdog sets asleep_ before it looks at taken_: one
     // of them sees the other.
     idle_->RaiseAll();
+    // Nobody would call resting pollers back while the watchdog sleeps.
+    WakeResting(nullptr);
     asleep_.store(true);
     if (taken_.load() == seen && !stop_.load()) {
       p = pollfd{wake_fd_.get(), POLLIN, 0};

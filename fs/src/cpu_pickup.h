@@ -36,7 +36,8 @@
 // itself to that CPU) and polls: a worker waits for the next request whenever
 // any is left (-o threads), as with plain read(2) workers, so a handler that
 // waits for another request (a notification that makes the kernel write
-// dirty pages back) cannot stall the daemon. With no spare left, libfuse
+// dirty pages back) cannot stall the daemon (while a poller rests, the
+// watchdog calls it back for that instead; see Resting). With no spare left, libfuse
 // starts another worker, since none is then waiting in its receive call.
 //
 // Reads from the disk. A request whose handler waits for the disk gains
@@ -53,6 +54,38 @@
 // switch is made; plain readers become pollers again after their next
 // request. A plain reader that takes a request and leaves neither a poller
 // nor another plain reader waiting sends a spare, like a poller.
+//
+// Resting. With one sender (a single-threaded client, fio), the pollers of
+// the other CPUs are woken for every request and usually find it taken; on a
+// VM each such wake-up makes the sender's CPU interrupt a halted vCPU, about
+// 10 us per request here (an unlink of a cached name, 3 requests: 50-55 us
+// with both pollers, 19 us with the other one kept off /dev/fuse), and the
+// few they win are served away from their sender. So pollers learn where
+// their senders are, from their replies: a poller writes the reply to a
+// waiting sender's metadata request as SCHED_IDLE, and if the sender waits
+// on the poller's CPU, the wake-up preempts the poller at once (one more
+// involuntary context switch, getrusage(2)); if it waits elsewhere, it does
+// not. A poller whose slot had no such local reply in the last kRestAfter
+// requests read is sent to rest by a poller that had one (or by the
+// watchdog), unless no other slot has a poller: it leaves /dev/fuse and
+// waits on its slot's eventfd, for kRestMs at most. Resting pollers poll
+// again as soon as
+//   - a poller replies to senders on other CPUs kRemoteRun times in a row
+//     (the scheduler moved the client; which CPU it is on is not known, so
+//     all are called back and the ones without local replies rest again);
+//   - the watchdog sees requests wait and none read since its last check (a
+//     handler that waits for another request while the only poller serves
+//     it);
+//   - a worker takes a data request (READ, WRITE, FSYNC...: it may keep
+//     the worker long, or come in a burst, as writeback does);
+//   - the watchdog goes to sleep (no request for kQuietMs);
+//   - workers switch to plain reads (they all read plainly then).
+// While a poller rests, no spare is sent (see Spares): a request that comes
+// while the only poller serves another waits for it, or for the watchdog's
+// next check (kCheckMs) if that one takes long.
+// (The sender's PID is in each request, but reading /proc/PID/stat for its
+// CPU can block: a sender in execve(2), closing its files, holds a lock
+// that read needs while it waits for its FLUSH.)
 //
 // Requirements: each worker reads from a descriptor of its own
 // (-o clone_fd, the default), because a poller makes its descriptor
@@ -100,6 +133,13 @@ class CpuPickup {
   static constexpr int kScoreMax = 32;
   static constexpr int kPlainAt = 24;
   static constexpr int kPickupAt = 8;
+  // Resting (see above): a poller rests after kRestAfter requests (read by
+  // any worker) without a local reply, for kRestMs at most.
+  static constexpr uint64_t kRestAfter = 16;
+  // Replies in a row to senders elsewhere that call resting pollers back
+  // (one may be a local sender that did not preempt: a false alarm).
+  static constexpr int kRemoteRun = 4;
+  static constexpr int kRestMs = 1000;
 
   // One poller slot per CPU in the process's affinity mask at the time of
   // the call; `sched_idle`: whether pollers answer metadata requests as
@@ -130,7 +170,8 @@ class CpuPickup {
 
   // Called on a worker thread before it writes the reply with FUSE unique
   // `unique` (a metadata request's reply is written as SCHED_IDLE), and
-  // after the write.
+  // after the write (which tells a poller where its sender is; see
+  // resting).
   void BeforeReply(uint64_t unique);
   void AfterReply();
 
@@ -161,6 +202,11 @@ class CpuPickup {
   uint64_t spares_sent() const { return spares_sent_.load(std::memory_order_relaxed); }
   // Threads the watchdog found starved as SCHED_IDLE.
   uint64_t stalls() const { return idle_ ? idle_->stalls() : 0; }
+  // Pollers resting now; times pollers were sent to rest; times resting
+  // pollers were called back before kRestMs (see above).
+  int resting() const;
+  uint64_t rests() const { return rests_.load(std::memory_order_relaxed); }
+  uint64_t rest_wakes() const { return rest_wakes_.load(std::memory_order_relaxed); }
 
  private:
   enum State : int {
@@ -168,16 +214,23 @@ class CpuPickup {
     kPolling = 1,  // a poller waits for a request
     kServing = 2,  // its poller is handling a request: claimable
     kDead = 3,     // the CPU cannot be pinned to (offline, out of the cpuset)
+    kResting = 4,  // its poller rests or is told to (see above): not claimable
   };
   struct Slot {
     int cpu = 0;
     std::atomic<int> state{kEmpty};
     std::atomic<uint64_t> read{0};  // requests read while running on this CPU
+    // taken_ at its pollers' last reply to a sender on this CPU, or when its
+    // poller was last called back from a rest.
+    std::atomic<uint64_t> last_local{0};
+    // Replies in a row of its pollers to senders on other CPUs.
+    std::atomic<int> remote_run{0};
+    cow_store::UniqueFd rest_fd;  // eventfd: tells its poller to rest, or to stop resting
   };
 
-  CpuPickup(const std::vector<int>& cpus, cow_store::UniqueFd spare_fd, cow_store::UniqueFd wake_fd,
-            cow_store::UniqueFd mode_fd, cow_store::UniqueFd queue_fd,
-            std::unique_ptr<IdleRings> idle);
+  CpuPickup(const std::vector<int>& cpus, std::vector<cow_store::UniqueFd> rest_fds,
+            cow_store::UniqueFd spare_fd, cow_store::UniqueFd wake_fd, cow_store::UniqueFd mode_fd,
+            cow_store::UniqueFd queue_fd, std::unique_ptr<IdleRings> idle);
 
   // Makes the calling thread a slot's poller (pinned to its CPU), preferring
   // its own slot, then the CPU it runs on. nullptr when none is claimable.
@@ -197,9 +250,18 @@ class CpuPickup {
   // Starts the watchdog (with SCHED_IDLE only); on failure the threads stay
   // SCHED_OTHER.
   void StartWatchdog();
-  // After a worker took a request: sends a spare if no slot has a poller
-  // waiting and no plain reader waits.
-  void KeepOnePolling();
+  // After a worker took a request (`in`: its header, if known): sends a
+  // spare if no slot has a poller waiting and no plain reader waits; if a
+  // slot's poller rests instead, calls it back after a data request.
+  void KeepOnePolling(const fuse_in_header* in);
+  // Sends to rest the pollers whose slots had no local reply in the last
+  // kRestAfter requests, while another slot has a poller.
+  void RestRemote();
+  // Called by `slot`'s poller when its eventfd is readable: rests while the
+  // slot is kResting, at most kRestMs. False if a signal interrupted it.
+  bool Rest(Slot& slot);
+  // Calls back the resting poller of `slot`; of every slot if nullptr.
+  void WakeResting(Slot* slot);
   // Books a request read by the calling thread: counts it and, given its
   // header, opens it for IdleRings (and wakes the sleeping watchdog).
   void Took(const fuse_in_header* in);
@@ -228,6 +290,8 @@ class CpuPickup {
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> taken_{0};
   std::atomic<uint64_t> spares_sent_{0};
+  std::atomic<uint64_t> rests_{0};
+  std::atomic<uint64_t> rest_wakes_{0};
   std::once_flag start_once_;
   std::atomic<bool> watching_{false};  // the watchdog runs: threads may go SCHED_IDLE
   std::thread watchdog_;               // only with SCHED_IDLE

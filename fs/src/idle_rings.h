@@ -93,6 +93,8 @@ class IdleRings {
     void Finished(Kind kind, bool replying = false);
     // The reply announced by Finished(kind, true) is written.
     void Replied();
+    // Whether the thread is SCHED_IDLE now (as far as this slot knows).
+    bool idle() const { return idle_.load(std::memory_order_relaxed); }
     // Makes the thread SCHED_OTHER now if it is SCHED_IDLE (it is about to
     // start a thread, which would inherit the policy); its next latency
     // request lowers it again.

@@ -71,13 +71,17 @@ class Queue {
 };
 
 // A worker thread: reads requests through `pickup` and hands each to
-// `handle` (on the worker's thread) until its read fails or ends, or it is
+// `handle` (on the worker's thread), then "replies" with `reply` between
+// BeforeReply() and AfterReply(), until its read fails or ends, or it is
 // cancelled.
 class Worker {
  public:
   using Handler = std::function<void(uint64_t unique)>;
-  Worker(CpuPickup& pickup, const Queue& queue, Handler handle)
-      : pickup_(pickup), fd_(queue.OpenReader()), handle_(std::move(handle)) {
+  Worker(CpuPickup& pickup, const Queue& queue, Handler handle, Handler reply = nullptr)
+      : pickup_(pickup),
+        fd_(queue.OpenReader()),
+        handle_(std::move(handle)),
+        reply_(std::move(reply)) {
     REQUIRE(pthread_create(&thread_, nullptr, &Worker::Run, this) == 0);
   }
   ~Worker() { Cancel(); }
@@ -134,6 +138,8 @@ class Worker {
       }
       handle_(in.unique);
       pickup_.BeforeReply(in.unique);
+      if (reply_) reply_(in.unique);
+      pickup_.AfterReply();
       ++handled_;
     }
     ended_ = true;
@@ -142,6 +148,7 @@ class Worker {
   CpuPickup& pickup_;
   UniqueFd fd_;
   Handler handle_;
+  Handler reply_;
   pthread_t thread_{};
   bool joined_ = false;
   std::atomic<bool> ended_{false};
@@ -491,6 +498,146 @@ TEST_CASE("CpuPickup: plain readers blocked in requests get a spare that takes t
   } else {
     requests.Run(queue, FUSE_READ);
   }
+  queue.Close();
+  for (auto& w : workers) w->Cancel();
+  pickup->Stop();
+}
+
+namespace {
+
+// Pins the calling thread to `cpu`.
+void PinSelf(int cpu) {
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  REQUIRE(sched_setaffinity(0, sizeof one, &one) == 0);
+}
+
+// A client: sends requests one at a time, each waited for in a blocking
+// wait (so that the poller of its CPU can run), as a process waits for its
+// reply: the reply (Handled) wakes it.
+class Client {
+ public:
+  explicit Client(Queue& queue) : queue_(queue) {}
+
+  // The handler's part.
+  void Handled(uint64_t unique) {
+    std::lock_guard lock(mutex_);
+    done_ = std::max(done_, unique);
+    cv_.notify_all();
+  }
+  // Sends the next request and waits for it (at most `limit`); returns how
+  // long it took, or a negative duration on timeout.
+  std::chrono::duration<double, std::milli> Call(
+      std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+    const uint64_t u = ++sent_;
+    const auto start = std::chrono::steady_clock::now();
+    queue_.Send(u, FUSE_GETATTR);
+    std::unique_lock lock(mutex_);
+    if (!cv_.wait_for(lock, limit, [&] { return done_ >= u; })) {
+      return std::chrono::milliseconds(-1);
+    }
+    return std::chrono::steady_clock::now() - start;
+  }
+  uint64_t sent() const { return sent_; }
+
+ private:
+  Queue& queue_;
+  uint64_t sent_ = 0;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  uint64_t done_ = 0;
+};
+
+// The CPUs this thread may run on.
+std::vector<int> MyCpus() {
+  cpu_set_t set;
+  std::vector<int> cpus;
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  }
+  return cpus;
+}
+
+}  // namespace
+
+TEST_CASE("CpuPickup: pollers of CPUs that send nothing rest, and follow their sender",
+          "[fs][cpu_pickup]") {
+  Queue queue;
+  auto pickup = MakePickup(queue, true);
+  if (!pickup) return;
+  if (!pickup->sched_idle()) {
+    WARN("no SCHED_IDLE here (CAP_SYS_NICE): pollers do not rest without the watchdog");
+    return;
+  }
+  const std::vector<int> cpus = MyCpus();
+  REQUIRE(cpus.size() == pickup->cpus());
+  cpu_set_t saved;
+  REQUIRE(sched_getaffinity(0, sizeof saved, &saved) == 0);
+  Client client(queue);
+  // Set while requests wait for a later one (below).
+  std::atomic<WaitForLast*> waiting{nullptr};
+  std::vector<std::unique_ptr<Worker>> workers;
+  for (size_t i = 0; i < pickup->cpus() + 1; ++i) {
+    workers.push_back(std::make_unique<Worker>(
+        *pickup, queue,
+        [&](uint64_t unique) {
+          if (WaitForLast* w = waiting.load()) w->Handle(unique);
+        },
+        [&](uint64_t unique) { client.Handled(unique); }));
+  }
+  const int others = static_cast<int>(pickup->cpus()) - 1;
+  // Sends until all but one poller rest (at most `max` requests).
+  auto send_until_rested = [&](int max) {
+    for (int i = 0; i < max && !(pickup->resting() == others && i >= 50); ++i) {
+      REQUIRE(client.Call().count() >= 0);
+    }
+  };
+  auto read_on = [&](int cpu) { return pickup->ReadPerCpu()[static_cast<size_t>(cpu)]; };
+
+  // A client on the first CPU: the other CPUs' pollers rest.
+  PinSelf(cpus.front());
+  send_until_rested(3000);
+  INFO("rests " << pickup->rests() << ", called back " << pickup->rest_wakes());
+  CHECK(pickup->resting() == others);
+  CHECK(pickup->rests() >= static_cast<uint64_t>(others));
+
+  // The client moves: the poller of its new CPU polls again, and the
+  // others rest.
+  const int to = cpus.back();
+  PinSelf(to);
+  const uint64_t wakes = pickup->rest_wakes();
+  for (int i = 0; i < 300; ++i) REQUIRE(client.Call().count() >= 0);
+  const uint64_t before = read_on(to);
+  for (int i = 0; i < 200; ++i) REQUIRE(client.Call().count() >= 0);
+  const uint64_t there = read_on(to) - before;
+  {
+    INFO("of the last 200 requests, " << there << " read on the client's CPU; rests "
+                                      << pickup->rests() << ", called back "
+                                      << pickup->rest_wakes());
+    CHECK(pickup->rest_wakes() > wakes);
+    CHECK(there >= 120);  // (0-61 without following it)
+    CHECK(pickup->resting() == others);
+  }
+
+  // A handler waits for a request sent after it: the only poller is in
+  // that handler, so a resting one must take it, called back by the
+  // watchdog (its rest would last a second).
+  {
+    const uint64_t wakes_before = pickup->rest_wakes();
+    WaitForLast wait(1000001, 1000002);
+    waiting = &wait;
+    const auto start = std::chrono::steady_clock::now();
+    wait.Run(queue, FUSE_GETATTR);
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    waiting = nullptr;
+    INFO("a resting poller took the request after " << ms << " ms");
+    CHECK(ms < 500);  // (A rest lasts up to 1 s.)
+    CHECK(pickup->rest_wakes() > wakes_before);
+  }
+  REQUIRE(sched_setaffinity(0, sizeof saved, &saved) == 0);
   queue.Close();
   for (auto& w : workers) w->Cancel();
   pickup->Stop();
