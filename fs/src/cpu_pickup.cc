@@ -396,32 +396,6 @@ void CpuPickup::RestRemote() {
   }
 }
 
-bool CpuPickup::Rest(Slot& slot) {
-  Drain(slot.rest_fd.get());
-  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(kRestMs);
-  bool interrupted = false;
-  while (slot.state.load() == kResting && !plain()) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        end - std::chrono::steady_clock::now());
-    if (left.count() <= 0) break;
-    pollfd p[2] = {{slot.rest_fd.get(), POLLIN, 0}, {mode_fd_.get(), POLLIN, 0}};
-    const int ready = ::poll(p, 2, static_cast<int>(left.count()) + 1);
-    if (ready < 0) {
-      if (errno == EINTR) {
-        interrupted = true;
-        break;
-      }
-      ::usleep(1000);  // Cannot wait (ENOMEM): try again shortly, not in a spin.
-    }
-    if (ready > 0 && (p[0].revents & POLLIN) != 0) Drain(slot.rest_fd.get());
-    if (ready > 0 && (p[1].revents & POLLIN) != 0 && !plain()) Drain(mode_fd_.get());
-  }
-  // Still kResting after the time, a switch to plain reads or a signal.
-  int resting = kResting;
-  slot.state.compare_exchange_strong(resting, kPolling);
-  return !interrupted;
-}
-
 void CpuPickup::WakeResting(Slot* only) {
   for (const auto& s : slots_) {
     if ((only != nullptr && s.get() != only) || s->state.load() != kResting) continue;
@@ -566,6 +540,11 @@ ssize_t CpuPickup::Read(int fd, const iovec* iov, int count) {
   SlotGuard guard(&slot->state, kEmpty);
   SetNonblocking(fd, true);
   ssize_t n;
+  // While the slot rests (RestRemote set kResting and posted rest_fd), the
+  // poller leaves /dev/fuse out of its poll(2) until rest_end. The wait is
+  // this same poll(2): a cancellation (libfuse ends idle workers so) then
+  // unwinds from here, as when polling.
+  std::chrono::steady_clock::time_point rest_end{};
   for (;;) {
     n = ::readv(fd, iov, count);
     if (n >= 0 || errno != EAGAIN) break;
@@ -573,17 +552,34 @@ ssize_t CpuPickup::Read(int fd, const iovec* iov, int count) {
       guard.GiveUp();
       return ReadPlain(fd, iov, count);
     }
-    pollfd p[3] = {{fd, POLLIN, 0}, {mode_fd_.get(), POLLIN, 0}, {slot->rest_fd.get(), POLLIN, 0}};
-    const int ready = ::poll(p, 3, -1);
+    int timeout = -1;
+    if (slot->state.load() != kResting) {
+      rest_end = {};
+    } else {
+      const auto now = std::chrono::steady_clock::now();
+      if (rest_end == std::chrono::steady_clock::time_point{}) {
+        rest_end = now + std::chrono::milliseconds(kRestMs);
+      }
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(rest_end - now);
+      if (left.count() <= 0) {
+        int resting = kResting;  // The time is up: poll again.
+        slot->state.compare_exchange_strong(resting, kPolling);
+        rest_end = {};
+        continue;
+      }
+      timeout = static_cast<int>(left.count()) + 1;
+    }
+    // (poll(2) skips a negative descriptor.)
+    pollfd p[3] = {{timeout < 0 ? fd : -1, POLLIN, 0},
+                   {mode_fd_.get(), POLLIN, 0},
+                   {slot->rest_fd.get(), POLLIN, 0}};
+    const int ready = ::poll(p, 3, timeout);
     if (ready > 0 && (p[1].revents & POLLIN) != 0 && !plain()) {
       // Posted for a switch to plain that was switched back since.
       Drain(mode_fd_.get());
     }
-    if (ready > 0 && (p[2].revents & POLLIN) != 0 && !Rest(*slot)) {
-      errno = EINTR;  // As below.
-      n = -1;
-      break;
-    }
+    // Told to rest or called back: the slot's state says which.
+    if (ready > 0 && (p[2].revents & POLLIN) != 0) Drain(slot->rest_fd.get());
     if (ready < 0) {
       // A signal (SIGTERM): returned, so that libfuse checks whether the
       // session ended. Anything else (ENOMEM): wait a little, try again.

@@ -257,9 +257,6 @@ class CpuPickup {
   // Sends to rest the pollers whose slots had no local reply in the last
   // kRestAfter requests, while another slot has a poller.
   void RestRemote();
-  // Called by `slot`'s poller when its eventfd is readable: rests while the
-  // slot is kResting, at most kRestMs. False if a signal interrupted it.
-  bool Rest(Slot& slot);
   // Calls back the resting poller of `slot`; of every slot if nullptr.
   void WakeResting(Slot* slot);
   // Books a request read by the calling thread: counts it and, given its

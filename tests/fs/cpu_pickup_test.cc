@@ -576,7 +576,9 @@ TEST_CASE("CpuPickup: pollers of CPUs that send nothing rest, and follow their s
   cpu_set_t saved;
   REQUIRE(sched_getaffinity(0, sizeof saved, &saved) == 0);
   Client client(queue);
-  // Set while requests wait for a later one (below).
+  // Requests that wait for a later one (below); declared before the workers,
+  // whose handlers may still be inside it until they end.
+  WaitForLast wait(1000001, 1000002);
   std::atomic<WaitForLast*> waiting{nullptr};
   std::vector<std::unique_ptr<Worker>> workers;
   for (size_t i = 0; i < pickup->cpus() + 1; ++i) {
@@ -626,13 +628,11 @@ TEST_CASE("CpuPickup: pollers of CPUs that send nothing rest, and follow their s
   // watchdog (its rest would last a second).
   {
     const uint64_t wakes_before = pickup->rest_wakes();
-    WaitForLast wait(1000001, 1000002);
     waiting = &wait;
     const auto start = std::chrono::steady_clock::now();
     wait.Run(queue, FUSE_GETATTR);
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    waiting = nullptr;
     INFO("a resting poller took the request after " << ms << " ms");
     CHECK(ms < 500);  // (A rest lasts up to 1 s.)
     CHECK(pickup->rest_wakes() > wakes_before);
