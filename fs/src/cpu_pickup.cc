@@ -86,9 +86,10 @@ int64_t Preemptions() {
   return getrusage(RUSAGE_THREAD, &u) == 0 ? u.ru_nivcsw : -1;
 }
 
-// Whether the sender of a request with `opcode` waits for its reply: the
-// reply wakes it (not FORGET, nor what the kernel sends in the background
-// for itself: RELEASE, writeback, read-ahead, INTERRUPT).
+// Whether the sender of a metadata request with `opcode` waits for its
+// reply: the reply wakes it (not FORGET, nor what the kernel sends in the
+// background for itself: RELEASE, INTERRUPT). Data requests (FSYNC, READ,
+// WRITE...) leave their worker SCHED_OTHER, so BeforeReply never asks.
 bool SenderWaits(uint32_t opcode) {
   switch (opcode) {
     case FUSE_LOOKUP:
@@ -113,8 +114,6 @@ bool SenderWaits(uint32_t opcode) {
     case FUSE_SETXATTR:
     case FUSE_REMOVEXATTR:
     case FUSE_FLUSH:
-    case FUSE_FSYNC:
-    case FUSE_FSYNCDIR:
     case FUSE_READDIR:
     case FUSE_READDIRPLUS:
       return true;

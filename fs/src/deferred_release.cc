@@ -73,7 +73,6 @@ void DeferredRelease::Unpin() {
 
 void DeferredRelease::Run() {
   Unpin();
-  std::vector<std::shared_ptr<void>> batch;
   std::unique_lock lock(mutex_);
   int idle = 0;
   for (;;) {
@@ -91,12 +90,9 @@ void DeferredRelease::Run() {
       continue;
     }
     idle = 0;
-    batch.swap(queue_);
     lock.unlock();
-    const uint64_t n = batch.size();
-    batch.clear();  // The releases themselves, outside the lock.
+    Flush();  // The releases themselves, outside the lock.
     lock.lock();
-    released_ += n;
   }
 }
 

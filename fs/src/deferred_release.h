@@ -20,8 +20,8 @@
 // wake-up of an idle CPU costs the waker, on a VM, more than a close); after
 // kIdleTicks without any it sleeps until the next one wakes it.
 //
-// Thread-safety: Add() may be called from any thread. Lock order: mutex_ is
-// a leaf lock.
+// Thread-safety: every member function may be called from any thread. Lock
+// order: mutex_ is a leaf lock (never held while references are dropped).
 #ifndef VSSFS_FS_SRC_DEFERRED_RELEASE_H_
 #define VSSFS_FS_SRC_DEFERRED_RELEASE_H_
 

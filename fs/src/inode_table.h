@@ -235,7 +235,7 @@ class InodeTable {
 
  private:
   mutable std::shared_mutex mutex_;
-  DeferredRelease release_;  // Forgotten entries' last references.
+  DeferredRelease release_;  // Forgotten entries' last references, released descriptors.
   std::unordered_map<uint64_t, std::shared_ptr<Inode>> inodes_;
   std::shared_ptr<Inode> root_;
   uint32_t last_generation_ = 0;  // Guarded by mutex_.
