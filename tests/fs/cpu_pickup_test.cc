@@ -183,12 +183,16 @@ class WaitForLast {
       return true;
     }
     ++waiting_;
+    ++inside_;
     if (!cv_.wait_for(lock, std::chrono::seconds(5), [&] { return last_done_; })) ++timed_out_;
+    --inside_;
     return true;
   }
 
   // Sends first..last - 1 and waits until their handlers wait, then sends
   // `last`: it must be handled within 5 s, and no handler may time out.
+  // Whatever fails, returns only once every handler has left Handle(), so
+  // that no worker is cancelled inside the wait later (ASan aborts on that).
   void Run(Queue& queue, uint32_t opcode) {
     for (uint64_t u = first_; u < last_; ++u) queue.Send(u, opcode);
     const auto start = std::chrono::steady_clock::now();
@@ -196,13 +200,25 @@ class WaitForLast {
            std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
-    REQUIRE(waiting_.load() == last_ - first_);
-    queue.Send(last_, opcode);
-    {
+    const bool all_wait = waiting_.load() == last_ - first_;
+    CHECK(all_wait);
+    if (all_wait) {
+      queue.Send(last_, opcode);
       std::unique_lock lock(mutex_);
       CHECK(cv_.wait_for(lock, std::chrono::seconds(5), [&] { return last_done_; }));
     }
     CHECK(timed_out_.load() == 0);
+    {
+      std::lock_guard lock(mutex_);
+      last_done_ = true;  // releases handlers still waiting after a failure
+      cv_.notify_all();
+    }
+    const auto left = std::chrono::steady_clock::now();
+    while (inside_.load() > 0 &&
+           std::chrono::steady_clock::now() - left < std::chrono::seconds(5)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    REQUIRE(inside_.load() == 0);
   }
 
  private:
@@ -213,6 +229,7 @@ class WaitForLast {
   bool last_done_ = false;
   std::atomic<int> timed_out_{0};
   std::atomic<uint64_t> waiting_{0};
+  std::atomic<int> inside_{0};  // handlers inside the wait
 };
 
 }  // namespace
@@ -560,6 +577,28 @@ std::vector<int> MyCpus() {
   return cpus;
 }
 
+// Whether the calling thread, pinned to each of `cpus` in turn, gets at
+// least 80% of that CPU over 20 ms: false when other processes use one
+// (the caller restores its affinity).
+bool CpusQuiet(const std::vector<int>& cpus) {
+  for (int cpu : cpus) {
+    PinSelf(cpu);
+    timespec cpu0{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu0);
+    const auto start = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(20)) {
+    }
+    const double wall =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    timespec cpu1{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu1);
+    const double used = static_cast<double>(cpu1.tv_sec - cpu0.tv_sec) +
+                        static_cast<double>(cpu1.tv_nsec - cpu0.tv_nsec) / 1e9;
+    if (used < 0.8 * wall) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 TEST_CASE("CpuPickup: pollers of CPUs that send nothing rest, and follow their sender",
@@ -575,6 +614,13 @@ TEST_CASE("CpuPickup: pollers of CPUs that send nothing rest, and follow their s
   REQUIRE(cpus.size() == pickup->cpus());
   cpu_set_t saved;
   REQUIRE(sched_getaffinity(0, sizeof saved, &saved) == 0);
+  // Which poller rests depends on where the client runs and what preempts
+  // the pollers: with other processes on these CPUs a poller of a busy CPU
+  // rests instead (rightly: it hardly runs), so the placement checks below
+  // hold only on quiet CPUs (measured before the workers start and after
+  // they end). That the waiting request is taken in time is checked always.
+  bool quiet = CpusQuiet(cpus);
+  REQUIRE(sched_setaffinity(0, sizeof saved, &saved) == 0);
   Client client(queue);
   // Requests that wait for a later one (below); declared before the workers,
   // whose handlers may still be inside it until they end.
@@ -601,9 +647,8 @@ TEST_CASE("CpuPickup: pollers of CPUs that send nothing rest, and follow their s
   // A client on the first CPU: the other CPUs' pollers rest.
   PinSelf(cpus.front());
   send_until_rested(3000);
-  INFO("rests " << pickup->rests() << ", called back " << pickup->rest_wakes());
-  CHECK(pickup->resting() == others);
-  CHECK(pickup->rests() >= static_cast<uint64_t>(others));
+  const int resting_first = pickup->resting();
+  const uint64_t rests_first = pickup->rests();
 
   // The client moves: the poller of its new CPU polls again, and the
   // others rest.
@@ -614,31 +659,41 @@ TEST_CASE("CpuPickup: pollers of CPUs that send nothing rest, and follow their s
   const uint64_t before = read_on(to);
   for (int i = 0; i < 200; ++i) REQUIRE(client.Call().count() >= 0);
   const uint64_t there = read_on(to) - before;
-  {
-    INFO("of the last 200 requests, " << there << " read on the client's CPU; rests "
-                                      << pickup->rests() << ", called back "
-                                      << pickup->rest_wakes());
-    CHECK(pickup->rest_wakes() > wakes);
-    CHECK(there >= 120);  // (0-61 without following it)
-    CHECK(pickup->resting() == others);
-  }
+  const uint64_t wakes_moved = pickup->rest_wakes() - wakes;
+  const int resting_moved = pickup->resting();
 
   // A handler waits for a request sent after it: the only poller is in
   // that handler, so a resting one must take it, called back by the
   // watchdog (its rest would last a second).
-  {
-    const uint64_t wakes_before = pickup->rest_wakes();
-    waiting = &wait;
-    const auto start = std::chrono::steady_clock::now();
-    wait.Run(queue, FUSE_GETATTR);
-    const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    INFO("a resting poller took the request after " << ms << " ms");
-    CHECK(ms < 500);  // (A rest lasts up to 1 s.)
-    CHECK(pickup->rest_wakes() > wakes_before);
-  }
-  REQUIRE(sched_setaffinity(0, sizeof saved, &saved) == 0);
+  const uint64_t wakes_before = pickup->rest_wakes();
+  const int resting_before = pickup->resting();
+  waiting = &wait;
+  const auto start = std::chrono::steady_clock::now();
+  wait.Run(queue, FUSE_GETATTR);
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  const uint64_t wakes_waited = pickup->rest_wakes() - wakes_before;
   queue.Close();
   for (auto& w : workers) w->Cancel();
   pickup->Stop();
+  // Quiet before and after (the workers are gone).
+  quiet = quiet && CpusQuiet(cpus);
+  REQUIRE(sched_setaffinity(0, sizeof saved, &saved) == 0);
+  if (!quiet) WARN("other processes use these CPUs: where pollers rest is not checked");
+
+  INFO("first CPU: " << resting_first << " resting after " << rests_first << " rests");
+  INFO("moved: of the last 200 requests, " << there << " read on the client's CPU; " << wakes_moved
+                                           << " call-backs, " << resting_moved << " resting");
+  INFO("waiting handler: a resting poller ("
+       << resting_before << " resting) took the request after " << ms << " ms, " << wakes_waited
+       << " call-backs");
+  CHECK(ms < 500);  // (A rest lasts up to 1 s.)
+  if (quiet) {
+    CHECK(resting_first == others);
+    CHECK(rests_first >= static_cast<uint64_t>(others));
+    CHECK(wakes_moved > 0);
+    CHECK(there >= 120);  // (0-61 without following it)
+    CHECK(resting_moved == others);
+    CHECK(wakes_waited > 0);
+  }
 }
