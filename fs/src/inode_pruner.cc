@@ -109,7 +109,10 @@ void InodePruner::Run() {
     // three quarters, 0.55 s to half, 0.39 s with nothing evicted).
     const size_t evict_to = held > budget_ ? std::min(want, budget_ / 2) : want;
     const size_t evicted = over ? EvictTo(evict_to) : 0;
-    const size_t size = table_->descriptors();
+    // Entries added since `held` was read (lookups go on during the round)
+    // are left to the next round, poked for them: it may evict them, where
+    // this one would have the kernel drop idle files it never looked at.
+    const size_t size = std::min(table_->descriptors(), held - std::min(held, evicted));
     bool again = false;
     bool stuck = false;
     if (over && !supported() && size > budget_) {
@@ -126,7 +129,7 @@ void InodePruner::Run() {
     if (over && supported() && size > prune_above) {
       const uint64_t forgotten = table_->forgotten();
       std::vector<uint64_t> named;
-      const size_t n = PruneTo(want, &named);
+      const size_t n = PruneTo(size, want, &named);
       // The kernel sends FORGET for what it dropped at once: wait until all
       // came back, or they stop coming (some were in use), or the deadline.
       const auto start = std::chrono::steady_clock::now();
@@ -200,8 +203,7 @@ size_t InodePruner::EvictTo(size_t target) {
   return evicted;
 }
 
-size_t InodePruner::PruneTo(size_t target, std::vector<uint64_t>* named) {
-  const size_t size = table_->descriptors();
+size_t InodePruner::PruneTo(size_t size, size_t target, std::vector<uint64_t>* named) {
   if (size <= target) return 0;
   std::vector<uint64_t>& ids = *named;
   // Evicted entries older than those named go too: their dentries would

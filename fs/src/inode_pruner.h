@@ -107,8 +107,9 @@ class InodePruner {
   // Returns how many were sent; marks the kernel unsupported if it refuses.
   size_t Send(const std::vector<uint64_t>& ids, size_t size);
   // One round: asks the kernel to forget enough entries to bring the table
-  // to `target`, naming them in *named. Returns the number of ids sent.
-  size_t PruneTo(size_t target, std::vector<uint64_t>* named);
+  // from `size` descriptors (as the round counted them) to `target`, naming
+  // them in *named. Returns the number of ids sent.
+  size_t PruneTo(size_t size, size_t target, std::vector<uint64_t>* named);
 
   InodeTable* const table_;
   const size_t budget_;
