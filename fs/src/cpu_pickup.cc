@@ -445,6 +445,9 @@ void CpuPickup::BeforeReply(uint64_t unique) {
                           ? Preemptions()
                           : -1;
   t_state.replying = true;
+  // Last: preempted before this (as it turned SCHED_IDLE above, say), the
+  // thread holds its reply up and is rescued within two checks.
+  t_state.idle->Writing();
 }
 
 void CpuPickup::AfterReply() {

@@ -69,12 +69,16 @@ IdleRings::Kind IdleRings::KindOf(uint32_t opcode) {
 }
 
 void IdleRings::Slot::Started(Kind kind) {
+  writing_.store(false, std::memory_order_relaxed);
   busy_.store(true, std::memory_order_relaxed);
   progress_.fetch_add(1, std::memory_order_relaxed);
   if (kind == Kind::kData) Normal();
 }
 
+void IdleRings::Slot::Writing() { writing_.store(true, std::memory_order_relaxed); }
+
 void IdleRings::Slot::Replied() {
+  writing_.store(false, std::memory_order_relaxed);
   busy_.store(false, std::memory_order_relaxed);
   progress_.fetch_add(1, std::memory_order_relaxed);
 }
@@ -203,7 +207,13 @@ int IdleRings::Check(bool* watch, int between_ticks) {
                           progress == s->checked_progress_ && Runnable(s->stat_.get());
     s->runs_ = runnable ? s->runs_ + 1 : 0;
     s->checked_progress_ = progress;
-    const bool stalled = s->runs_ >= (busy ? 2 : std::max(between_ticks, 2));
+    // Inside the write of its reply, it was most likely preempted by the
+    // sender it woke (Slot::Writing()).
+    const int allowed = s->writing_.load(std::memory_order_relaxed)
+                            ? std::max(between_ticks, kWritingChecks)
+                        : busy ? 2
+                               : std::max(between_ticks, 2);
+    const bool stalled = s->runs_ >= allowed;
     // A busy thread of either policy keeps the caller watching: it may
     // become SCHED_IDLE when it finishes.
     if (!stalled && (runnable || busy)) *watch = true;

@@ -40,7 +40,13 @@
 // request but blocked (state D or S: a slow disk, a lock) is not starved:
 // counting it too (until 2026-12-06) turned threads back for a second at a
 // time during fio's create job, whose cold creates read the disk, and cost
-// a fifth of its creates.
+// a fifth of its creates. Nor is a thread inside the write of its reply
+// (Slot::Writing()) until kWritingChecks calls: the sender its reply wakes
+// on the same CPU preempts it there, by design, and may compute for
+// milliseconds before it blocks again. Two checks turned such a poller back
+// about once per fio job, and the job then ran at half speed (its poller
+// SCHED_OTHER for a second: no resting, a wake-up of the other CPU per
+// request).
 //
 // Leaving SCHED_IDLE needs CAP_SYS_NICE (or an RLIMIT_NICE that allows the
 // thread's nice value); without it IdleRings is off.
@@ -70,6 +76,9 @@ class IdleRings {
  public:
   // How long a thread found stalled stays SCHED_OTHER.
   static constexpr int64_t kNormalMs = 1000;
+  // Calls of Check() in a row a thread may be runnable inside the write of
+  // its reply before it counts as stalled (see Slot::Writing()).
+  static constexpr int kWritingChecks = 25;
 
   // What a request needs of the thread's policy.
   enum class Kind {
@@ -91,6 +100,11 @@ class IdleRings {
     // writes its reply after this call; starved in between, it holds the
     // reply up).
     void Finished(Kind kind, bool replying = false);
+    // The reply announced by Finished(kind, true) is being written (called
+    // right before the write). Preempted from here on, the thread was most
+    // likely preempted by the sender its reply woke, and holds nothing up:
+    // Check() gives it kWritingChecks calls, not 2.
+    void Writing();
     // The reply announced by Finished(kind, true) is written.
     void Replied();
     // Whether the thread is SCHED_IDLE now (as far as this slot knows).
@@ -106,6 +120,7 @@ class IdleRings {
     pid_t tid_ = 0;
     cow_store::UniqueFd stat_;  // the thread's /proc/thread-self/stat
     std::atomic<bool> busy_{false};
+    std::atomic<bool> writing_{false};  // between Writing() and Replied()
     std::atomic<uint64_t> progress_{0};
     // The thread is (or is about to be) SCHED_IDLE. Set under mutex_;
     // cleared without it (SCHED_OTHER is always safe).

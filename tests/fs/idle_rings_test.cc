@@ -66,6 +66,7 @@ class FakeRingThread {
         const int work_ms = work_ms_;
         const int tail_ms = tail_ms_;
         const int sleep_ms = sleep_ms_;
+        const int write_ms = write_ms_;
         lock.unlock();
         if (slot != nullptr) slot->Started(kind);
         policy_during_ = sched_getscheduler(0);
@@ -76,8 +77,18 @@ class FakeRingThread {
           std::this_thread::sleep_for(std::chrono::milliseconds(sleep_ms));
           sleeping_ = false;
         }
-        if (slot != nullptr) slot->Finished(kind);
-        policy_after_ = sched_getscheduler(0);
+        if (write_ms > 0) {
+          // A /dev/fuse worker's reply: announced, then written (and
+          // preempted inside the write, as by the sender it woke).
+          if (slot != nullptr) slot->Finished(kind, /*replying=*/true);
+          policy_after_ = sched_getscheduler(0);
+          if (slot != nullptr) slot->Writing();
+          SpinCpu(write_ms);
+          if (slot != nullptr) slot->Replied();
+        } else {
+          if (slot != nullptr) slot->Finished(kind);
+          policy_after_ = sched_getscheduler(0);
+        }
         SpinCpu(tail_ms);  // like committing the reply (io_uring): runnable, not busy
         lock.lock();
         pending_ = false;
@@ -103,12 +114,15 @@ class FakeRingThread {
   pid_t tid() const { return tid_; }
   // Posts a request; its handling takes `work_ms` of CPU time, then sleeps
   // `sleep_ms`, and the thread spins `tail_ms` more after finishing it.
-  void Post(Kind kind, int work_ms = 0, int tail_ms = 0, int sleep_ms = 0) {
+  // With `write_ms`, the thread replies as a /dev/fuse worker does, and
+  // spins that long inside the write.
+  void Post(Kind kind, int work_ms = 0, int tail_ms = 0, int sleep_ms = 0, int write_ms = 0) {
     std::lock_guard lock(mutex_);
     kind_ = kind;
     work_ms_ = work_ms;
     tail_ms_ = tail_ms;
     sleep_ms_ = sleep_ms;
+    write_ms_ = write_ms;
     pending_ = true;
     cv_.notify_all();
   }
@@ -148,6 +162,7 @@ class FakeRingThread {
   int work_ms_ = 0;                  // guarded by mutex_
   int tail_ms_ = 0;                  // guarded by mutex_
   int sleep_ms_ = 0;                 // guarded by mutex_
+  int write_ms_ = 0;                 // guarded by mutex_
   std::atomic<bool> sleeping_{false};
   std::atomic<int> policy_during_{-1};
   std::atomic<int> policy_after_{-1};
@@ -328,6 +343,27 @@ struct IdleBehindHog {
     hog = std::make_unique<Hog>(cpu);
     std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the hog is running
   }
+
+  // Checks `calls` times, 2 ms apart; returns how many threads were turned
+  // back.
+  int CheckRepeatedly(int calls, int between_ticks = 2) {
+    int turned = 0;
+    for (int i = 0; i < calls; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      turned += Check(rings, between_ticks);
+    }
+    return turned;
+  }
+  // Checks up to 20 times, 2 ms apart, until the thread is turned back or
+  // its request done; returns how many threads were turned back.
+  int CheckUntilTurned() {
+    int turned = 0;
+    for (int i = 0; i < 20 && turned == 0 && !t.Done(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      turned += Check(rings);
+    }
+    return turned;
+  }
 };
 
 }  // namespace
@@ -348,11 +384,7 @@ TEST_CASE("IdleRings: a thread blocked in a request on a busy CPU keeps SCHED_ID
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   REQUIRE(t.sleeping());
-  int turned = 0;
-  for (int i = 0; i < 20; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    turned += Check(rings);
-  }
+  const int turned = setup.CheckRepeatedly(20);
   CHECK(t.sleeping());  // still: every check saw it blocked
   CHECK(turned == 0);
   CHECK(rings.stalls() == 0);
@@ -363,25 +395,31 @@ TEST_CASE("IdleRings: a thread runnable between requests may be given more check
           "[fs][idle_rings]") {
   if (SkipUnlessAvailable()) return;
   IdleBehindHog setup;
-  IdleRings& rings = setup.rings;
   FakeRingThread& t = setup.t;
   // 18 ms of CPU after the request, at a SCHED_IDLE share behind the hog:
   // runnable and starved, but not in a request.
   t.Post(Kind::kLatency, 0, 18);
-  int turned = 0;
-  for (int i = 0; i < 20; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    turned += Check(rings, /*between_ticks=*/1000);
-  }
-  CHECK(turned == 0);
+  CHECK(setup.CheckRepeatedly(20, /*between_ticks=*/1000) == 0);
   CHECK(sched_getscheduler(t.tid()) == SCHED_IDLE);
   // Counted again, it is turned back.
-  int later = 0;
-  for (int i = 0; i < 20 && later == 0 && !t.Done(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    later += Check(rings);
-  }
-  CHECK(later == 1);
+  CHECK(setup.CheckUntilTurned() == 1);
+  REQUIRE(t.Wait(std::chrono::seconds(10)));
+}
+
+TEST_CASE("IdleRings: a thread runnable inside the write of its reply gets more checks",
+          "[fs][idle_rings]") {
+  if (SkipUnlessAvailable()) return;
+  IdleBehindHog setup;
+  FakeRingThread& t = setup.t;
+  // 18 ms of CPU inside the write, at a SCHED_IDLE share behind the hog: as
+  // a poller preempted by the sender its reply woke, while that sender
+  // computes. (Until 2026-12-06 two checks turned it back, for a second:
+  // fio's create and unlink ran at half speed after such a stall.)
+  t.Post(Kind::kLatency, 0, 0, 0, /*write_ms=*/18);
+  CHECK(setup.CheckRepeatedly(IdleRings::kWritingChecks - 2) == 0);
+  CHECK(sched_getscheduler(t.tid()) == SCHED_IDLE);
+  // Starved that long, it may hold its reply up after all: turned back.
+  CHECK(setup.CheckUntilTurned() == 1);
   REQUIRE(t.Wait(std::chrono::seconds(10)));
 }
 
