@@ -446,8 +446,11 @@ void CpuPickup::BeforeReply(uint64_t unique) {
                           : -1;
   t_state.replying = true;
   // Last: preempted before this (as it turned SCHED_IDLE above, say), the
-  // thread holds its reply up and is rescued within two checks.
-  t_state.idle->Writing();
+  // thread holds its reply up and is rescued within two checks. Only where
+  // a sender waits on this CPU is a preemption inside the write expected
+  // (preempted while the reply is still being copied, say by a long
+  // READDIRPLUS, a thread is rescued later than it could be).
+  if (t_state.preempted >= 0) t_state.idle->Writing();
 }
 
 void CpuPickup::AfterReply() {

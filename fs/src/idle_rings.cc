@@ -153,6 +153,7 @@ IdleRings::Slot* IdleRings::Register() {
   slot->tid_ = static_cast<pid_t>(syscall(SYS_gettid));
   slot->stat_ = std::move(stat);
   slot->busy_ = false;
+  slot->writing_ = false;
   slot->idle_ = false;
   slot->normal_ = false;
   slot->checked_progress_ = slot->progress_.load();

@@ -157,10 +157,12 @@ class IdleRings {
 
   // Turns every SCHED_IDLE thread that was runnable at this call and the
   // previous one, and made no progress in between, back to SCHED_OTHER (for
-  // kNormalMs). `between_ticks`: how many calls in a row it takes for a
-  // thread outside a request (a ring thread's request may be waiting for it,
-  // so 2; a /dev/fuse poller woken for a request another one took holds
-  // nothing up, so its caller asks for more while requests are being read).
+  // kNormalMs); inside the write of its reply (Slot::Writing()), at
+  // kWritingChecks calls in a row. `between_ticks`: how many calls in a row
+  // it takes for a thread outside a request (a ring thread's request may be
+  // waiting for it, so 2; a /dev/fuse poller woken for a request another one
+  // took holds nothing up, so its caller asks for more while requests are
+  // being read).
   // Returns how many; sets *watch to whether some thread is busy, or some
   // SCHED_IDLE thread runnable, now (call again soon).
   int Check(bool* watch, int between_ticks = 2);

@@ -108,7 +108,7 @@ void InodePruner::Run() {
     // read 10,000 files past a budget of 1,000 took 0.67 s going down to
     // three quarters, 0.55 s to half, 0.39 s with nothing evicted).
     const size_t evict_to = held > budget_ ? std::min(want, budget_ / 2) : want;
-    const size_t evicted = over ? EvictTo(evict_to) : 0;
+    const size_t evicted = over ? EvictTo(held, evict_to) : 0;
     // Entries added since `held` was read (lookups go on during the round)
     // are left to the next round, poked for them: it may evict them, where
     // this one would have the kernel drop idle files it never looked at.
@@ -188,8 +188,7 @@ void InodePruner::WarnUnsupported(size_t size) {
                                  : "; idle files cannot be reopened by handle either");
 }
 
-size_t InodePruner::EvictTo(size_t target) {
-  const size_t held = table_->descriptors();
+size_t InodePruner::EvictTo(size_t held, size_t target) {
   if (held <= target || !table_->eviction_enabled()) return 0;
   const size_t evicted = table_->EvictDescriptors(held - target);
   if (evicted > 0 && !announced_eviction_) {

@@ -97,8 +97,9 @@ class InodePruner {
   void Run();
   // Warns, once, that nothing can bring `size` descriptors down.
   void WarnUnsupported(size_t size);
-  // Evicts descriptors down to `target`; returns how many it closed.
-  size_t EvictTo(size_t target);
+  // Evicts descriptors from `held` (as the round counted them) down to
+  // `target`; returns how many it closed.
+  size_t EvictTo(size_t held, size_t target);
   // Past four entries per inode of the budget, evicted ones included, asks
   // the kernel to forget the evicted entries used longest ago, so that the
   // table (and the kernel's cache) stays bounded too. No waiting.
