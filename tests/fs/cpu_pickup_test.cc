@@ -537,8 +537,10 @@ class Client {
  public:
   explicit Client(Queue& queue) : queue_(queue) {}
 
-  // The handler's part.
+  // The handler's part (other requests' uniques are ignored: before
+  // 2026-12-06 WaitForLast's made every later Call return at once).
   void Handled(uint64_t unique) {
+    if (unique > sent_.load()) return;
     std::lock_guard lock(mutex_);
     done_ = std::max(done_, unique);
     cv_.notify_all();
@@ -556,11 +558,11 @@ class Client {
     }
     return std::chrono::steady_clock::now() - start;
   }
-  uint64_t sent() const { return sent_; }
+  uint64_t sent() const { return sent_.load(); }
 
  private:
   Queue& queue_;
-  uint64_t sent_ = 0;
+  std::atomic<uint64_t> sent_{0};
   std::mutex mutex_;
   std::condition_variable cv_;
   uint64_t done_ = 0;
@@ -673,6 +675,15 @@ TEST_CASE("CpuPickup: pollers of CPUs that send nothing rest, and follow their s
   const double ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   const uint64_t wakes_waited = pickup->rest_wakes() - wakes_before;
+  // The client goes on: the poller called back rests again.
+  waiting = nullptr;
+  const uint64_t rests_before_again = pickup->rests();
+  send_until_rested(3000);
+  const uint64_t before_again = read_on(to);
+  for (int i = 0; i < 200; ++i) REQUIRE(client.Call().count() >= 0);
+  const uint64_t there_again = read_on(to) - before_again;
+  const uint64_t rests_again = pickup->rests() - rests_before_again;
+  const int resting_again = pickup->resting();
   queue.Close();
   for (auto& w : workers) w->Cancel();
   pickup->Stop();
@@ -684,6 +695,8 @@ TEST_CASE("CpuPickup: pollers of CPUs that send nothing rest, and follow their s
   INFO("first CPU: " << resting_first << " resting after " << rests_first << " rests");
   INFO("moved: of the last 200 requests, " << there << " read on the client's CPU; " << wakes_moved
                                            << " call-backs, " << resting_moved << " resting");
+  INFO("after: " << rests_again << " rests, " << resting_again << " resting; of the last 200, "
+                 << there_again << " read on the client's CPU");
   INFO("waiting handler: a resting poller ("
        << resting_before << " resting) took the request after " << ms << " ms, " << wakes_waited
        << " call-backs");
@@ -691,9 +704,15 @@ TEST_CASE("CpuPickup: pollers of CPUs that send nothing rest, and follow their s
   if (quiet) {
     CHECK(resting_first == others);
     CHECK(rests_first >= static_cast<uint64_t>(others));
-    CHECK(wakes_moved > 0);
+    // (Usually by a call-back, wakes_moved > 0; rarely the poller of the
+    // first CPU was the one resting when the client moved, after a stray
+    // preemption made the other look local. What counts is where the
+    // requests are read.)
     CHECK(there >= 120);  // (0-61 without following it)
     CHECK(resting_moved == others);
     CHECK(wakes_waited > 0);
+    CHECK(rests_again > 0);
+    CHECK(resting_again == others);
+    CHECK(there_again >= 120);
   }
 }
