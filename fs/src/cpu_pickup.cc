@@ -353,7 +353,7 @@ void CpuPickup::KeepOnePolling(const fuse_in_header* in) {
     // the header). A data request (READ, WRITE, FSYNC...) may keep this
     // worker long, or come in a burst (writeback): those call it back now.
     if (in != nullptr && IdleRings::KindOf(in->opcode) == IdleRings::Kind::kData) {
-      WakeResting(nullptr);
+      WakeResting();
     }
     return;
   }
@@ -395,9 +395,9 @@ void CpuPickup::RestRemote() {
   }
 }
 
-void CpuPickup::WakeResting(Slot* only) {
+void CpuPickup::WakeResting() {
   for (const auto& s : slots_) {
-    if ((only != nullptr && s.get() != only) || s->state.load() != kResting) continue;
+    if (s->state.load() != kResting) continue;
     // A fresh window: not sent to rest again before it could take requests.
     s->last_local.store(taken_.load(std::memory_order_relaxed), std::memory_order_relaxed);
     int resting = kResting;
@@ -472,7 +472,7 @@ void CpuPickup::AfterReply() {
       // Its senders run on another CPU: if that one's poller rests, it
       // should not (which one is not known: all are called back).
       slot.remote_run.store(0, std::memory_order_relaxed);
-      WakeResting(nullptr);
+      WakeResting();
     }
   }
 }
@@ -640,7 +640,7 @@ void CpuPickup::Watch() {
     if (waiting && now == seen) {
       // A request waits and none was read since the last check: resting
       // pollers take it (the only poller may wait in its handler for it).
-      WakeResting(nullptr);
+      WakeResting();
     } else {
       RestRemote();
     }
@@ -657,7 +657,7 @@ void CpuPickup::Watch() {
     // of them sees the other.
     idle_->RaiseAll();
     // Nobody would call resting pollers back while the watchdog sleeps.
-    WakeResting(nullptr);
+    WakeResting();
     asleep_.store(true);
     if (taken_.load() == seen && !stop_.load()) {
       p = pollfd{wake_fd_.get(), POLLIN, 0};

@@ -257,8 +257,8 @@ class CpuPickup {
   // Sends to rest the pollers whose slots had no local reply in the last
   // kRestAfter requests, while another slot has a poller.
   void RestRemote();
-  // Calls back the resting poller of `slot`; of every slot if nullptr.
-  void WakeResting(Slot* slot);
+  // Calls back every resting poller.
+  void WakeResting();
   // Books a request read by the calling thread: counts it and, given its
   // header, opens it for IdleRings (and wakes the sleeping watchdog).
   void Took(const fuse_in_header* in);

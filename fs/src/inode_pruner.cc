@@ -112,7 +112,8 @@ void InodePruner::Run() {
     // Entries added since `held` was read (lookups go on during the round)
     // are left to the next round, poked for them: it may evict them, where
     // this one would have the kernel drop idle files it never looked at.
-    const size_t size = std::min(table_->descriptors(), held - std::min(held, evicted));
+    // (EvictTo closes at most held - evict_to.)
+    const size_t size = std::min(table_->descriptors(), held - evicted);
     bool again = false;
     bool stuck = false;
     if (over && !supported() && size > budget_) {
