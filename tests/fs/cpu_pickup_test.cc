@@ -34,6 +34,7 @@
 
 namespace {
 
+using vssfs::testing::PinSelf;
 using vssfs::testing::SpinCpu;
 
 using vssfs::cow_store::UniqueFd;
@@ -355,10 +356,7 @@ TEST_CASE("CpuPickup: a SCHED_IDLE poller starved on a busy CPU is rescued", "[f
   for (int c = 0; c < CPU_SETSIZE; ++c) {
     if (!CPU_ISSET(c, &set)) continue;
     hogs.emplace_back([c, &stop] {
-      cpu_set_t one;
-      CPU_ZERO(&one);
-      CPU_SET(c, &one);
-      pthread_setaffinity_np(pthread_self(), sizeof one, &one);
+      PinSelf(c);
       while (!stop.load()) {
       }
     });
@@ -522,14 +520,6 @@ TEST_CASE("CpuPickup: plain readers blocked in requests get a spare that takes t
 
 namespace {
 
-// Pins the calling thread to `cpu`.
-void PinSelf(int cpu) {
-  cpu_set_t one;
-  CPU_ZERO(&one);
-  CPU_SET(cpu, &one);
-  REQUIRE(sched_setaffinity(0, sizeof one, &one) == 0);
-}
-
 // A client: sends requests one at a time, each waited for in a blocking
 // wait (so that the poller of its CPU can run), as a process waits for its
 // reply: the reply (Handled) wakes it.
@@ -584,7 +574,7 @@ std::vector<int> MyCpus() {
 // (the caller restores its affinity).
 bool CpusQuiet(const std::vector<int>& cpus) {
   for (int cpu : cpus) {
-    PinSelf(cpu);
+    REQUIRE(PinSelf(cpu));
     timespec cpu0{};
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu0);
     const auto start = std::chrono::steady_clock::now();
@@ -647,7 +637,7 @@ TEST_CASE("CpuPickup: pollers of CPUs that send nothing rest, and follow their s
   auto read_on = [&](int cpu) { return pickup->ReadPerCpu()[static_cast<size_t>(cpu)]; };
 
   // A client on the first CPU: the other CPUs' pollers rest.
-  PinSelf(cpus.front());
+  REQUIRE(PinSelf(cpus.front()));
   send_until_rested(3000);
   const int resting_first = pickup->resting();
   const uint64_t rests_first = pickup->rests();
@@ -655,7 +645,7 @@ TEST_CASE("CpuPickup: pollers of CPUs that send nothing rest, and follow their s
   // The client moves: the poller of its new CPU polls again, and the
   // others rest.
   const int to = cpus.back();
-  PinSelf(to);
+  REQUIRE(PinSelf(to));
   const uint64_t wakes = pickup->rest_wakes();
   for (int i = 0; i < 300; ++i) REQUIRE(client.Call().count() >= 0);
   const uint64_t before = read_on(to);

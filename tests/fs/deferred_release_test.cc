@@ -17,9 +17,12 @@
 #include <thread>
 #include <vector>
 
+#include "test_support.h"
+
 namespace {
 
 using vssfs::fs::DeferredRelease;
+using vssfs::testing::PinSelf;
 
 // Records which thread dropped each reference, in order.
 struct Drops {
@@ -115,15 +118,9 @@ TEST_CASE("DeferredRelease: its thread is not pinned like the thread that starts
   }
   std::atomic<int> cpus{0};
   std::thread starter([&] {
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    for (int c = 0; c < CPU_SETSIZE; ++c) {
-      if (CPU_ISSET(c, &all)) {
-        CPU_SET(c, &one);
-        break;
-      }
-    }
-    if (sched_setaffinity(0, sizeof one, &one) != 0) return;  // cpus stays 0: fails below
+    int first = 0;
+    while (first < CPU_SETSIZE && !CPU_ISSET(first, &all)) ++first;
+    if (!PinSelf(first)) return;  // cpus stays 0: fails below
     DeferredRelease release;
     release.Add(std::shared_ptr<void>(new int(0), [&cpus](void* p) {
       delete static_cast<int*>(p);

@@ -22,18 +22,12 @@
 
 namespace {
 
+using vssfs::testing::PinSelf;
 using vssfs::testing::SpinCpu;
 
 using vssfs::fs::IdleRings;
 using Clock = std::chrono::steady_clock;
 using Kind = IdleRings::Kind;
-
-void PinTo(int cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-}
 
 // A CPU this process may run on.
 int SomeCpu() {
@@ -53,7 +47,7 @@ class FakeRingThread {
  public:
   FakeRingThread(IdleRings& rings, int cpu) : rings_(rings) {
     thread_ = std::thread([this, cpu] {
-      PinTo(cpu);
+      PinSelf(cpu);
       IdleRings::Slot* slot = rings_.Register();
       tid_ = static_cast<pid_t>(syscall(SYS_gettid));
       registered_ = slot != nullptr;
@@ -174,7 +168,7 @@ class Hog {
  public:
   explicit Hog(int cpu) {
     thread_ = std::thread([this, cpu] {
-      PinTo(cpu);
+      PinSelf(cpu);
       while (!stop_.load()) {
       }
     });

@@ -29,6 +29,7 @@
 #include "test_support.h"
 
 using vssfs::testing::IsVssfsMounted;
+using vssfs::testing::PinSelf;
 using vssfs::testing::ReadFile;
 using vssfs::testing::RunCommand;
 using vssfs::testing::ScopedMount;
@@ -948,10 +949,7 @@ TEST_CASE("mount: SCHED_IDLE ring threads still serve requests while every CPU i
   const unsigned cpus = std::max(1u, std::thread::hardware_concurrency());
   for (unsigned c = 0; c < cpus; ++c) {
     hogs.emplace_back([&stop, c] {
-      cpu_set_t set;
-      CPU_ZERO(&set);
-      CPU_SET(c, &set);
-      pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+      PinSelf(static_cast<int>(c));
       while (!stop.load()) {
       }
     });

@@ -1,6 +1,7 @@
 #include "test_support.h"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
@@ -237,6 +238,13 @@ void SpinCpu(int ms) {
   const int64_t end = cpu_ns() + static_cast<int64_t>(ms) * 1000000;
   while (cpu_ns() < end) {
   }
+}
+
+bool PinSelf(int cpu) {
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  return sched_setaffinity(0, sizeof one, &one) == 0;
 }
 
 }  // namespace vssfs::testing

@@ -102,6 +102,9 @@ std::string ReadFile(const std::string& path);
 // Spins until the calling thread has used `ms` more milliseconds of CPU time.
 void SpinCpu(int ms);
 
+// Pins the calling thread to CPU `cpu`; false if the kernel refuses.
+bool PinSelf(int cpu);
+
 }  // namespace vssfs::testing
 
 #endif  // VSSFS_TESTS_SUPPORT_TEST_SUPPORT_H_
