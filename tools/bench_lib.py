@@ -286,6 +286,7 @@ def cmd_env(a):
             "repeat": a.repeat,
             "ioengine": "psync (buffered, direct=0, numjobs=1, fallocate=none)",
             "metadata_method": "fio ioengine=filecreate/filestat/filedelete",
+            "fio_cpu": a.fio_cpu if a.fio_cpu != "" else None,
         },
     }
     busy, steal = _cpu_busy()
@@ -349,6 +350,8 @@ def cmd_env(a):
                  " page cache dropped")
     lines.append("              before every run; writes end with fsync (end_fsync=1, counted);")
     lines.append("              metadata via fio filecreate/filestat/filedelete on empty files")
+    if p["fio_cpu"] is not None:
+        lines.append(f"  fio cpu     pinned to CPU {p['fio_cpu']} (--fio-cpu), on both sides")
     print("\n".join(lines))
 
 
@@ -591,6 +594,7 @@ def main(argv):
     p.add_argument("--files", type=int, required=True)
     p.add_argument("--jobs", required=True)
     p.add_argument("--repeat", type=int, required=True)
+    p.add_argument("--fio-cpu", default="")
 
     p = sub.add_parser("check")
     p.add_argument("file")

@@ -40,7 +40,7 @@ def main():
     try:
         cmd = [os.path.join(repo, "tools", "bench"), "--peers", "--vssfs", vssfs,
                "--json", out, "--dir", parent, "--jobs", ",".join(JOBS), "--size", "16M",
-               "--runtime", "1", "--files", "200"]
+               "--runtime", "1", "--files", "200", "--fio-cpu", "0"]
         print("running:", " ".join(cmd), flush=True)
         # Its own session, so that a stuck run can be stopped as a whole; the
         # inner limit leaves time for that before ctest's TIMEOUT (600 s).
@@ -94,6 +94,11 @@ def main():
                 fail(f"the report does not say how {target}'s requests went")
         if "ahead of peers" not in stdout:
             fail("the combined table is missing")
+        if len(re.findall(r"^  fio cpu     pinned to CPU 0 ", stdout, re.M)) != len(FSTYPES):
+            fail("a run does not say that fio was pinned to CPU 0 (--fio-cpu 0)")
+        for target, runs in doc["runs"].items():
+            if runs[0]["env"]["params"].get("fio_cpu") != "0":
+                fail(f"{target}: the run's JSON does not record --fio-cpu 0")
         check_left_nothing(parent, allowed=("peers.json",))
     finally:
         remove(parent)
