@@ -34,6 +34,7 @@
 
 namespace {
 
+using vssfs::testing::AffinityCpus;
 using vssfs::testing::PinSelf;
 using vssfs::testing::SpinCpu;
 
@@ -559,16 +560,6 @@ class Client {
 };
 
 // The CPUs this thread may run on.
-std::vector<int> MyCpus() {
-  cpu_set_t set;
-  std::vector<int> cpus;
-  if (sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
-  for (int c = 0; c < CPU_SETSIZE; ++c) {
-    if (CPU_ISSET(c, &set)) cpus.push_back(c);
-  }
-  return cpus;
-}
-
 // Whether the calling thread, pinned to each of `cpus` in turn, gets at
 // least 80% of that CPU over 20 ms: false when other processes use one
 // (the caller restores its affinity).
@@ -602,7 +593,7 @@ TEST_CASE("CpuPickup: pollers of CPUs that send nothing rest, and follow their s
     WARN("no SCHED_IDLE here (CAP_SYS_NICE): pollers do not rest without the watchdog");
     return;
   }
-  const std::vector<int> cpus = MyCpus();
+  const std::vector<int> cpus = AffinityCpus();
   REQUIRE(cpus.size() == pickup->cpus());
   cpu_set_t saved;
   REQUIRE(sched_getaffinity(0, sizeof saved, &saved) == 0);

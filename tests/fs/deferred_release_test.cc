@@ -22,6 +22,7 @@
 namespace {
 
 using vssfs::fs::DeferredRelease;
+using vssfs::testing::AffinityCpus;
 using vssfs::testing::PinSelf;
 
 // Records which thread dropped each reference, in order.
@@ -110,17 +111,15 @@ TEST_CASE("DeferredRelease: Flush drops what is queued on the caller's thread", 
 
 TEST_CASE("DeferredRelease: its thread is not pinned like the thread that starts it",
           "[fs][deferred]") {
-  cpu_set_t all;
-  REQUIRE(sched_getaffinity(0, sizeof all, &all) == 0);
-  if (CPU_COUNT(&all) < 2) {
+  const std::vector<int> all = AffinityCpus();
+  REQUIRE_FALSE(all.empty());
+  if (all.size() < 2) {
     WARN("one CPU only: nothing to unpin");
     return;
   }
   std::atomic<int> cpus{0};
   std::thread starter([&] {
-    int first = 0;
-    while (first < CPU_SETSIZE && !CPU_ISSET(first, &all)) ++first;
-    if (!PinSelf(first)) return;  // cpus stays 0: fails below
+    if (!PinSelf(all.front())) return;  // cpus stays 0: fails below
     DeferredRelease release;
     release.Add(std::shared_ptr<void>(new int(0), [&cpus](void* p) {
       delete static_cast<int*>(p);
@@ -130,7 +129,7 @@ TEST_CASE("DeferredRelease: its thread is not pinned like the thread that starts
     WaitFor([&] { return release.released() == 1; });
   });
   starter.join();
-  CHECK(cpus.load() == CPU_COUNT(&all));
+  CHECK(cpus.load() == static_cast<int>(all.size()));
 }
 
 TEST_CASE("DeferredRelease: closes the last descriptor of a deleted file", "[fs][deferred]") {

@@ -17,11 +17,13 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "test_support.h"
 
 namespace {
 
+using vssfs::testing::AffinityCpus;
 using vssfs::testing::PinSelf;
 using vssfs::testing::SpinCpu;
 
@@ -31,13 +33,9 @@ using Kind = IdleRings::Kind;
 
 // A CPU this process may run on.
 int SomeCpu() {
-  cpu_set_t set;
-  REQUIRE(sched_getaffinity(0, sizeof set, &set) == 0);
-  for (int c = 0; c < CPU_SETSIZE; ++c) {
-    if (CPU_ISSET(c, &set)) return c;
-  }
-  FAIL("no CPU in the affinity mask");
-  return 0;
+  const std::vector<int> cpus = AffinityCpus();
+  REQUIRE_FALSE(cpus.empty());
+  return cpus.front();
 }
 
 // A ring thread's stand-in: pinned to `cpu` and registered with IdleRings,

@@ -247,4 +247,14 @@ bool PinSelf(int cpu) {
   return sched_setaffinity(0, sizeof one, &one) == 0;
 }
 
+std::vector<int> AffinityCpus() {
+  cpu_set_t set;
+  std::vector<int> cpus;
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  }
+  return cpus;
+}
+
 }  // namespace vssfs::testing

@@ -105,6 +105,10 @@ void SpinCpu(int ms);
 // Pins the calling thread to CPU `cpu`; false if the kernel refuses.
 bool PinSelf(int cpu);
 
+// The CPUs in the calling thread's affinity mask, in ascending order; empty
+// if it cannot be read.
+std::vector<int> AffinityCpus();
+
 }  // namespace vssfs::testing
 
 #endif  // VSSFS_TESTS_SUPPORT_TEST_SUPPORT_H_
